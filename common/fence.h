@@ -1,0 +1,28 @@
+/* The fence table on every target: the last word on what was written. Each batch
+ * upserts its range's row in the same transaction as its rows; a worker whose
+ * lease was taken over (smaller token) cannot commit. See DESIGN.md, Fencing. */
+#ifndef BF_FENCE_H
+#define BF_FENCE_H
+
+#define BF_FENCE_DDL                                                                               \
+    "CREATE TABLE IF NOT EXISTS public.backfill_fence ("                                           \
+    " job text NOT NULL, range_id bigint NOT NULL, token bigint NOT NULL,"                         \
+    " seq bigint NOT NULL, cursor text, final boolean NOT NULL DEFAULT false,"                     \
+    " updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, range_id))"
+
+/* A fresh plan starts the job over: forget the fence rows of an earlier plan. */
+#define BF_FENCE_RESET "DELETE FROM public.backfill_fence WHERE job = $1"
+
+#define BF_FENCE_ENSURE                                                                            \
+    "INSERT INTO public.backfill_fence (job, range_id, token, seq) VALUES ($1, $2, 0, 0) "         \
+    "ON CONFLICT (job, range_id) DO NOTHING"
+
+#define BF_FENCE_LOCK                                                                              \
+    "SELECT token, seq, cursor, final FROM public.backfill_fence "                                 \
+    "WHERE job = $1 AND range_id = $2 FOR UPDATE"
+
+#define BF_FENCE_UPDATE                                                                            \
+    "UPDATE public.backfill_fence SET token = $3, seq = $4, cursor = $5, final = $6,"              \
+    " updated_at = now() WHERE job = $1 AND range_id = $2"
+
+#endif

@@ -1,0 +1,189 @@
+#!lua name=backfill
+--[[
+Job state transitions, loaded with FUNCTION LOAD so they survive a Redis restart
+(unlike the EVALSHA script cache). Every function takes KEYS[1] = "bf:{job}:meta";
+the other keys of the job share its "bf:{job}:" prefix (one hash slot).
+
+  bf:{job}:range:<id>  hash: tbl lo hi state token owner expires seq cursor rows bytes
+                             attempts est last_error   (lo/hi/cursor absent = open)
+  bf:{job}:pending     zset of range ids waiting for a lease (score = id)
+  bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)
+  bf:{job}:fence       counter: every lease gets a new, larger fencing token
+  bf:{job}:stats       hash: rows:<tbl> bytes:<tbl> done:<tbl> failed:<tbl>
+                             done_total batches retries
+
+Cursors and keys are opaque strings; tokens are compared as strings of digits
+(they stay below 2^53, so they round-trip exactly through Lua numbers too).
+]]
+
+local function prefix(meta)
+  return string.sub(meta, 1, #meta - 4)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- bf_lease(meta; owner, ttl_ms) -> nil | {id, token, tbl, lo, hi, cursor, seq}
+local function bf_lease(keys, args)
+  local p = prefix(keys[1])
+  local owner, ttl = args[1], tonumber(args[2])
+  while true do
+    local popped = redis.call('ZPOPMIN', p .. 'pending')
+    if #popped == 0 then
+      return false
+    end
+    local id = popped[1]
+    local rk = p .. 'range:' .. id
+    local state = redis.call('HGET', rk, 'state')
+    if state == 'pending' then
+      local token = redis.call('INCR', p .. 'fence')
+      local exp = now_ms() + ttl
+      redis.call('HSET', rk, 'state', 'leased', 'token', token, 'owner', owner, 'expires', exp)
+      redis.call('HINCRBY', rk, 'attempts', 1)
+      redis.call('ZADD', p .. 'leases', exp, id)
+      local r = redis.call('HMGET', rk, 'tbl', 'lo', 'hi', 'cursor', 'seq')
+      return {id, tostring(token), r[1], r[2], r[3], r[4], r[5] or '0'}
+    end
+  end
+end
+
+-- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms)
+--   -> 'OK' | 'DUP' (this seq was applied already) | 'STALE' (token superseded)
+local function bf_checkpoint(keys, args)
+  local p = prefix(keys[1])
+  local id, token, seq = args[1], args[2], tonumber(args[3])
+  local rk = p .. 'range:' .. id
+  local cur = redis.call('HMGET', rk, 'token', 'seq', 'state', 'tbl')
+  if not cur[3] then
+    return redis.error_reply('NORANGE range ' .. id .. ' does not exist')
+  end
+  if cur[1] ~= token then
+    return 'STALE'
+  end
+  if cur[3] == 'done' or seq <= tonumber(cur[2] or '0') then
+    return 'DUP'
+  end
+  local tbl = cur[4]
+  if args[5] == '1' then
+    redis.call('HSET', rk, 'seq', seq, 'cursor', args[4])
+  else
+    redis.call('HSET', rk, 'seq', seq)
+    redis.call('HDEL', rk, 'cursor')
+  end
+  redis.call('HINCRBY', rk, 'rows', args[6])
+  redis.call('HINCRBY', rk, 'bytes', args[7])
+  local st = p .. 'stats'
+  redis.call('HINCRBY', st, 'rows:' .. tbl, args[6])
+  redis.call('HINCRBY', st, 'bytes:' .. tbl, args[7])
+  redis.call('HINCRBY', st, 'batches', 1)
+  if args[8] == '1' then
+    redis.call('HSET', rk, 'state', 'done')
+    redis.call('HDEL', rk, 'owner', 'expires')
+    redis.call('ZREM', p .. 'leases', id)
+    redis.call('ZREM', p .. 'pending', id)
+    redis.call('HINCRBY', st, 'done:' .. tbl, 1)
+    redis.call('HINCRBY', st, 'done_total', 1)
+  elseif cur[3] == 'leased' then
+    local exp = now_ms() + tonumber(args[9])
+    redis.call('HSET', rk, 'expires', exp)
+    redis.call('ZADD', p .. 'leases', exp, id)
+  end
+  return 'OK'
+end
+
+-- bf_renew(meta; ttl_ms, id1, token1, id2, token2, ...) -> ids no longer held
+local function bf_renew(keys, args)
+  local p = prefix(keys[1])
+  local exp = now_ms() + tonumber(args[1])
+  local lost = {}
+  for i = 2, #args - 1, 2 do
+    local id, token = args[i], args[i + 1]
+    local rk = p .. 'range:' .. id
+    local cur = redis.call('HMGET', rk, 'token', 'state')
+    if cur[1] == token and cur[2] == 'leased' then
+      redis.call('HSET', rk, 'expires', exp)
+      redis.call('ZADD', p .. 'leases', exp, id)
+    elseif cur[2] ~= 'done' then
+      lost[#lost + 1] = id
+    end
+  end
+  return lost
+end
+
+-- bf_release(meta; id, token, reason, counts_as_attempt, max_attempts)
+--   -> 'PENDING' | 'FAILED' (attempts exhausted) | 'STALE'
+local function bf_release(keys, args)
+  local p = prefix(keys[1])
+  local id, token = args[1], args[2]
+  local rk = p .. 'range:' .. id
+  local cur = redis.call('HMGET', rk, 'token', 'state', 'attempts', 'tbl')
+  if cur[1] ~= token or cur[2] ~= 'leased' then
+    return 'STALE'
+  end
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HDEL', rk, 'owner', 'expires')
+  if args[3] ~= '' then
+    redis.call('HSET', rk, 'last_error', args[3])
+  end
+  local attempts = tonumber(cur[3] or '0')
+  if args[4] ~= '1' then
+    attempts = attempts - 1
+    redis.call('HSET', rk, 'attempts', attempts)
+  else
+    redis.call('HINCRBY', p .. 'stats', 'retries', 1)
+  end
+  if args[4] == '1' and attempts >= tonumber(args[5]) then
+    redis.call('HSET', rk, 'state', 'failed')
+    redis.call('HINCRBY', p .. 'stats', 'failed:' .. cur[4], 1)
+    redis.call('HINCRBY', p .. 'stats', 'failed_total', 1)
+    return 'FAILED'
+  end
+  redis.call('HSET', rk, 'state', 'pending')
+  redis.call('ZADD', p .. 'pending', tonumber(id), id)
+  return 'PENDING'
+end
+
+-- bf_reap(meta) -> ids whose lease expired and went back to pending
+local function bf_reap(keys, args)
+  local p = prefix(keys[1])
+  local ids = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', now_ms())
+  for _, id in ipairs(ids) do
+    local rk = p .. 'range:' .. id
+    redis.call('ZREM', p .. 'leases', id)
+    if redis.call('HGET', rk, 'state') == 'leased' then
+      redis.call('HSET', rk, 'state', 'pending')
+      redis.call('HDEL', rk, 'owner', 'expires')
+      redis.call('ZADD', p .. 'pending', tonumber(id), id)
+      redis.call('HINCRBY', p .. 'stats', 'retries', 1)
+    end
+  end
+  return ids
+end
+
+-- bf_retry_failed(meta) -> number of failed ranges put back to pending
+local function bf_retry_failed(keys, args)
+  local p = prefix(keys[1])
+  local n = tonumber(redis.call('HGET', keys[1], 'nranges') or '0')
+  local count = 0
+  for id = 0, n - 1 do
+    local rk = p .. 'range:' .. id
+    local cur = redis.call('HMGET', rk, 'state', 'tbl')
+    if cur[1] == 'failed' then
+      redis.call('HSET', rk, 'state', 'pending', 'attempts', 0)
+      redis.call('ZADD', p .. 'pending', id, tostring(id))
+      redis.call('HINCRBY', p .. 'stats', 'failed:' .. cur[2], -1)
+      redis.call('HINCRBY', p .. 'stats', 'failed_total', -1)
+      count = count + 1
+    end
+  end
+  return count
+end
+
+redis.register_function('bf_lease', bf_lease)
+redis.register_function('bf_checkpoint', bf_checkpoint)
+redis.register_function('bf_renew', bf_renew)
+redis.register_function('bf_release', bf_release)
+redis.register_function('bf_reap', bf_reap)
+redis.register_function('bf_retry_failed', bf_retry_failed)

@@ -1,0 +1,65 @@
+/* The job file: what to copy from where to where. Parsed with libyaml; every error
+ * names the file and line and says what to fix. `${VAR}` in any scalar expands from
+ * the environment (or from a lookup the caller passes, e.g. values shipped by the
+ * coordinator to workers), so passwords stay out of files. */
+#ifndef BF_JOB_H
+#define BF_JOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define BF_DEFAULT_BATCH_ROWS 10000
+#define BF_DEFAULT_RANGE_ROWS 1000000
+
+typedef struct {
+    char *alias; /* name used in `to:` (a YAML key under targets) */
+    char *dsn;   /* libpq connection string or URI, ${VAR} expanded */
+    int line;    /* line in the job file */
+} bf_target_t;
+
+typedef struct {
+    char *from_schema; /* source schema, default "public" */
+    char *from_table;  /* source table */
+    char *to_alias;    /* target alias, one of job->targets */
+    char *to_schema;   /* target schema, default "public" */
+    char *to_table;    /* target table */
+    int line;          /* line of this entry's `from:` */
+} bf_table_t;
+
+typedef struct {
+    char *path;   /* file the job came from (for messages) */
+    char *name;   /* job name: [A-Za-z0-9_.-]+, used in Redis keys and fence rows */
+    char *source; /* source DSN */
+    char *redis;  /* redis://[:password@]host[:port][/db] */
+    bf_target_t *targets;
+    int ntargets;
+    bf_table_t *tables;
+    int ntables;
+    int64_t batch_rows; /* rows per batch, > 0 */
+    int64_t range_rows; /* target rows per range, > 0 */
+    /* Environment variables the file referenced, with the values used, so the
+     * coordinator can ship them to workers along with the text. */
+    char **env_names;
+    char **env_values;
+    int nenv;
+    char *text; /* the job file's text as read */
+} bf_job_t;
+
+/* Returns the value for NAME or NULL when unset. */
+typedef const char *(*bf_env_fn)(const char *name, void *arg);
+
+/* Loads and validates a job file. On error returns NULL and writes one line
+ * ("FILE:LINE: what is wrong; how to fix") to err. */
+bf_job_t *bf_job_load_file(const char *path, char *err, size_t errlen);
+
+/* Same from text; label is the file name used in messages. env may be NULL
+ * (then getenv is used). */
+bf_job_t *bf_job_load_string(const char *text, const char *label, bf_env_fn env, void *env_arg,
+                             char *err, size_t errlen);
+
+void bf_job_destroy(bf_job_t **self_p);
+
+/* The target with that alias, or NULL. */
+const bf_target_t *bf_job_target(const bf_job_t *job, const char *alias);
+
+#endif

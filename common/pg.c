@@ -1,0 +1,146 @@
+#include "pg.h"
+
+#include "dsn.h"
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Copies msg into out as a single line (newlines folded into "; "). */
+static void s_one_line(char *out, size_t outlen, const char *msg)
+{
+    size_t j = 0;
+    for (size_t i = 0; msg && msg[i] && j + 3 < outlen; i++) {
+        if (msg[i] == '\n') {
+            if (msg[i + 1] == 0)
+                break;
+            out[j++] = ';';
+            out[j++] = ' ';
+        } else {
+            out[j++] = msg[i];
+        }
+    }
+    out[j] = 0;
+}
+
+bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
+{
+    bf_pg_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    snprintf(self->what, sizeof self->what, "%s", what);
+    bf_redact(dsn, self->redacted, sizeof self->redacted);
+
+    /* connect_timeout comes before dbname so that the DSN can override it. */
+    const char *keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
+    const char *vals[] = {"5", "backfill", dsn, NULL};
+    self->conn = PQconnectdbParams(keys, vals, 1);
+    if (!self->conn || PQstatus(self->conn) != CONNECTION_OK) {
+        s_one_line(self->errmsg, sizeof self->errmsg,
+                   self->conn ? PQerrorMessage(self->conn) : "out of memory");
+        log_error("cannot connect to %s at %s: %s", self->what, self->redacted, self->errmsg);
+        bf_pg_destroy(&self);
+        return NULL;
+    }
+    return self;
+}
+
+void bf_pg_destroy(bf_pg_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    bf_pg_t *self = *self_p;
+    if (self->conn)
+        PQfinish(self->conn);
+    free(self);
+    *self_p = NULL;
+}
+
+void bf_pg_set_error(bf_pg_t *self, const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(self->sqlstate, sizeof self->sqlstate, "%s", state ? state : "");
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (!msg || !*msg)
+        msg = PQerrorMessage(self->conn);
+    s_one_line(self->errmsg, sizeof self->errmsg, msg);
+    const char *detail = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL) : NULL;
+    s_one_line(self->detail, sizeof self->detail, detail ? detail : "");
+}
+
+static PGresult *s_run(bf_pg_t *self, const char *sql, int nparams, const char *const *params,
+                       bool quiet, ExecStatusType want)
+{
+    PGresult *res = PQexecParams(self->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == want || (want == PGRES_TUPLES_OK && st == PGRES_COMMAND_OK)) {
+        self->sqlstate[0] = 0;
+        return res;
+    }
+    bf_pg_set_error(self, res);
+    PQclear(res);
+    if (!quiet)
+        log_error("%s: %s%s%s", self->what, self->errmsg, self->detail[0] ? " " : "", self->detail);
+    return NULL;
+}
+
+int bf_pg_exec(bf_pg_t *self, const char *sql)
+{
+    PGresult *res = s_run(self, sql, 0, NULL, false, PGRES_COMMAND_OK);
+    PQclear(res);
+    return res ? 0 : -1;
+}
+
+int bf_pg_exec_quiet(bf_pg_t *self, const char *sql)
+{
+    PGresult *res = s_run(self, sql, 0, NULL, true, PGRES_COMMAND_OK);
+    PQclear(res);
+    return res ? 0 : -1;
+}
+
+PGresult *bf_pg_query(bf_pg_t *self, const char *sql, int nparams, const char *const *params)
+{
+    return s_run(self, sql, nparams, params, false, PGRES_TUPLES_OK);
+}
+
+PGresult *bf_pg_query_quiet(bf_pg_t *self, const char *sql, int nparams, const char *const *params)
+{
+    return s_run(self, sql, nparams, params, true, PGRES_TUPLES_OK);
+}
+
+bool bf_pg_error_is_retryable(const bf_pg_t *self)
+{
+    /* 08: connection exception, 57P01-03: admin/crash shutdown, cannot connect now,
+     * 40001/40P01: serialization failure / deadlock, 53: insufficient resources. */
+    const char *s = self->sqlstate;
+    if (!s[0])
+        return PQstatus(self->conn) != CONNECTION_OK;
+    return strncmp(s, "08", 2) == 0 || strncmp(s, "57P", 3) == 0 || strcmp(s, "40001") == 0 ||
+           strcmp(s, "40P01") == 0 || strncmp(s, "53", 2) == 0;
+}
+
+bool bf_pg_is_alive(bf_pg_t *self)
+{
+    return self && self->conn && PQstatus(self->conn) == CONNECTION_OK;
+}
+
+char *bf_pg_ident(bf_pg_t *self, const char *name)
+{
+    char *q = PQescapeIdentifier(self->conn, name, strlen(name));
+    if (!q)
+        return NULL;
+    char *out = strdup(q);
+    PQfreemem(q);
+    return out;
+}
+
+char *bf_pg_literal(bf_pg_t *self, const char *value)
+{
+    char *q = PQescapeLiteral(self->conn, value, strlen(value));
+    if (!q)
+        return NULL;
+    char *out = strdup(q);
+    PQfreemem(q);
+    return out;
+}

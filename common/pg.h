@@ -1,0 +1,45 @@
+/* A thin libpq wrapper that carries its error (message and SQLSTATE) and a
+ * redacted connection string for messages. Errors are logged once, here. */
+#ifndef BF_PG_H
+#define BF_PG_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+typedef struct {
+    PGconn *conn;       /* open connection */
+    char what[64];      /* role in messages: "source", "target billing" */
+    char redacted[512]; /* connection string without its password */
+    char sqlstate[6];   /* SQLSTATE of the last error, "" when none */
+    char errmsg[1024];  /* last error, one line, no password */
+    char detail[1024];  /* PG_DIAG_MESSAGE_DETAIL of the last error (names the key) */
+} bf_pg_t;
+
+/* Connects with a 5 s connect_timeout (unless the DSN sets one). On failure logs
+ * one line naming `what` and the redacted DSN and
+ * returns NULL. */
+bf_pg_t *bf_pg_connect(const char *dsn, const char *what);
+void bf_pg_destroy(bf_pg_t **self_p);
+
+/* Runs a statement that returns no rows. 0 or -1 (error kept in self, logged
+ * unless quiet). */
+int bf_pg_exec(bf_pg_t *self, const char *sql);
+int bf_pg_exec_quiet(bf_pg_t *self, const char *sql);
+
+/* Runs a parameterised query (text params). Returns the result (caller PQclear)
+ * or NULL on error (kept in self, logged unless quiet). */
+PGresult *bf_pg_query(bf_pg_t *self, const char *sql, int nparams, const char *const *params);
+PGresult *bf_pg_query_quiet(bf_pg_t *self, const char *sql, int nparams, const char *const *params);
+
+/* Records the error of res (or of the connection when res is NULL) in self. */
+void bf_pg_set_error(bf_pg_t *self, const PGresult *res);
+
+/* True when the last error is a lost connection or a server shutdown: retry. */
+bool bf_pg_error_is_retryable(const bf_pg_t *self);
+bool bf_pg_is_alive(bf_pg_t *self);
+
+/* Quoted identifier / literal (malloc'd), or NULL on out-of-memory. */
+char *bf_pg_ident(bf_pg_t *self, const char *name);
+char *bf_pg_literal(bf_pg_t *self, const char *value);
+
+#endif

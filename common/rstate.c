@@ -1,0 +1,466 @@
+#include "rstate.h"
+
+#include "dsn.h"
+#include "functions_lua.h"
+#include "log.h"
+#include "strbuf.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void bf_range_clear(bf_range_t *r)
+{
+    free(r->lo);
+    free(r->hi);
+    free(r->cursor);
+    memset(r, 0, sizeof *r);
+}
+
+static int s_connect(bf_rstate_t *self, bool log)
+{
+    bf_redis_url_t u;
+    char err[256];
+    if (bf_redis_url_parse(self->url, &u, err, sizeof err) != 0) {
+        snprintf(self->errmsg, sizeof self->errmsg, "%s", err);
+        if (log)
+            log_error("redis %s: %s", self->redacted, err);
+        return -1;
+    }
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout(u.host, u.port, tv);
+    if (!c || c->err) {
+        snprintf(self->errmsg, sizeof self->errmsg, "cannot connect to redis at %s: %s",
+                 self->redacted, c ? c->errstr : "out of memory");
+        if (c)
+            redisFree(c);
+        if (log)
+            log_error("%s", self->errmsg);
+        return -1;
+    }
+    redisSetTimeout(c, (struct timeval){30, 0});
+    redisReply *r = NULL;
+    if (u.password[0]) {
+        r = u.user[0] ? redisCommand(c, "AUTH %s %s", u.user, u.password)
+                      : redisCommand(c, "AUTH %s", u.password);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(self->errmsg, sizeof self->errmsg, "redis at %s refused AUTH: %s",
+                     self->redacted, r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    if (u.db != 0) {
+        r = redisCommand(c, "SELECT %d", u.db);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: SELECT %d failed: %s",
+                     self->redacted, u.db, r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    memset(u.password, 0, sizeof u.password);
+    self->ctx = c;
+    return 0;
+fail:
+    if (r)
+        freeReplyObject(r);
+    redisFree(c);
+    memset(u.password, 0, sizeof u.password);
+    if (log)
+        log_error("%s", self->errmsg);
+    return -1;
+}
+
+bf_rstate_t *bf_rstate_connect(const char *url, const char *job_name)
+{
+    bf_rstate_t *self = bf_xcalloc(1, sizeof *self);
+    self->url = bf_xstrdup(url);
+    bf_redact(url, self->redacted, sizeof self->redacted);
+    snprintf(self->prefix, sizeof self->prefix, "bf:{%s}:", job_name);
+    if (s_connect(self, true) != 0) {
+        bf_rstate_destroy(&self);
+        return NULL;
+    }
+    return self;
+}
+
+void bf_rstate_destroy(bf_rstate_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    bf_rstate_t *self = *self_p;
+    if (self->ctx)
+        redisFree(self->ctx);
+    if (self->url) {
+        memset(self->url, 0, strlen(self->url));
+        free(self->url);
+    }
+    free(self);
+    *self_p = NULL;
+}
+
+const char *bf_rstate_key(bf_rstate_t *self, const char *suffix)
+{
+    snprintf(self->key, sizeof self->key, "%s%s", self->prefix, suffix);
+    return self->key;
+}
+
+/* Checks a reply; converts an error reply into NULL with errmsg set. */
+static redisReply *s_check(bf_rstate_t *self, redisReply *r)
+{
+    if (!r) {
+        snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
+                 self->ctx ? self->ctx->errstr : "not connected");
+        if (self->ctx) {
+            redisFree(self->ctx);
+            self->ctx = NULL;
+        }
+        return NULL;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted, r->str);
+        freeReplyObject(r);
+        return NULL;
+    }
+    return r;
+}
+
+redisReply *bf_rstate_cmd(bf_rstate_t *self, const char *fmt, ...)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!self->ctx && s_connect(self, false) != 0)
+            return NULL;
+        va_list ap;
+        va_start(ap, fmt);
+        redisReply *r = redisvCommand(self->ctx, fmt, ap);
+        va_end(ap);
+        if (r || !self->ctx || self->ctx->err == 0 || attempt == 1)
+            return s_check(self, r);
+        s_check(self, r); /* drops the broken connection; retry once */
+    }
+    return NULL;
+}
+
+redisReply *bf_rstate_argv(bf_rstate_t *self, int argc, const char **argv)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (!self->ctx && s_connect(self, false) != 0)
+            return NULL;
+        redisReply *r = redisCommandArgv(self->ctx, argc, argv, NULL);
+        if (r || attempt == 1)
+            return s_check(self, r);
+        s_check(self, r);
+    }
+    return NULL;
+}
+
+int bf_rstate_load_functions(bf_rstate_t *self)
+{
+    redisReply *r = bf_rstate_cmd(self, "FUNCTION LOAD REPLACE %s", bf_functions_lua);
+    if (!r) {
+        log_error("cannot load backfill functions into %s (Redis 7 or later is needed): %s",
+                  self->redacted, self->errmsg);
+        return -1;
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field, int64_t *out)
+{
+    redisReply *r = bf_rstate_cmd(self, "HGET %s %s", bf_rstate_key(self, suffix), field);
+    if (!r)
+        return -1;
+    *out = (r->type == REDIS_REPLY_STRING) ? strtoll(r->str, NULL, 10) : 0;
+    freeReplyObject(r);
+    return 0;
+}
+
+int bf_rstate_is_planned(bf_rstate_t *self)
+{
+    int64_t planned = 0;
+    if (bf_rstate_hget_int(self, "meta", "planned", &planned) != 0)
+        return -1;
+    return planned == 1;
+}
+
+static char *s_str_or_null(const redisReply *r)
+{
+    return (r && r->type == REDIS_REPLY_STRING) ? bf_xstrdup(r->str) : NULL;
+}
+
+int bf_rstate_lease(bf_rstate_t *self, const char *owner, int64_t ttl_ms, bf_range_t *out)
+{
+    memset(out, 0, sizeof *out);
+    redisReply *r = bf_rstate_cmd(self, "FCALL bf_lease 1 %s %s %lld", bf_rstate_key(self, "meta"),
+                                  owner, (long long)ttl_ms);
+    if (!r)
+        return -1;
+    if (r->type == REDIS_REPLY_NIL) {
+        freeReplyObject(r);
+        return 0;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 7) {
+        snprintf(self->errmsg, sizeof self->errmsg, "bf_lease: unexpected reply");
+        freeReplyObject(r);
+        return -1;
+    }
+    out->id = strtoll(r->element[0]->str, NULL, 10);
+    out->token = strtoll(r->element[1]->str, NULL, 10);
+    out->table = r->element[2]->type == REDIS_REPLY_STRING ? atoi(r->element[2]->str) : 0;
+    out->lo = s_str_or_null(r->element[3]);
+    out->hi = s_str_or_null(r->element[4]);
+    out->cursor = s_str_or_null(r->element[5]);
+    out->seq =
+        r->element[6]->type == REDIS_REPLY_STRING ? strtoll(r->element[6]->str, NULL, 10) : 0;
+    snprintf(out->state, sizeof out->state, "leased");
+    freeReplyObject(r);
+    return 1;
+}
+
+bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
+                                    const char *cursor, int64_t rows, int64_t bytes, bool final,
+                                    int64_t ttl_ms)
+{
+    char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)id);
+    snprintf(toks, sizeof toks, "%lld", (long long)token);
+    snprintf(seqs, sizeof seqs, "%lld", (long long)seq);
+    snprintf(rowss, sizeof rowss, "%lld", (long long)rows);
+    snprintf(bytess, sizeof bytess, "%lld", (long long)bytes);
+    snprintf(ttls, sizeof ttls, "%lld", (long long)ttl_ms);
+    const char *argv[] = {"FCALL",
+                          "bf_checkpoint",
+                          "1",
+                          bf_rstate_key(self, "meta"),
+                          ids,
+                          toks,
+                          seqs,
+                          cursor ? cursor : "",
+                          cursor ? "1" : "0",
+                          rowss,
+                          bytess,
+                          final ? "1" : "0",
+                          ttls};
+    redisReply *r = bf_rstate_argv(self, 13, argv);
+    if (!r)
+        return BF_CP_ERROR;
+    bf_cp_result_t res = BF_CP_ERROR;
+    if (r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_STRING) {
+        if (strcmp(r->str, "OK") == 0)
+            res = BF_CP_OK;
+        else if (strcmp(r->str, "DUP") == 0)
+            res = BF_CP_DUP;
+        else if (strcmp(r->str, "STALE") == 0)
+            res = BF_CP_STALE;
+    }
+    freeReplyObject(r);
+    return res;
+}
+
+int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *reason,
+                      bool counts_as_attempt, int max_attempts)
+{
+    char ids[24], toks[24], maxs[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)id);
+    snprintf(toks, sizeof toks, "%lld", (long long)token);
+    snprintf(maxs, sizeof maxs, "%d", max_attempts);
+    const char *argv[] = {"FCALL",
+                          "bf_release",
+                          "1",
+                          bf_rstate_key(self, "meta"),
+                          ids,
+                          toks,
+                          reason ? reason : "",
+                          counts_as_attempt ? "1" : "0",
+                          maxs};
+    redisReply *r = bf_rstate_argv(self, 9, argv);
+    if (!r)
+        return -1;
+    int res = 2;
+    if (r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_STRING) {
+        if (strcmp(r->str, "PENDING") == 0)
+            res = 0;
+        else if (strcmp(r->str, "FAILED") == 0)
+            res = 1;
+    }
+    freeReplyObject(r);
+    return res;
+}
+
+int bf_rstate_renew(bf_rstate_t *self, int64_t ttl_ms, int n, const int64_t *ids,
+                    const int64_t *tokens, int64_t *lost, int *nlost)
+{
+    int cap = *nlost;
+    *nlost = 0;
+    if (n == 0)
+        return 0;
+    int argc = 5 + 2 * n;
+    const char **argv = bf_xcalloc((size_t)argc, sizeof *argv);
+    char(*num)[24] = bf_xcalloc((size_t)(2 * n + 1), sizeof *num);
+    argv[0] = "FCALL";
+    argv[1] = "bf_renew";
+    argv[2] = "1";
+    argv[3] = bf_rstate_key(self, "meta");
+    snprintf(num[0], 24, "%lld", (long long)ttl_ms);
+    argv[4] = num[0];
+    for (int i = 0; i < n; i++) {
+        snprintf(num[1 + 2 * i], 24, "%lld", (long long)ids[i]);
+        snprintf(num[2 + 2 * i], 24, "%lld", (long long)tokens[i]);
+        argv[5 + 2 * i] = num[1 + 2 * i];
+        argv[6 + 2 * i] = num[2 + 2 * i];
+    }
+    redisReply *r = bf_rstate_argv(self, argc, argv);
+    free(argv);
+    free(num);
+    if (!r)
+        return -1;
+    if (r->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i < r->elements && *nlost < cap; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING)
+                lost[(*nlost)++] = strtoll(r->element[i]->str, NULL, 10);
+    freeReplyObject(r);
+    return 0;
+}
+
+int bf_rstate_reap(bf_rstate_t *self)
+{
+    redisReply *r = bf_rstate_cmd(self, "FCALL bf_reap 1 %s", bf_rstate_key(self, "meta"));
+    if (!r)
+        return -1;
+    int n = r->type == REDIS_REPLY_ARRAY ? (int)r->elements : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out)
+{
+    memset(out, 0, sizeof *out);
+    char suffix[40];
+    snprintf(suffix, sizeof suffix, "range:%lld", (long long)id);
+    redisReply *r = bf_rstate_cmd(self, "HMGET %s tbl lo hi cursor token seq est rows bytes state",
+                                  bf_rstate_key(self, suffix));
+    if (!r)
+        return -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 10 ||
+        r->element[9]->type != REDIS_REPLY_STRING) {
+        snprintf(self->errmsg, sizeof self->errmsg, "range %lld does not exist", (long long)id);
+        freeReplyObject(r);
+        return -1;
+    }
+    out->id = id;
+    out->table = r->element[0]->type == REDIS_REPLY_STRING ? atoi(r->element[0]->str) : 0;
+    out->lo = s_str_or_null(r->element[1]);
+    out->hi = s_str_or_null(r->element[2]);
+    out->cursor = s_str_or_null(r->element[3]);
+    int64_t *nums[] = {&out->token, &out->seq, &out->est, &out->rows, &out->bytes};
+    for (int i = 0; i < 5; i++)
+        *nums[i] = r->element[4 + i]->type == REDIS_REPLY_STRING
+                       ? strtoll(r->element[4 + i]->str, NULL, 10)
+                       : 0;
+    snprintf(out->state, sizeof out->state, "%s", r->element[9]->str);
+    freeReplyObject(r);
+    return 0;
+}
+
+#include "planner.h"
+
+int bf_rstate_forget(bf_rstate_t *self)
+{
+    char pattern[260];
+    snprintf(pattern, sizeof pattern, "%s*", self->prefix);
+    char cursor[32] = "0";
+    do {
+        redisReply *r = bf_rstate_cmd(self, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        if (!r)
+            return -1;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            return -1;
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        redisReply *keys = r->element[1];
+        for (size_t i = 0; i < keys->elements; i++) {
+            redisReply *d = bf_rstate_cmd(self, "UNLINK %s", keys->element[i]->str);
+            if (!d) {
+                freeReplyObject(r);
+                return -1;
+            }
+            freeReplyObject(d);
+        }
+        freeReplyObject(r);
+    } while (strcmp(cursor, "0") != 0);
+    return 0;
+}
+
+int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
+                         const struct bf_plan_range *const *ranges, const size_t *nranges)
+{
+    if (bf_rstate_forget(self) != 0 || (!self->ctx && s_connect(self, true) != 0)) {
+        log_error("cannot store the plan: %s", self->errmsg);
+        return -1;
+    }
+    redisContext *c = self->ctx;
+    char key[400], pend[400], meta[400], stats[400];
+    snprintf(pend, sizeof pend, "%spending", self->prefix);
+    snprintf(meta, sizeof meta, "%smeta", self->prefix);
+    snprintf(stats, sizeof stats, "%sstats", self->prefix);
+    size_t queued = 1;
+    redisAppendCommand(c, "MULTI");
+    long long id = 0;
+    for (int t = 0; t < ntables; t++) {
+        long long est = 0;
+        for (size_t i = 0; i < nranges[t]; i++, id++) {
+            const bf_plan_range_t *r = &ranges[t][i];
+            snprintf(key, sizeof key, "%srange:%lld", self->prefix, id);
+            redisAppendCommand(
+                c, "HSET %s tbl %d state pending seq 0 rows 0 bytes 0 attempts 0 est %lld", key, t,
+                (long long)r->est);
+            queued++;
+            if (r->lo) {
+                redisAppendCommand(c, "HSET %s lo %s", key, r->lo);
+                queued++;
+            }
+            if (r->hi) {
+                redisAppendCommand(c, "HSET %s hi %s", key, r->hi);
+                queued++;
+            }
+            redisAppendCommand(c, "ZADD %s %lld %lld", pend, id, id);
+            queued++;
+            est += r->est;
+        }
+        redisAppendCommand(c, "HSET %s tbl:%d:name %s tbl:%d:ranges %lld tbl:%d:est %lld", meta, t,
+                           labels[t], t, (long long)nranges[t], t, est);
+        redisAppendCommand(c, "HSET %s rows:%d 0 done:%d 0 failed:%d 0", stats, t, t, t);
+        queued += 2;
+    }
+    redisAppendCommand(c, "HSET %s done_total 0 failed_total 0 batches 0 retries 0", stats);
+    redisAppendCommand(c, "HSET %s planned 1 nranges %lld ntables %d created_ms %lld", meta, id,
+                       ntables, bf_wall_ms());
+    redisAppendCommand(c, "EXEC");
+    queued += 3;
+    int rc = 0;
+    for (size_t i = 0; i < queued; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c, (void **)&r) != REDIS_OK) {
+            snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
+                     c->errstr);
+            rc = -1;
+            break;
+        }
+        if (r->type == REDIS_REPLY_ERROR || (i == queued - 1 && r->type != REDIS_REPLY_ARRAY)) {
+            snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
+                     r->type == REDIS_REPLY_ERROR ? r->str : "transaction aborted");
+            rc = -1;
+        }
+        freeReplyObject(r);
+    }
+    if (rc != 0) {
+        log_error("cannot store the plan: %s", self->errmsg);
+        redisFree(self->ctx);
+        self->ctx = NULL;
+    }
+    return rc;
+}

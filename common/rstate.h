@@ -1,0 +1,93 @@
+/* The job's durable state in Redis: plan, leases, checkpoints, counters. State
+ * changes go through the Redis Functions in functions.lua (FCALL). */
+#ifndef BF_RSTATE_H
+#define BF_RSTATE_H
+
+#include <hiredis.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct {
+    redisContext *ctx;  /* open connection, NULL while disconnected */
+    char *url;          /* redis URL with password (never logged) */
+    char redacted[512]; /* URL for messages */
+    char prefix[200];   /* "bf:{job}:" */
+    char key[320];      /* scratch for bf_rstate_key() */
+    char errmsg[512];   /* last error, one line */
+} bf_rstate_t;
+
+/* A range as stored: [lo, hi) on the key, open where NULL. */
+typedef struct {
+    int64_t id;     /* range id, 0.. */
+    int table;      /* index into job->tables */
+    char *lo, *hi;  /* bounds as key text, NULL = open */
+    char *cursor;   /* last key copied, NULL = nothing copied yet */
+    int64_t token;  /* fencing token of the current lease */
+    int64_t seq;    /* last checkpointed batch */
+    int64_t est;    /* estimated rows at plan time */
+    int64_t rows;   /* rows copied so far */
+    int64_t bytes;  /* bytes copied so far */
+    char state[16]; /* pending, leased, done, failed */
+} bf_range_t;
+
+void bf_range_clear(bf_range_t *r);
+
+/* Connects (5 s timeout), authenticates and selects the db from the URL. Logs
+ * one line naming the redacted URL on failure and returns NULL. */
+bf_rstate_t *bf_rstate_connect(const char *url, const char *job_name);
+void bf_rstate_destroy(bf_rstate_t **self_p);
+
+/* "bf:{job}:<suffix>" in a scratch buffer valid until the next call. */
+const char *bf_rstate_key(bf_rstate_t *self, const char *suffix);
+
+/* Runs a command (hiredis format). Reconnects once when the connection broke.
+ * Returns the reply (freeReplyObject) or NULL with self->errmsg set; a Redis
+ * error reply is returned as NULL too. Not logged: callers decide. */
+redisReply *bf_rstate_cmd(bf_rstate_t *self, const char *fmt, ...);
+redisReply *bf_rstate_argv(bf_rstate_t *self, int argc, const char **argv);
+
+/* Loads functions.lua (FUNCTION LOAD REPLACE). 0 or -1 (logged). */
+int bf_rstate_load_functions(bf_rstate_t *self);
+
+/* 1 when the job has a plan stored, 0 when not, -1 on error. */
+int bf_rstate_is_planned(bf_rstate_t *self);
+
+/* Leases the next pending range. 1 = *out filled, 0 = nothing pending, -1 error. */
+int bf_rstate_lease(bf_rstate_t *self, const char *owner, int64_t ttl_ms, bf_range_t *out);
+
+typedef enum { BF_CP_OK = 0, BF_CP_DUP = 1, BF_CP_STALE = 2, BF_CP_ERROR = -1 } bf_cp_result_t;
+
+bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
+                                    const char *cursor, int64_t rows, int64_t bytes, bool final,
+                                    int64_t ttl_ms);
+
+/* Puts a leased range back. counts_as_attempt: a failure (else a clean hand-back).
+ * Returns 0 pending again, 1 failed for good (attempts exhausted), 2 stale, -1 error. */
+int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *reason,
+                      bool counts_as_attempt, int max_attempts);
+
+/* Extends the given leases; writes up to *nlost ids no longer held into lost.
+ * Returns 0 or -1. */
+int bf_rstate_renew(bf_rstate_t *self, int64_t ttl_ms, int n, const int64_t *ids,
+                    const int64_t *tokens, int64_t *lost, int *nlost);
+
+/* Returns expired leases to pending; returns how many, or -1. */
+int bf_rstate_reap(bf_rstate_t *self);
+
+/* Reads one range. 0, or -1 (missing or error). */
+int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out);
+
+/* Reads an integer field of a hash (0 when missing); -1 on error. */
+int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field, int64_t *out);
+
+/* Replaces any stored state of the job with a new plan: for table t,
+ * ranges[t][0..nranges[t]) (lo/hi as key text, NULL = open) with their estimates.
+ * labels[t] names the table. Atomic (MULTI/EXEC). 0 or -1 (logged). */
+struct bf_plan_range;
+int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
+                         const struct bf_plan_range *const *ranges, const size_t *nranges);
+
+/* Deletes every key of the job. 0 or -1. */
+int bf_rstate_forget(bf_rstate_t *self);
+
+#endif

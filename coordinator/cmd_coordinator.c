@@ -1,0 +1,323 @@
+/* `backfill coordinator JOB.yaml --bind ENDPOINT` and `backfill run JOB.yaml
+ * --workers N` (the coordinator plus N local worker processes). */
+#include "commands.h"
+#include "coordinator.h"
+#include "exitcodes.h"
+#include "log.h"
+#include "strbuf.h"
+
+#include <czmq.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t s_stop = 0;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+static void s_signals(void)
+{
+    zsys_init();
+    zsys_handler_set(NULL);
+    struct sigaction sa = {.sa_handler = s_on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+typedef struct {
+    const char *job_path;
+    const char *bind;
+    int workers;
+    const char *log_level;
+    const char *log_format;
+    bf_coord_opts_t opts;
+} coord_args_t;
+
+static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usage)(FILE *))
+{
+    static const struct option opts[] = {{"bind", required_argument, NULL, 'b'},
+                                         {"workers", required_argument, NULL, 'w'},
+                                         {"lease-ttl", required_argument, NULL, 't'},
+                                         {"log-level", required_argument, NULL, 'l'},
+                                         {"log-format", required_argument, NULL, 'f'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "b:w:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'b':
+            a->bind = optarg;
+            break;
+        case 'w':
+            a->workers = atoi(optarg);
+            if (a->workers < 1 || a->workers > 256 || !run) {
+                fprintf(stderr, "backfill: --workers takes a number from 1 to 256 (run only)\n");
+                return BF_EXIT_USAGE;
+            }
+            break;
+        case 't':
+            a->opts.lease_ttl_ms = atoi(optarg) * 1000;
+            if (a->opts.lease_ttl_ms < 5000) {
+                fprintf(stderr, "backfill: --lease-ttl takes seconds, at least 5\n");
+                return BF_EXIT_USAGE;
+            }
+            break;
+        case 'l':
+            if (bf_log_level_parse(optarg) < 0) {
+                fprintf(stderr, "backfill: unknown log level '%s' (debug, info, warn, error)\n",
+                        optarg);
+                return BF_EXIT_USAGE;
+            }
+            a->log_level = optarg;
+            bf_log_set_level((bf_log_level_t)bf_log_level_parse(optarg));
+            break;
+        case 'f':
+            if (strcmp(optarg, "json") != 0 && strcmp(optarg, "text") != 0) {
+                fprintf(stderr, "backfill: --log-format is text or json\n");
+                return BF_EXIT_USAGE;
+            }
+            a->log_format = optarg;
+            bf_log_set_json(strcmp(optarg, "json") == 0);
+            break;
+        case 'h':
+            usage(stdout);
+            return -1;
+        default:
+            usage(stderr);
+            return BF_EXIT_USAGE;
+        }
+    }
+    if (optind + 1 != argc) {
+        usage(stderr);
+        return BF_EXIT_USAGE;
+    }
+    a->job_path = argv[optind];
+    return BF_EXIT_OK;
+}
+
+/* Prepares the coordinator for a job; returns NULL with *rc set when it cannot
+ * start, or when the job is complete already (*rc = OK, message printed). */
+static bf_coord_t *s_prepare(const coord_args_t *a, int *rc)
+{
+    bf_jobctx_t ctx;
+    *rc = bf_jobctx_open(&ctx, a->job_path, BF_NEED_REDIS | BF_NEED_TABLES);
+    if (*rc != BF_EXIT_OK) {
+        bf_jobctx_close(&ctx);
+        return NULL;
+    }
+    bf_coord_t *coord = bf_coord_new(&ctx, &a->opts, rc);
+    bf_jobctx_close(&ctx);
+    if (coord && bf_coord_complete(coord)) {
+        printf("job is already complete: every range is done (backfill verify %s checks it)\n",
+               a->job_path);
+        bf_coord_destroy(&coord);
+        *rc = BF_EXIT_OK;
+    }
+    return coord;
+}
+
+static void s_coordinator_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: backfill coordinator JOB.yaml [--bind ENDPOINT] [--lease-ttl SECONDS]\n"
+            "                            [--log-level LEVEL] [--log-format text|json]\n\n"
+            "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
+            "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
+            "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable).\n"
+            "  --bind ENDPOINT    ZeroMQ endpoint to listen on (default tcp://0.0.0.0:5570)\n"
+            "  --lease-ttl S      a range returns to pending S seconds after its worker's last\n"
+            "                     sign of life (default 30)\n",
+            BF_EXIT_DATA, BF_EXIT_INTERRUPTED);
+}
+
+int bf_cmd_coordinator(int argc, char **argv)
+{
+    coord_args_t a = {.bind = "tcp://0.0.0.0:5570", .opts = {.progress_ms = 5000}};
+    int rc = s_parse(argc, argv, &a, false, s_coordinator_usage);
+    if (rc != BF_EXIT_OK)
+        return rc < 0 ? BF_EXIT_OK : rc;
+    bf_log_set_role("coordinator");
+    s_signals();
+    bf_coord_t *coord = s_prepare(&a, &rc);
+    if (!coord)
+        return rc;
+    if (bf_coord_bind(coord, a.bind) != 0) {
+        bf_coord_destroy(&coord);
+        return BF_EXIT_USAGE;
+    }
+    rc = bf_coord_serve(coord, &s_stop, NULL, NULL);
+    if (rc == BF_EXIT_OK) {
+        printf("job complete\n");
+        bf_coord_summary(coord, stdout);
+    } else if (rc == BF_EXIT_INTERRUPTED) {
+        log_info("interrupted; start the coordinator again to resume");
+    }
+    bf_coord_destroy(&coord);
+    return rc;
+}
+
+/* ---- run: coordinator + local workers ---- */
+
+typedef struct {
+    const coord_args_t *args;
+    char endpoint[300];
+    pid_t *pids; /* worker processes, 0 = slot empty */
+    int n;
+    int respawns; /* workers restarted after dying */
+    char self_exe[4096];
+} supervisor_t;
+
+static pid_t s_spawn(supervisor_t *s)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        const char *argv[12];
+        int i = 0;
+        argv[i++] = "backfill";
+        argv[i++] = "worker";
+        argv[i++] = "--connect";
+        argv[i++] = s->endpoint;
+        if (s->args->log_level) {
+            argv[i++] = "--log-level";
+            argv[i++] = s->args->log_level;
+        }
+        if (s->args->log_format) {
+            argv[i++] = "--log-format";
+            argv[i++] = s->args->log_format;
+        }
+        argv[i] = NULL;
+        execv(s->self_exe, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+static void s_supervise(void *arg)
+{
+    supervisor_t *s = arg;
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < s->n; i++) {
+            if (s->pids[i] != pid)
+                continue;
+            s->pids[i] = 0;
+            if (s_stop)
+                break;
+            bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            if (!ok && s->respawns < 3 * s->n) {
+                log_warn("worker %d (pid %d) died (%s %d); starting a new one", i, (int)pid,
+                         WIFSIGNALED(status) ? "signal" : "exit code",
+                         WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
+                s->respawns++;
+                s->pids[i] = s_spawn(s);
+            }
+        }
+    }
+}
+
+/* Waits up to ms for every worker to exit, then kills the rest. */
+static void s_reap_all(supervisor_t *s, int ms)
+{
+    long long until = bf_now_ms() + ms;
+    for (;;) {
+        int alive = 0;
+        for (int i = 0; i < s->n; i++) {
+            if (!s->pids[i])
+                continue;
+            if (waitpid(s->pids[i], NULL, WNOHANG) == s->pids[i])
+                s->pids[i] = 0;
+            else
+                alive++;
+        }
+        if (!alive)
+            return;
+        if (bf_now_ms() > until) {
+            for (int i = 0; i < s->n; i++)
+                if (s->pids[i]) {
+                    log_warn("worker pid %d did not stop in time; killing it", (int)s->pids[i]);
+                    kill(s->pids[i], SIGKILL);
+                    waitpid(s->pids[i], NULL, 0);
+                    s->pids[i] = 0;
+                }
+            return;
+        }
+        usleep(50000);
+    }
+}
+
+static void s_run_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: backfill run JOB.yaml [--workers N] [--lease-ttl SECONDS]\n"
+            "                    [--log-level LEVEL] [--log-format text|json]\n\n"
+            "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
+            "on stderr. Interrupted (Ctrl-C), it hands every range back at its last checkpoint;\n"
+            "run it again to resume. On a finished job it says so and exits 0.\n");
+}
+
+static int s_run(coord_args_t *ap)
+{
+    coord_args_t a = *ap;
+    int rc;
+    bf_log_set_role("run");
+    s_signals();
+    bf_coord_t *coord = s_prepare(&a, &rc);
+    if (!coord)
+        return rc;
+    supervisor_t s = {.args = &a, .n = a.workers};
+    snprintf(s.endpoint, sizeof s.endpoint, "ipc:///tmp/backfill-run-%d.sock", (int)getpid());
+    ssize_t len = readlink("/proc/self/exe", s.self_exe, sizeof s.self_exe - 1);
+    if (len <= 0 || bf_coord_bind(coord, s.endpoint) != 0) {
+        log_error("cannot start the local coordinator");
+        bf_coord_destroy(&coord);
+        return BF_EXIT_INTERNAL;
+    }
+    s.self_exe[len] = 0;
+    s.pids = bf_xcalloc((size_t)s.n, sizeof *s.pids);
+    for (int i = 0; i < s.n; i++)
+        s.pids[i] = s_spawn(&s);
+    log_info("started %d workers", s.n);
+    rc = bf_coord_serve(coord, &s_stop, s_supervise, &s);
+    if (rc == BF_EXIT_INTERRUPTED)
+        log_info("interrupted: workers are handing their ranges back");
+    s_reap_all(&s, 15000);
+    if (rc == BF_EXIT_OK) {
+        printf("job complete\n");
+        bf_coord_summary(coord, stdout);
+    } else if (rc == BF_EXIT_INTERRUPTED) {
+        printf("interrupted; progress is checkpointed: run the same command again to resume\n");
+    }
+    fflush(stdout);
+    free(s.pids);
+    bf_coord_destroy(&coord);
+    unlink(s.endpoint + strlen("ipc://"));
+    return rc;
+}
+
+int bf_run_job(const char *job_path, int workers, const char *log_level)
+{
+    coord_args_t a = {.job_path = job_path,
+                      .workers = workers,
+                      .log_level = log_level,
+                      .opts = {.progress_ms = 2000}};
+    return s_run(&a);
+}
+
+int bf_cmd_run(int argc, char **argv)
+{
+    coord_args_t a = {.workers = 4, .opts = {.progress_ms = 2000}};
+    int rc = s_parse(argc, argv, &a, true, s_run_usage);
+    if (rc != BF_EXIT_OK)
+        return rc < 0 ? BF_EXIT_OK : rc;
+    return s_run(&a);
+}

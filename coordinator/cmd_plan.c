@@ -1,0 +1,177 @@
+/* `backfill plan JOB.yaml` and `backfill status JOB.yaml [--json]`. */
+#include "commands.h"
+#include "coordinator.h"
+#include "exitcodes.h"
+#include "jobctx.h"
+#include "log.h"
+#include "planner.h"
+#include "strbuf.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Parses `CMD JOB.yaml [--json]`; returns the job path or NULL (usage printed;
+ * *rc is the exit code). */
+static const char *s_args(int argc, char **argv, bool *json, const char *usage, int *rc)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    int c;
+    optind = 1;
+    *rc = BF_EXIT_OK;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (c == 'j' && json) {
+            *json = true;
+        } else if (c == 'h') {
+            fputs(usage, stdout);
+            return NULL;
+        } else {
+            fputs(usage, stderr);
+            *rc = BF_EXIT_USAGE;
+            return NULL;
+        }
+    }
+    if (optind + 1 != argc) {
+        fputs(usage, stderr);
+        *rc = BF_EXIT_USAGE;
+        return NULL;
+    }
+    return argv[optind];
+}
+
+int bf_cmd_plan(int argc, char **argv)
+{
+    int rc;
+    const char *path =
+        s_args(argc, argv, NULL,
+               "usage: backfill plan JOB.yaml\n\n"
+               "Checks the job against the real source and target schemas and prints the\n"
+               "ranges it would hand out (table, lo, hi, estimated rows). Copies nothing and\n"
+               "does not touch Redis. lo is inclusive, hi exclusive, '-' is an open end.\n",
+               &rc);
+    if (!path)
+        return rc;
+    bf_log_set_role("plan");
+    bf_jobctx_t ctx;
+    rc = bf_jobctx_open(&ctx, path, BF_NEED_TABLES);
+    if (rc == BF_EXIT_OK) {
+        printf("%-6s %-32s %-20s %-20s %12s\n", "range", "table", "lo", "hi", "est_rows");
+        int id = 0;
+        for (int t = 0; t < ctx.job->ntables && rc == BF_EXIT_OK; t++) {
+            bf_plan_range_t *r = NULL;
+            size_t n = 0;
+            if (bf_plan_table(ctx.src, &ctx.tables[t], ctx.job->range_rows, &r, &n) != 0) {
+                rc = BF_EXIT_CONNECT;
+                break;
+            }
+            for (size_t i = 0; i < n; i++)
+                printf("%-6d %-32s %-20s %-20s %12lld\n", id++, ctx.tables[t].src_label,
+                       r[i].lo ? r[i].lo : "-", r[i].hi ? r[i].hi : "-", (long long)r[i].est);
+            bf_plan_ranges_free(r, n);
+        }
+    }
+    bf_jobctx_close(&ctx);
+    return rc;
+}
+
+int bf_cmd_status(int argc, char **argv)
+{
+    int rc;
+    bool json = false;
+    const char *path =
+        s_args(argc, argv, &json,
+               "usage: backfill status JOB.yaml [--json]\n\n"
+               "Per table: ranges done/leased/pending/failed, rows copied, rate and ETA, read\n"
+               "from the job's checkpoints in Redis. Works while the job runs and after.\n",
+               &rc);
+    if (!path)
+        return rc;
+    bf_log_set_role("status");
+    bf_jobctx_t ctx;
+    rc = bf_jobctx_open(&ctx, path, BF_NEED_REDIS);
+    if (rc != BF_EXIT_OK) {
+        bf_jobctx_close(&ctx);
+        return rc;
+    }
+    int planned = bf_rstate_is_planned(ctx.redis);
+    if (planned <= 0) {
+        if (planned < 0)
+            log_error("%s", ctx.redis->errmsg);
+        else if (json)
+            printf("{\"job\":\"%s\",\"planned\":false}\n", ctx.job->name);
+        else
+            printf("job %s has not started (no plan in redis)\n", ctx.job->name);
+        bf_jobctx_close(&ctx);
+        return planned < 0 ? BF_EXIT_CONNECT : BF_EXIT_OK;
+    }
+    int n = ctx.job->ntables;
+    bf_table_progress_t *p = bf_xcalloc((size_t)n, sizeof *p);
+    int64_t retries = 0, batches = 0, created = 0, rate_rows = 0, rate_ms = 0;
+    bf_rstate_hget_int(ctx.redis, "meta", "created_ms", &created);
+    if (bf_progress_read(ctx.redis, n, p, &retries, &batches) != 0) {
+        log_error("%s", ctx.redis->errmsg);
+        free(p);
+        bf_jobctx_close(&ctx);
+        return BF_EXIT_CONNECT;
+    }
+    /* Rate: sample the row counters over one second. */
+    int64_t rows0 = 0, rows1 = 0;
+    for (int t = 0; t < n; t++)
+        rows0 += p[t].rows;
+    int64_t done_ranges = 0, all_ranges = 0;
+    for (int t = 0; t < n; t++) {
+        done_ranges += p[t].done;
+        all_ranges += p[t].ranges;
+    }
+    if (done_ranges < all_ranges) {
+        long long t0 = bf_now_ms();
+        usleep(1000000);
+        bf_table_progress_t *q = bf_xcalloc((size_t)n, sizeof *q);
+        if (bf_progress_read(ctx.redis, n, q, NULL, NULL) == 0) {
+            for (int t = 0; t < n; t++)
+                rows1 += q[t].rows;
+            memcpy(p, q, (size_t)n * sizeof *p);
+        }
+        free(q);
+        rate_rows = rows1 - rows0;
+        rate_ms = bf_now_ms() - t0;
+    }
+    double rate = rate_ms > 0 ? 1000.0 * (double)rate_rows / (double)rate_ms : 0;
+    if (json)
+        printf("{\"job\":\"%s\",\"planned\":true,\"rows_per_second\":%.0f,\"batches\":%lld,"
+               "\"retries\":%lld,\"tables\":[",
+               ctx.job->name, rate, (long long)batches, (long long)retries);
+    else
+        printf("%-32s %7s %7s %7s %7s %12s %12s %6s %8s\n", "table", "done", "leased", "pending",
+               "failed", "rows", "est_rows", "pct", "eta_s");
+    for (int t = 0; t < n; t++) {
+        int64_t pending = p[t].ranges - p[t].done - p[t].leased - p[t].failed;
+        double pct = p[t].est > 0 ? 100.0 * (double)p[t].rows / (double)p[t].est
+                                  : (p[t].done == p[t].ranges ? 100.0 : 0.0);
+        if (pct > 100 || p[t].done == p[t].ranges)
+            pct = 100;
+        double eta = rate > 0 && p[t].est > p[t].rows ? (double)(p[t].est - p[t].rows) / rate : 0;
+        if (json)
+            printf("%s{\"table\":\"%s\",\"ranges\":%lld,\"done\":%lld,\"leased\":%lld,"
+                   "\"pending\":%lld,\"failed\":%lld,\"rows\":%lld,\"bytes\":%lld,"
+                   "\"est_rows\":%lld,\"eta_seconds\":%.0f}",
+                   t ? "," : "", p[t].name, (long long)p[t].ranges, (long long)p[t].done,
+                   (long long)p[t].leased, (long long)pending, (long long)p[t].failed,
+                   (long long)p[t].rows, (long long)p[t].bytes, (long long)p[t].est, eta);
+        else
+            printf("%-32s %7lld %7lld %7lld %7lld %12lld %12lld %5.1f%% %8.0f\n", p[t].name,
+                   (long long)p[t].done, (long long)p[t].leased, (long long)pending,
+                   (long long)p[t].failed, (long long)p[t].rows, (long long)p[t].est, pct, eta);
+    }
+    if (json)
+        printf("]}\n");
+    else
+        printf("rate: %.0f rows/s, %lld batches, %lld retries%s\n", rate, (long long)batches,
+               (long long)retries, done_ranges == all_ranges ? ", job complete" : "");
+    free(p);
+    bf_jobctx_close(&ctx);
+    return BF_EXIT_OK;
+}

@@ -1,0 +1,502 @@
+#include "coordinator.h"
+
+#include "exitcodes.h"
+#include "log.h"
+#include "net.h"
+#include "strbuf.h"
+
+#include <czmq.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_WORKER_LEASES 8
+#define MAX_ATTEMPTS 5
+
+typedef struct {
+    zframe_t *identity;  /* ROUTER identity of the worker's DEALER */
+    char id[128];        /* worker_id it announced */
+    uint64_t sid;        /* session id given in WELCOME */
+    int64_t credit;      /* leases it will still take */
+    long long last_seen; /* ms of its last message */
+    bool nowork_sent;    /* told it there is nothing to do */
+    int nleases;         /* leases it holds */
+    int64_t lease_ids[MAX_WORKER_LEASES];
+    int64_t lease_tokens[MAX_WORKER_LEASES];
+} worker_t;
+
+struct bf_coord {
+    bf_jobctx_t ctx;      /* job, connections, resolved tables */
+    bf_coord_opts_t opts; /* timing */
+    zsock_t *router;      /* bound ROUTER */
+    uint64_t epoch;       /* this coordinator's epoch (from Redis) */
+    worker_t *workers;    /* connected workers */
+    int nworkers, capworkers;
+    int64_t nranges;       /* ranges in the plan */
+    bool failed;           /* a range failed for good or a worker hit a data error */
+    char fail_msg[1024];   /* why */
+    long long started_ms;  /* when serving started (monotonic) */
+    int64_t rows_at_start; /* rows copied before this run (for the rate) */
+    int64_t rows_now;      /* rows copied, last read */
+    long long next_tick, next_progress;
+};
+
+static const char *s_stats_field(redisReply *r, const char *field)
+{
+    for (size_t i = 0; r && i + 1 < r->elements; i += 2)
+        if (strcmp(r->element[i]->str, field) == 0)
+            return r->element[i + 1]->str;
+    return NULL;
+}
+
+int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, int64_t *retries,
+                     int64_t *batches)
+{
+    redisReply *meta = bf_rstate_cmd(redis, "HGETALL %s", bf_rstate_key(redis, "meta"));
+    if (!meta)
+        return -1;
+    redisReply *st = bf_rstate_cmd(redis, "HGETALL %s", bf_rstate_key(redis, "stats"));
+    if (!st) {
+        freeReplyObject(meta);
+        return -1;
+    }
+    char f[64];
+    for (int t = 0; t < ntables; t++) {
+        bf_table_progress_t *p = &out[t];
+        memset(p, 0, sizeof *p);
+        const char *v;
+        snprintf(f, sizeof f, "tbl:%d:name", t);
+        snprintf(p->name, sizeof p->name, "%s", (v = s_stats_field(meta, f)) ? v : "?");
+        snprintf(f, sizeof f, "tbl:%d:ranges", t);
+        p->ranges = (v = s_stats_field(meta, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "tbl:%d:est", t);
+        p->est = (v = s_stats_field(meta, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "rows:%d", t);
+        p->rows = (v = s_stats_field(st, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "bytes:%d", t);
+        p->bytes = (v = s_stats_field(st, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "done:%d", t);
+        p->done = (v = s_stats_field(st, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "failed:%d", t);
+        p->failed = (v = s_stats_field(st, f)) ? atoll(v) : 0;
+    }
+    const char *v;
+    if (retries)
+        *retries = (v = s_stats_field(st, "retries")) ? atoll(v) : 0;
+    if (batches)
+        *batches = (v = s_stats_field(st, "batches")) ? atoll(v) : 0;
+    freeReplyObject(meta);
+    freeReplyObject(st);
+
+    /* Leased ranges per table: the lease set is small (one or two per worker). */
+    redisReply *ls = bf_rstate_cmd(redis, "ZRANGE %s 0 -1", bf_rstate_key(redis, "leases"));
+    if (!ls)
+        return -1;
+    for (size_t i = 0; i < ls->elements; i++) {
+        char suffix[64];
+        snprintf(suffix, sizeof suffix, "range:%s", ls->element[i]->str);
+        int64_t t = -1;
+        if (bf_rstate_hget_int(redis, suffix, "tbl", &t) == 0 && t >= 0 && t < ntables)
+            out[t].leased++;
+    }
+    freeReplyObject(ls);
+    return 0;
+}
+
+bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code)
+{
+    bf_coord_t *self = bf_xcalloc(1, sizeof *self);
+    self->ctx = *ctx;
+    memset(ctx, 0, sizeof *ctx);
+    self->opts = *opts;
+    if (!self->opts.heartbeat_ms)
+        self->opts.heartbeat_ms = 2500;
+    if (!self->opts.liveness)
+        self->opts.liveness = 3;
+    if (!self->opts.lease_ttl_ms)
+        self->opts.lease_ttl_ms = 30000;
+    bf_rstate_t *r = self->ctx.redis;
+
+    int planned = bf_rstate_is_planned(r);
+    if (planned < 0) {
+        log_error("%s", r->errmsg);
+        *exit_code = BF_EXIT_CONNECT;
+        goto fail;
+    }
+    if (!planned) {
+        *exit_code = bf_jobctx_plan_and_store(&self->ctx);
+        if (*exit_code != BF_EXIT_OK)
+            goto fail;
+    } else {
+        log_info("resuming job %s from its checkpoints in redis", self->ctx.job->name);
+    }
+    if (bf_rstate_hget_int(r, "meta", "nranges", &self->nranges) != 0) {
+        *exit_code = BF_EXIT_CONNECT;
+        goto fail;
+    }
+    /* A new epoch: messages queued for an earlier coordinator are dropped. Tokens
+     * jump so that none is ever reissued, even if Redis lost its last writes. */
+    redisReply *e = bf_rstate_cmd(r, "HINCRBY %s epoch 1", bf_rstate_key(r, "meta"));
+    redisReply *f = e ? bf_rstate_cmd(r, "INCRBY %s 1000000", bf_rstate_key(r, "fence")) : NULL;
+    if (!e || !f) {
+        log_error("%s", r->errmsg);
+        freeReplyObject(e);
+        *exit_code = BF_EXIT_CONNECT;
+        goto fail;
+    }
+    self->epoch = (uint64_t)e->integer;
+    freeReplyObject(e);
+    freeReplyObject(f);
+    return self;
+fail:
+    bf_coord_destroy(&self);
+    return NULL;
+}
+
+void bf_coord_destroy(bf_coord_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    bf_coord_t *self = *self_p;
+    for (int i = 0; i < self->nworkers; i++)
+        zframe_destroy(&self->workers[i].identity);
+    free(self->workers);
+    zsock_destroy(&self->router);
+    bf_jobctx_close(&self->ctx);
+    free(self);
+    *self_p = NULL;
+}
+
+static int64_t s_done_total(bf_coord_t *self, int64_t *failed)
+{
+    int64_t done = 0;
+    bf_rstate_hget_int(self->ctx.redis, "stats", "done_total", &done);
+    bf_rstate_hget_int(self->ctx.redis, "stats", "failed_total", failed);
+    return done;
+}
+
+bool bf_coord_complete(bf_coord_t *self)
+{
+    int64_t failed = 0;
+    return s_done_total(self, &failed) >= self->nranges;
+}
+
+int bf_coord_bind(bf_coord_t *self, const char *endpoint)
+{
+    self->router = zsock_new(ZMQ_ROUTER);
+    zsock_set_router_mandatory(self->router, 1);
+    zsock_set_maxmsgsize(self->router, BF_PROTO_MAX_FRAME);
+    zsock_set_linger(self->router, 1000);
+    zsock_set_sndhwm(self->router, 10000);
+    zsock_set_rcvhwm(self->router, 10000);
+    if (zsock_bind(self->router, "%s", endpoint) < 0) {
+        log_error("cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    log_info("coordinator listening on %s (epoch %" PRIu64 ", %lld ranges)", endpoint, self->epoch,
+             (long long)self->nranges);
+    return 0;
+}
+
+static worker_t *s_find(bf_coord_t *self, zframe_t *identity)
+{
+    for (int i = 0; i < self->nworkers; i++)
+        if (zframe_eq(self->workers[i].identity, identity))
+            return &self->workers[i];
+    return NULL;
+}
+
+static void s_send(bf_coord_t *self, worker_t *w, bf_msg_t *m)
+{
+    m->sid = w->sid;
+    m->ep = self->epoch;
+    if (bf_net_send(self->router, w->identity, m) != 0)
+        log_debug("cannot send %s to %s", bf_msg_type_name(m->type), w->id);
+}
+
+/* Hands a worker's leases back (it is gone) and forgets it. */
+static void s_remove_worker(bf_coord_t *self, worker_t *w, const char *why)
+{
+    for (int i = 0; i < w->nleases; i++) {
+        int rc = bf_rstate_release(self->ctx.redis, w->lease_ids[i], w->lease_tokens[i], why, true,
+                                   MAX_ATTEMPTS);
+        log_info("range %lld of worker %s back to pending (%s)", (long long)w->lease_ids[i], w->id,
+                 rc == 1 ? "attempts exhausted: failed" : why);
+    }
+    zframe_destroy(&w->identity);
+    *w = self->workers[--self->nworkers];
+}
+
+static void s_forget_lease(worker_t *w, int64_t id)
+{
+    for (int i = 0; i < w->nleases; i++)
+        if (w->lease_ids[i] == id) {
+            w->lease_ids[i] = w->lease_ids[w->nleases - 1];
+            w->lease_tokens[i] = w->lease_tokens[w->nleases - 1];
+            w->nleases--;
+            return;
+        }
+}
+
+static void s_dispatch(bf_coord_t *self)
+{
+    if (self->failed)
+        return;
+    for (int i = 0; i < self->nworkers; i++) {
+        worker_t *w = &self->workers[i];
+        while (w->credit > 0 && w->nleases < MAX_WORKER_LEASES) {
+            bf_range_t r;
+            int got = bf_rstate_lease(self->ctx.redis, w->id, self->opts.lease_ttl_ms, &r);
+            if (got < 0) {
+                log_warn("cannot lease: %s", self->ctx.redis->errmsg);
+                return;
+            }
+            if (got == 0) {
+                if (!w->nowork_sent) {
+                    bf_msg_t m = {.type = BF_MSG_NOWORK, .retry_after_ms = 1000};
+                    s_send(self, w, &m);
+                    w->nowork_sent = true;
+                }
+                bf_range_clear(&r);
+                return; /* nothing pending for anyone */
+            }
+            bf_msg_t m = {.type = BF_MSG_LEASE,
+                          .range_id = r.id,
+                          .token = r.token,
+                          .table = r.table,
+                          .seq = r.seq,
+                          .lo = r.lo,
+                          .hi = r.hi,
+                          .cursor = r.cursor,
+                          .has_lo = true,
+                          .has_hi = true,
+                          .has_cursor = true};
+            s_send(self, w, &m);
+            w->lease_ids[w->nleases] = r.id;
+            w->lease_tokens[w->nleases++] = r.token;
+            w->credit--;
+            w->nowork_sent = false;
+            log_debug("leased range %lld to %s (token %lld)", (long long)r.id, w->id,
+                      (long long)r.token);
+            bf_range_clear(&r);
+        }
+    }
+}
+
+static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
+{
+    worker_t *w = s_find(self, identity);
+    if (m->type == BF_MSG_HELLO) {
+        if (w)
+            s_remove_worker(self, w, "worker said HELLO again");
+        if (self->nworkers == self->capworkers) {
+            self->capworkers = self->capworkers ? 2 * self->capworkers : 16;
+            self->workers = bf_xrealloc(self->workers, (size_t)self->capworkers * sizeof *w);
+        }
+        w = &self->workers[self->nworkers++];
+        memset(w, 0, sizeof *w);
+        w->identity = zframe_dup(identity);
+        snprintf(w->id, sizeof w->id, "%s", m->worker_id);
+        w->sid = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ 1;
+        w->credit = m->credit;
+        w->last_seen = bf_now_ms();
+        bf_msg_t welcome = {.type = BF_MSG_WELCOME,
+                            .heartbeat_ms = self->opts.heartbeat_ms,
+                            .liveness = self->opts.liveness,
+                            .lease_ttl_ms = self->opts.lease_ttl_ms,
+                            .job = self->ctx.job->text,
+                            .env_names = self->ctx.job->env_names,
+                            .env_values = self->ctx.job->env_values,
+                            .nenv = self->ctx.job->nenv};
+        s_send(self, w, &welcome);
+        log_info("worker %s joined (%d connected)", w->id, self->nworkers);
+        return;
+    }
+    if (!w || m->sid != w->sid || m->ep != self->epoch) {
+        /* From before a restart or an unknown peer: make it say HELLO again. */
+        bf_msg_t err = {
+            .type = BF_MSG_ERR,
+            .code = (char *)((m->ep && m->ep != self->epoch) ? "STALE_EPOCH" : "UNKNOWN_SESSION"),
+            .message = (char *)"say HELLO"};
+        err.sid = m->sid;
+        err.ep = self->epoch;
+        bf_net_send(self->router, identity, &err);
+        return;
+    }
+    w->last_seen = bf_now_ms();
+    switch (m->type) {
+    case BF_MSG_CREDIT:
+        w->credit = m->credit;
+        break;
+    case BF_MSG_HEARTBEAT:
+        if (w->nleases > 0) {
+            int64_t lost[MAX_WORKER_LEASES];
+            int nlost = MAX_WORKER_LEASES;
+            if (bf_rstate_renew(self->ctx.redis, self->opts.lease_ttl_ms, w->nleases, w->lease_ids,
+                                w->lease_tokens, lost, &nlost) == 0)
+                for (int i = 0; i < nlost; i++) {
+                    bf_msg_t rv = {.type = BF_MSG_REVOKE, .range_id = lost[i]};
+                    s_send(self, w, &rv);
+                    s_forget_lease(w, lost[i]);
+                }
+        }
+        break;
+    case BF_MSG_DONE:
+        s_forget_lease(w, m->range_id);
+        log_debug("range %lld done by %s (%lld rows)", (long long)m->range_id, w->id,
+                  (long long)m->rows);
+        break;
+    case BF_MSG_FAIL:
+        s_forget_lease(w, m->range_id);
+        if (!m->retryable && strcmp(m->code, "FENCED") != 0) {
+            self->failed = true;
+            snprintf(self->fail_msg, sizeof self->fail_msg, "%s",
+                     m->message ? m->message : m->code);
+        }
+        break;
+    case BF_MSG_PROGRESS:
+        break;
+    default:
+        log_debug("ignored %s from %s", bf_msg_type_name(m->type), w->id);
+    }
+}
+
+static void s_progress(bf_coord_t *self, bool final)
+{
+    int n = self->ctx.job->ntables;
+    bf_table_progress_t *p = bf_xcalloc((size_t)n, sizeof *p);
+    if (bf_progress_read(self->ctx.redis, n, p, NULL, NULL) == 0) {
+        int64_t rows = 0, est = 0, done = 0, ranges = 0;
+        for (int t = 0; t < n; t++) {
+            rows += p[t].rows;
+            est += p[t].est;
+            done += p[t].done;
+            ranges += p[t].ranges;
+        }
+        self->rows_now = rows;
+        double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
+        double rate = secs > 0 ? (double)(rows - self->rows_at_start) / secs : 0;
+        double eta = rate > 0 && est > rows ? (double)(est - rows) / rate : 0;
+        if (!final)
+            log_info("progress: %lld/%lld rows (%.0f%%), %lld/%lld ranges, %d workers, %.0f "
+                     "rows/s, ETA %.0fs",
+                     (long long)rows, (long long)est,
+                     est ? 100.0 * (double)rows / (double)est : 100.0, (long long)done,
+                     (long long)ranges, self->nworkers, rate, eta);
+    }
+    free(p);
+}
+
+static void s_tick(bf_coord_t *self)
+{
+    long long now = bf_now_ms();
+    long long dead_after = (long long)self->opts.heartbeat_ms * self->opts.liveness;
+    for (int i = 0; i < self->nworkers;) {
+        worker_t *w = &self->workers[i];
+        if (now - w->last_seen > dead_after) {
+            log_warn("worker %s silent for %lld ms: considered dead", w->id, now - w->last_seen);
+            s_remove_worker(self, w, "worker died");
+            continue;
+        }
+        bf_msg_t hb = {.type = BF_MSG_HEARTBEAT};
+        s_send(self, w, &hb);
+        i++;
+    }
+    int reaped = bf_rstate_reap(self->ctx.redis);
+    if (reaped > 0)
+        log_warn("%d expired leases back to pending", reaped);
+    for (int i = 0; i < self->nworkers; i++)
+        self->workers[i].nowork_sent = false;
+}
+
+int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(void *),
+                   void *tick_arg)
+{
+    self->started_ms = bf_now_ms();
+    s_progress(self, true);
+    self->rows_at_start = self->rows_now;
+    self->next_progress = self->started_ms + self->opts.progress_ms;
+    int rc = BF_EXIT_OK;
+    int64_t failed = 0;
+    for (;;) {
+        if (stop && *stop) {
+            rc = BF_EXIT_INTERRUPTED;
+            break;
+        }
+        if (bf_net_wait(self->router, 100)) {
+            for (int n = 0; n < 1000 && (zsock_events(self->router) & ZMQ_POLLIN); n++) {
+                zframe_t *identity = NULL;
+                bf_msg_t m;
+                int r = bf_net_recv(self->router, &identity, &m);
+                if (r == 0)
+                    s_on_message(self, identity, &m);
+                bf_msg_clear(&m);
+                zframe_destroy(&identity);
+                if (r == -2)
+                    break;
+            }
+        }
+        long long now = bf_now_ms();
+        if (now >= self->next_tick) {
+            s_tick(self);
+            self->next_tick = now + self->opts.heartbeat_ms;
+        }
+        if (tick)
+            tick(tick_arg);
+        s_dispatch(self);
+        int64_t done = s_done_total(self, &failed);
+        if (self->failed || failed > 0) {
+            if (!self->failed)
+                snprintf(self->fail_msg, sizeof self->fail_msg,
+                         "%lld ranges failed %d times; see `backfill status`", (long long)failed,
+                         MAX_ATTEMPTS);
+            self->failed = true;
+            /* Wait for the other workers to finish their current range? No:
+             * stop now; everything committed is checkpointed. */
+            rc = BF_EXIT_DATA;
+            break;
+        }
+        if (done >= self->nranges) {
+            rc = BF_EXIT_OK;
+            break;
+        }
+        if (self->opts.progress_ms && now >= self->next_progress) {
+            s_progress(self, false);
+            self->next_progress = now + self->opts.progress_ms;
+        }
+    }
+    /* Tell every worker: done (exit) or drain (hand back and exit). */
+    for (int i = 0; i < self->nworkers; i++) {
+        bf_msg_t m = {
+            .type = BF_MSG_DRAIN, .done = rc != BF_EXIT_INTERRUPTED, .deadline_ms = 10000};
+        s_send(self, &self->workers[i], &m);
+    }
+    if (rc == BF_EXIT_DATA)
+        log_error("job stopped: %s", self->fail_msg);
+    return rc;
+}
+
+void bf_coord_summary(bf_coord_t *self, FILE *out)
+{
+    int n = self->ctx.job->ntables;
+    bf_table_progress_t *p = bf_xcalloc((size_t)n, sizeof *p);
+    int64_t retries = 0, batches = 0;
+    if (bf_progress_read(self->ctx.redis, n, p, &retries, &batches) == 0) {
+        double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
+        int64_t rows = 0, bytes = 0;
+        for (int t = 0; t < n; t++) {
+            fprintf(out, "  %-40s %12lld rows  %4lld/%lld ranges\n", p[t].name,
+                    (long long)p[t].rows, (long long)p[t].done, (long long)p[t].ranges);
+            rows += p[t].rows;
+            bytes += p[t].bytes;
+        }
+        int64_t run_rows = rows - self->rows_at_start;
+        fprintf(out,
+                "copied: %lld rows this run (%lld in all), %.1f MB, %.1f s, %.0f rows/s, %lld "
+                "batches, %lld retries\n",
+                (long long)run_rows, (long long)rows, (double)bytes / 1e6, secs,
+                secs > 0 ? (double)run_rows / secs : 0.0, (long long)batches, (long long)retries);
+    }
+    free(p);
+}

@@ -1,0 +1,52 @@
+/* The coordinator: hands out leases over a ZeroMQ ROUTER, watches workers, reaps
+ * expired leases and reports progress. All job state lives in Redis, so a
+ * restarted coordinator continues the same job. */
+#ifndef BF_COORDINATOR_H
+#define BF_COORDINATOR_H
+
+#include "jobctx.h"
+
+#include <signal.h>
+#include <stdbool.h>
+
+typedef struct bf_coord bf_coord_t;
+
+typedef struct {
+    int heartbeat_ms; /* default 2500 */
+    int liveness;     /* missed heartbeats before a peer is dead, default 3 */
+    int lease_ttl_ms; /* default 30000 */
+    int progress_ms;  /* progress line interval on stderr, 0 = none */
+} bf_coord_opts_t;
+
+/* Prepares the job: resolves every table (errors before any row moves), plans
+ * and stores the plan when Redis has none. *exit_code is set on failure (NULL
+ * returned). Takes over ctx (closed by destroy). */
+bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code);
+void bf_coord_destroy(bf_coord_t **self_p);
+
+/* True when every range is done already. */
+bool bf_coord_complete(bf_coord_t *self);
+
+int bf_coord_bind(bf_coord_t *self, const char *endpoint);
+
+/* Serves workers until the job is done (BF_EXIT_OK), fails, or *stop is set
+ * (BF_EXIT_INTERRUPTED, workers told to drain). tick, when set, runs every loop
+ * turn (the `run` supervisor watches its children there). */
+int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(void *),
+                   void *tick_arg);
+
+/* Prints the end-of-job summary (rows, seconds, rows/s) to stdout. */
+void bf_coord_summary(bf_coord_t *self, FILE *out);
+
+/* Per-table progress from Redis; used by status and the progress line. */
+typedef struct {
+    char name[256];
+    int64_t ranges, done, failed, leased, est, rows, bytes;
+} bf_table_progress_t;
+
+/* Fills n entries (n = job->ntables) and the retries and batches totals.
+ * Returns 0 or -1. */
+int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, int64_t *retries,
+                     int64_t *batches);
+
+#endif

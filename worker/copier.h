@@ -1,0 +1,41 @@
+/* The worker's copy engine: copies one leased range batch by batch, each batch a
+ * bounded COPY from the source streamed into COPY on the target in one target
+ * transaction with the range's fence row, then a checkpoint in Redis. */
+#ifndef BF_COPIER_H
+#define BF_COPIER_H
+
+#include "job.h"
+#include "rstate.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct bf_copier bf_copier_t;
+
+typedef enum {
+    BF_BATCH_MORE = 0, /* batch committed, range has more rows */
+    BF_BATCH_FINAL,    /* range finished */
+    BF_BATCH_FENCED,   /* a newer lease owns the range: drop it */
+    BF_BATCH_RETRY,    /* transient failure (connection, Redis): retry later */
+    BF_BATCH_FATAL,    /* data or schema problem: needs a person */
+} bf_batch_result_t;
+
+/* A lease being worked on. */
+typedef struct {
+    bf_range_t range; /* id, table, lo, hi, cursor (advances), token, seq (advances) */
+    int64_t rows;     /* rows copied under this lease */
+    int64_t bytes;    /* bytes copied under this lease */
+    char error[1024]; /* for BF_BATCH_FATAL / RETRY: what went wrong */
+} bf_lease_work_t;
+
+bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms);
+void bf_copier_destroy(bf_copier_t **self_p);
+
+/* Copies the next batch of the lease. */
+bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
+
+/* Hands a lease back to pending in Redis (clean stop or failure). Returns the
+ * bf_rstate_release() result. */
+int bf_copier_release(bf_copier_t *self, bf_lease_work_t *w, const char *reason, bool failure);
+
+#endif

@@ -1,0 +1,368 @@
+/* `backfill worker --connect ENDPOINT`: a stateless worker. It says HELLO, gets the
+ * job with WELCOME, asks for leases with CREDIT, copies each leased range batch by
+ * batch and reports DONE/FAIL. Heartbeats both ways; when the coordinator goes
+ * silent it reconnects with jittered backoff and keeps its lease (checkpoints go
+ * to Redis directly). SIGINT/SIGTERM: finish the current batch, hand the lease
+ * back, exit 0. */
+#include "commands.h"
+#include "copier.h"
+#include "exitcodes.h"
+#include "job.h"
+#include "log.h"
+#include "net.h"
+#include "strbuf.h"
+
+#include <czmq.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t s_stop = 0;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+typedef struct {
+    const char *endpoint; /* coordinator endpoint */
+    char worker_id[128];  /* host:pid:random */
+    char host[64];
+    zsock_t *sock;          /* DEALER, recreated on reconnect */
+    uint64_t sid, ep;       /* session from WELCOME; 0 = not welcomed */
+    int64_t heartbeat_ms;   /* from WELCOME */
+    int64_t liveness;       /* from WELCOME */
+    int64_t lease_ttl_ms;   /* from WELCOME */
+    long long last_heard;   /* ms of the last message from the coordinator */
+    long long next_hb;      /* ms when the next heartbeat is due */
+    long long next_hello;   /* ms when HELLO may be sent again */
+    long long backoff_ms;   /* reconnect backoff */
+    bf_job_t *job;          /* from the first WELCOME */
+    bf_copier_t *copier;    /* copy engine */
+    bf_lease_work_t *lease; /* the lease in hand, or NULL */
+    bool credit_sent;       /* asked for work and not answered yet */
+    bool draining;          /* coordinator asked us to stop */
+    int exit_code;          /* set when the loop should end */
+    bool finished;          /* loop ends */
+    int64_t ranges_done, rows_done;
+} worker_t;
+
+static void s_socket_new(worker_t *w)
+{
+    zsock_destroy(&w->sock);
+    w->sock = zsock_new(ZMQ_DEALER);
+    zsock_set_linger(w->sock, 2000);
+    zsock_set_immediate(w->sock, 1);
+    zsock_set_maxmsgsize(w->sock, BF_PROTO_MAX_FRAME);
+    zsock_set_sndhwm(w->sock, 1000);
+    if (zsock_connect(w->sock, "%s", w->endpoint) != 0)
+        log_error("cannot connect to %s: %s", w->endpoint, zmq_strerror(zmq_errno()));
+    w->sid = w->ep = 0;
+    w->credit_sent = false;
+}
+
+static void s_send(worker_t *w, bf_msg_t *m)
+{
+    m->sid = w->sid;
+    m->ep = w->ep;
+    if (bf_net_send(w->sock, NULL, m) != 0)
+        log_debug("could not send %s (coordinator unreachable)", bf_msg_type_name(m->type));
+}
+
+/* Says HELLO; returns the ms to wait before saying it again: soon when the
+ * connection is not up yet (ZMQ_IMMEDIATE refuses the send), else 1 s. */
+static long long s_hello(worker_t *w)
+{
+    bf_msg_t m = {.type = BF_MSG_HELLO,
+                  .worker_id = w->worker_id,
+                  .host = w->host,
+                  .version = (char *)BF_VERSION,
+                  .pid = getpid(),
+                  .credit = 0};
+    m.sid = m.ep = 0;
+    return bf_net_send(w->sock, NULL, &m) == 0 ? 1000 : 50;
+}
+
+static const char *s_env_from_msg(const char *name, void *arg)
+{
+    const bf_msg_t *m = arg;
+    for (int i = 0; i < m->nenv; i++)
+        if (strcmp(m->env_names[i], name) == 0)
+            return m->env_values[i];
+    return getenv(name);
+}
+
+static void s_on_welcome(worker_t *w, bf_msg_t *m)
+{
+    if (!w->job) {
+        char err[1024];
+        w->job = bf_job_load_string(m->job, "job (from coordinator)", s_env_from_msg, m, err,
+                                    sizeof err);
+        if (!w->job) {
+            log_error("the coordinator sent a job this worker cannot read: %s", err);
+            w->exit_code = BF_EXIT_USAGE;
+            w->finished = true;
+            return;
+        }
+        bf_log_set_job(w->job->name);
+        w->lease_ttl_ms = m->lease_ttl_ms;
+        w->copier = bf_copier_new(w->job, w->lease_ttl_ms);
+    }
+    w->sid = m->sid;
+    w->ep = m->ep;
+    w->heartbeat_ms = m->heartbeat_ms > 0 ? m->heartbeat_ms : 2500;
+    w->liveness = m->liveness > 0 ? m->liveness : 3;
+    w->backoff_ms = 1000;
+    w->credit_sent = false;
+    log_info("joined coordinator at %s (session %llx, epoch %llu)", w->endpoint,
+             (unsigned long long)w->sid, (unsigned long long)w->ep);
+}
+
+static void s_drop_lease(worker_t *w)
+{
+    if (!w->lease)
+        return;
+    bf_range_clear(&w->lease->range);
+    free(w->lease);
+    w->lease = NULL;
+}
+
+static void s_on_message(worker_t *w, bf_msg_t *m)
+{
+    if (m->type == BF_MSG_WELCOME) {
+        s_on_welcome(w, m);
+        return;
+    }
+    if (w->sid == 0 || m->sid != w->sid || m->ep != w->ep) {
+        log_debug("dropped %s from an old session", bf_msg_type_name(m->type));
+        return;
+    }
+    switch (m->type) {
+    case BF_MSG_LEASE:
+        w->credit_sent = false;
+        if (w->lease || w->draining) {
+            /* Not asked for: hand it straight back. */
+            bf_lease_work_t tmp = {.range = {.id = m->range_id, .token = m->token}};
+            if (w->copier)
+                bf_copier_release(w->copier, &tmp, "", false);
+            break;
+        }
+        w->lease = bf_xcalloc(1, sizeof *w->lease);
+        w->lease->range.id = m->range_id;
+        w->lease->range.token = m->token;
+        w->lease->range.table = (int)m->table;
+        w->lease->range.seq = m->seq;
+        w->lease->range.lo = m->lo ? bf_xstrdup(m->lo) : NULL;
+        w->lease->range.hi = m->hi ? bf_xstrdup(m->hi) : NULL;
+        w->lease->range.cursor = m->cursor ? bf_xstrdup(m->cursor) : NULL;
+        log_debug("leased range %lld (token %lld)", (long long)m->range_id, (long long)m->token);
+        break;
+    case BF_MSG_NOWORK:
+        w->credit_sent = true; /* the coordinator keeps our credit and leases later */
+        break;
+    case BF_MSG_REVOKE:
+        if (w->lease && w->lease->range.id == m->range_id) {
+            log_warn("range %lld revoked by the coordinator", (long long)m->range_id);
+            s_drop_lease(w);
+        }
+        break;
+    case BF_MSG_DRAIN:
+        w->draining = true;
+        if (m->done) {
+            log_info("job finished; %lld ranges and %lld rows copied by this worker",
+                     (long long)w->ranges_done, (long long)w->rows_done);
+            w->finished = true;
+            w->exit_code = BF_EXIT_OK;
+        }
+        break;
+    case BF_MSG_ERR:
+        log_warn("coordinator says %s: %s; saying HELLO again", m->code,
+                 m->message ? m->message : "");
+        w->sid = w->ep = 0;
+        w->next_hello = 0;
+        break;
+    default:
+        break;
+    }
+}
+
+/* Runs one batch of the lease in hand and reports the outcome. */
+static void s_work(worker_t *w)
+{
+    bf_lease_work_t *l = w->lease;
+    bf_batch_result_t r = bf_copier_batch(w->copier, l);
+    bf_msg_t m = {
+        .range_id = l->range.id, .token = l->range.token, .rows = l->rows, .bytes = l->bytes};
+    switch (r) {
+    case BF_BATCH_MORE:
+        return;
+    case BF_BATCH_FINAL:
+        m.type = BF_MSG_DONE;
+        w->ranges_done++;
+        w->rows_done += l->rows;
+        s_send(w, &m);
+        s_drop_lease(w);
+        return;
+    case BF_BATCH_FENCED:
+        log_warn("fenced: %s; dropping the range", l->error);
+        m.type = BF_MSG_FAIL;
+        m.code = (char *)"FENCED";
+        m.message = l->error;
+        m.retryable = true;
+        s_send(w, &m);
+        s_drop_lease(w);
+        return;
+    case BF_BATCH_RETRY:
+    case BF_BATCH_FATAL: {
+        bool fatal = r == BF_BATCH_FATAL;
+        log_error("%s%s", l->error, fatal ? "" : " (will retry)");
+        int rel = bf_copier_release(w->copier, l, l->error, true);
+        m.type = BF_MSG_FAIL;
+        m.code = (char *)(fatal ? "DATA" : (rel == 1 ? "ATTEMPTS" : "RETRY"));
+        m.message = l->error;
+        m.retryable = !fatal && rel != 1;
+        s_send(w, &m);
+        s_drop_lease(w);
+        if (!fatal)
+            sleep(1); /* let the server or network recover before the next lease */
+        return;
+    }
+    }
+}
+
+static void s_usage(FILE *f)
+{
+    fprintf(f, "usage: backfill worker --connect ENDPOINT [--log-level LEVEL] [--log-format "
+               "text|json]\n\n"
+               "Joins a coordinator (e.g. tcp://coord-host:5570), receives the job from it and\n"
+               "copies the ranges it leases. Run one per core, on as many machines as the\n"
+               "source and targets can bear. Exits 0 when the job is finished or on\n"
+               "SIGINT/SIGTERM after handing its range back.\n");
+}
+
+int bf_cmd_worker(int argc, char **argv)
+{
+    static const struct option opts[] = {{"connect", required_argument, NULL, 'c'},
+                                         {"log-level", required_argument, NULL, 'l'},
+                                         {"log-format", required_argument, NULL, 'f'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    worker_t w = {.exit_code = BF_EXIT_OK};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            w.endpoint = optarg;
+            break;
+        case 'l':
+            if (bf_log_level_parse(optarg) < 0) {
+                fprintf(stderr, "backfill worker: unknown log level '%s'\n", optarg);
+                return BF_EXIT_USAGE;
+            }
+            bf_log_set_level((bf_log_level_t)bf_log_level_parse(optarg));
+            break;
+        case 'f':
+            bf_log_set_json(strcmp(optarg, "json") == 0);
+            break;
+        case 'h':
+            s_usage(stdout);
+            return BF_EXIT_OK;
+        default:
+            s_usage(stderr);
+            return BF_EXIT_USAGE;
+        }
+    }
+    if (!w.endpoint || optind != argc) {
+        s_usage(stderr);
+        return BF_EXIT_USAGE;
+    }
+    bf_log_set_role("worker");
+    zsys_init();
+    zsys_handler_set(NULL);
+    struct sigaction sa = {.sa_handler = s_on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    gethostname(w.host, sizeof w.host - 1);
+    srandom((unsigned)(getpid() ^ bf_now_ms()));
+    snprintf(w.worker_id, sizeof w.worker_id, "%s:%d:%04lx", w.host, (int)getpid(),
+             random() & 0xffff);
+    w.heartbeat_ms = 2500;
+    w.liveness = 3;
+    w.backoff_ms = 1000;
+    s_socket_new(&w);
+    w.last_heard = bf_now_ms();
+
+    while (!w.finished) {
+        long long now = bf_now_ms();
+        if (s_stop && !w.draining) {
+            log_info("stopping: finishing the current batch and handing the range back");
+            w.draining = true;
+        }
+        if (w.draining && !w.lease) {
+            w.exit_code = BF_EXIT_OK;
+            break;
+        }
+        /* Coordinator silent too long: reconnect with jittered backoff. */
+        if (now - w.last_heard > w.heartbeat_ms * w.liveness && now >= w.next_hello) {
+            if (w.sid)
+                log_warn("coordinator silent for %lld ms; reconnecting", now - w.last_heard);
+            s_socket_new(&w);
+            s_hello(&w);
+            w.last_heard = now;
+            w.next_hello = now + w.backoff_ms / 2 + random() % (w.backoff_ms / 2 + 1);
+            w.backoff_ms = w.backoff_ms * 2 > 32000 ? 32000 : w.backoff_ms * 2;
+        } else if (!w.sid && now >= w.next_hello) {
+            w.next_hello = now + s_hello(&w);
+        }
+        if (w.sid && !w.lease && !w.credit_sent && !w.draining && w.copier) {
+            bf_msg_t m = {.type = BF_MSG_CREDIT, .credit = 1};
+            s_send(&w, &m);
+            w.credit_sent = true;
+        }
+        if (w.sid && now >= w.next_hb) {
+            bf_msg_t m = {.type = BF_MSG_HEARTBEAT,
+                          .leases = w.lease ? 1 : 0,
+                          .range_id = w.lease ? w.lease->range.id : 0,
+                          .token = w.lease ? w.lease->range.token : 0,
+                          .rows = w.rows_done + (w.lease ? w.lease->rows : 0)};
+            s_send(&w, &m);
+            w.next_hb = now + w.heartbeat_ms;
+        }
+        /* Wait for messages; don't wait at all while a lease has work. */
+        int timeout = w.lease ? 0 : 100;
+        while (zsock_events(w.sock) & ZMQ_POLLIN || (timeout > 0 && bf_net_wait(w.sock, timeout))) {
+            timeout = 0;
+            bf_msg_t m;
+            int rc = bf_net_recv(w.sock, NULL, &m);
+            if (rc == -2)
+                break;
+            w.last_heard = bf_now_ms();
+            if (rc == 0)
+                s_on_message(&w, &m);
+            bf_msg_clear(&m);
+            if (w.finished)
+                break;
+        }
+        if (w.finished)
+            break;
+        if (w.lease && w.draining) {
+            if (bf_copier_release(w.copier, w.lease, "", false) >= 0)
+                log_info("handed range %lld back at its last checkpoint",
+                         (long long)w.lease->range.id);
+            s_drop_lease(&w);
+            continue;
+        }
+        if (w.lease)
+            s_work(&w);
+    }
+    s_drop_lease(&w);
+    bf_copier_destroy(&w.copier);
+    bf_job_destroy(&w.job);
+    zsock_destroy(&w.sock);
+    return w.exit_code;
+}
