@@ -1,0 +1,122 @@
+# Shared helpers for integration tests. Each test runs against the PostgreSQL and
+# Redis that the CTest fixture started (`backfill sandbox start`), uses its own
+# databases and job name, and removes them at the end.
+set -euo pipefail
+: "${BF:?BF must point to the backfill binary}"
+: "${BF_ENV_DIR:?BF_ENV_DIR must point to a sandbox directory}"
+# shellcheck disable=SC1091
+. "$BF_ENV_DIR/env"
+
+TEST_NAME=$(basename "$0" .sh)
+WORK=$(mktemp -d "/tmp/bf-${TEST_NAME}.XXXXXX")
+CREATED_DBS=()
+BG_PIDS=()
+
+cleanup() {
+    local rc=$?
+    for pid in "${BG_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    for db in "${CREATED_DBS[@]}"; do
+        psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d postgres \
+            -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+    rm -rf "$WORK"
+    if [ "$rc" -eq 0 ]; then echo "PASS: $TEST_NAME"; else echo "FAIL: $TEST_NAME (exit $rc)"; fi
+}
+trap cleanup EXIT
+
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+# q DB SQL: runs SQL, prints unaligned tuples.
+q() {
+    psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d "$1" -c "$2"
+}
+
+# fresh_db NAME...: (re)creates databases, dropped again at exit.
+fresh_db() {
+    for db in "$@"; do
+        q postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
+        q postgres "CREATE DATABASE $db" >/dev/null
+        CREATED_DBS+=("$db")
+    done
+}
+
+uri() { echo "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/$1"; }
+
+# forget_job NAME: removes a job's keys from Redis.
+forget_job() {
+    redis-cli -p "$BF_REDIS_PORT" --scan --pattern "bf:{$1}:*" | while read -r k; do
+        redis-cli -p "$BF_REDIS_PORT" UNLINK "$k" >/dev/null
+    done
+}
+
+expect_eq() {
+    [ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"
+}
+
+# table_md5 DB TABLE KEY: md5 of every row's text, ordered by key.
+table_md5() {
+    q "$1" "SELECT md5(coalesce(string_agg(t::text, E'\n' ORDER BY $3), '')) FROM $2 t"
+}
+
+# Creates a monolith with three tables: orders (bigint key, with a gap of 9e11),
+# users (integer key) and notes (smallint key, awkward text), N order rows.
+make_monolith() {
+    local db=$1 n=$2
+    q "$db" "
+    CREATE TABLE orders (id bigint PRIMARY KEY, user_id integer NOT NULL, symbol text NOT NULL,
+        qty numeric(18,8) NOT NULL, meta jsonb, created_at timestamptz NOT NULL);
+    INSERT INTO orders SELECT CASE WHEN g <= $n * 4 / 5 THEN g ELSE 900000000000 + g END,
+        g % 1000, 'SYM' || (g % 7), g / 7.0, jsonb_build_object('g', g),
+        '2020-01-01'::timestamptz + g * interval '1 second' FROM generate_series(1, $n) g;
+    CREATE TABLE users (id integer PRIMARY KEY, name varchar(100) NOT NULL, active boolean);
+    INSERT INTO users SELECT g, 'user ' || g, g % 3 = 0 FROM generate_series(-500, 20000) g;
+    CREATE TABLE notes (id smallint PRIMARY KEY, body text);
+    INSERT INTO notes SELECT g, CASE WHEN g % 5 = 0 THEN NULL
+        ELSE E'tab\there, newline\nthere, backslash \\\\ and caf\u00e9 ' || g END
+        FROM generate_series(-32768, -30000) g;
+    ANALYZE;" >/dev/null
+}
+
+make_service() {
+    q "$1" "
+    CREATE TABLE orders (id bigint PRIMARY KEY, user_id integer NOT NULL, symbol text NOT NULL,
+        qty numeric(18,8) NOT NULL, meta jsonb, created_at timestamptz NOT NULL);
+    CREATE TABLE users (id integer PRIMARY KEY, name varchar(100) NOT NULL, active boolean);
+    CREATE TABLE notes (id smallint PRIMARY KEY, body text);" >/dev/null
+}
+
+# write_job FILE NAME SRC_DB TGT_DB [batch_rows] [range_rows]
+write_job() {
+    cat >"$1" <<YAML
+name: $2
+source: $(uri "$3")
+redis: $BF_REDIS_URL
+targets:
+  svc: $(uri "$4")
+batch_rows: ${5:-5000}
+range_rows: ${6:-50000}
+tables:
+  - from: public.orders
+    to: svc.public.orders
+  - from: users
+    to: svc.users
+  - from: public.notes
+    to: svc.public.notes
+YAML
+}
+
+# expect_same DB1 DB2: every table of the standard monolith matches row for row.
+expect_same() {
+    for t in orders users notes; do
+        local a b
+        a=$(q "$1" "SELECT count(*) FROM $t")
+        b=$(q "$2" "SELECT count(*) FROM $t")
+        expect_eq "$b" "$a" "row count of $t"
+        a=$(table_md5 "$1" "$t" id)
+        b=$(table_md5 "$2" "$t" id)
+        expect_eq "$b" "$a" "md5 of $t"
+    done
+}
