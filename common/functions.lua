@@ -65,6 +65,9 @@ local function bf_checkpoint(keys, args)
   if cur[3] == 'done' or seq <= tonumber(cur[2] or '0') then
     return 'DUP'
   end
+  if cur[3] == 'failed' then
+    return 'STALE' -- given up on; a retry leases it anew and adopts the target's fence
+  end
   local tbl = cur[4]
   if args[5] == '1' then
     redis.call('HSET', rk, 'seq', seq, 'cursor', args[4])

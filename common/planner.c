@@ -67,10 +67,10 @@ void bf_plan_ranges_free(bf_plan_range_t *r, size_t n)
 /* Rows in the table: exact for small tables, else the planner's estimate. */
 static int s_estimate_rows(bf_pg_t *src, const bf_tableplan_t *tp, double *rows)
 {
-    char *sql = bf_xasprintf("SELECT reltuples::float8 FROM pg_class WHERE oid = '%s'::regclass",
-                             tp->src_qname);
-    PGresult *res = bf_pg_query(src, sql, 0, NULL);
-    free(sql);
+    const char *params[] = {tp->src_qname};
+    PGresult *res = bf_pg_query(
+        src, "SELECT reltuples::float8 FROM pg_class WHERE oid = $1::regclass", 1, params);
+    char *sql;
     if (!res)
         return -1;
     double est = atof(PQgetvalue(res, 0, 0));

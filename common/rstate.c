@@ -383,6 +383,11 @@ int bf_rstate_forget(bf_rstate_t *self)
         snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
         redisReply *keys = r->element[1];
         for (size_t i = 0; i < keys->elements; i++) {
+            /* The fencing counter survives: a token is never issued twice. */
+            const char *k = keys->element[i]->str;
+            size_t kl = strlen(k);
+            if (kl >= 6 && strcmp(k + kl - 6, ":fence") == 0)
+                continue;
             redisReply *d = bf_rstate_cmd(self, "UNLINK %s", keys->element[i]->str);
             if (!d) {
                 freeReplyObject(r);

@@ -16,8 +16,10 @@ typedef struct {
 } bf_sandbox_t;
 
 /* Starts both servers under dir (mkdtemp'd when dir is NULL). Writes dir/env, a
- * shell-sourceable file with BF_PGPORT, BF_PGHOST, BF_PGUSER, BF_REDIS_PORT,
- * BF_REDIS_URL, BF_PG_BINDIR, and prints nothing but log lines. Returns 0 or -1
+ * shell-sourceable file with BF_PGHOST, BF_PGPORT, BF_PGUSER, BF_PGSOCKDIR,
+ * BF_REDIS_PORT, BF_REDIS_URL, BF_PG_BINDIR, BF_SANDBOX_DIR (and BF_SANDBOX_RUNDIR),
+ * and prints nothing but log lines. A sandbox left in dir by an earlier (crashed) run
+ * is stopped and replaced; a dir holding other files is refused. Returns 0 or -1
  * (error logged, anything started is stopped again). */
 int bf_sandbox_start(bf_sandbox_t *sb, const char *dir);
 

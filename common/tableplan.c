@@ -7,8 +7,11 @@
 #include <string.h>
 
 /* Columns of a table, excluding dropped and generated ones, in order. */
+/* Types without their modifier: a cast to varchar(10) or numeric(10,2) would
+ * silently truncate or round; without it the target's COPY rejects what does not
+ * fit. */
 static const char *SQL_COLUMNS =
-    "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef "
+    "SELECT a.attname, format_type(a.atttypid, NULL), a.attnotnull, a.atthasdef "
     "FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
     "AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum";
 

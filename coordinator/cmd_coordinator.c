@@ -46,6 +46,7 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
     static const struct option opts[] = {{"bind", required_argument, NULL, 'b'},
                                          {"workers", required_argument, NULL, 'w'},
                                          {"lease-ttl", required_argument, NULL, 't'},
+                                         {"replan", no_argument, NULL, 'r'},
                                          {"log-level", required_argument, NULL, 'l'},
                                          {"log-format", required_argument, NULL, 'f'},
                                          {"help", no_argument, NULL, 'h'},
@@ -88,6 +89,9 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
             a->log_format = optarg;
             bf_log_set_json(strcmp(optarg, "json") == 0);
             break;
+        case 'r':
+            a->opts.replan = true;
+            break;
         case 'h':
             usage(stdout);
             return -1;
@@ -127,16 +131,19 @@ static bf_coord_t *s_prepare(const coord_args_t *a, int *rc)
 
 static void s_coordinator_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: backfill coordinator JOB.yaml [--bind ENDPOINT] [--lease-ttl SECONDS]\n"
-            "                            [--log-level LEVEL] [--log-format text|json]\n\n"
-            "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
-            "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
-            "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable).\n"
-            "  --bind ENDPOINT    ZeroMQ endpoint to listen on (default tcp://0.0.0.0:5570)\n"
-            "  --lease-ttl S      a range returns to pending S seconds after its worker's last\n"
-            "                     sign of life (default 30)\n",
-            BF_EXIT_DATA, BF_EXIT_INTERRUPTED);
+    fprintf(
+        f,
+        "usage: backfill coordinator JOB.yaml [--bind ENDPOINT] [--lease-ttl SECONDS] [--replan]\n"
+        "                            [--log-level LEVEL] [--log-format text|json]\n\n"
+        "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
+        "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
+        "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable).\n"
+        "  --bind ENDPOINT    ZeroMQ endpoint to listen on (default tcp://0.0.0.0:5570)\n"
+        "  --lease-ttl S      a range returns to pending S seconds after its worker's last\n"
+        "                     sign of life (default 30)\n"
+        "  --replan           plan afresh although the targets hold progress of this job\n"
+        "                     while redis has none (after emptying the target tables)\n",
+        BF_EXIT_DATA, BF_EXIT_INTERRUPTED);
 }
 
 int bf_cmd_coordinator(int argc, char **argv)
@@ -258,11 +265,15 @@ static void s_reap_all(supervisor_t *s, int ms)
 static void s_run_usage(FILE *f)
 {
     fprintf(f,
-            "usage: backfill run JOB.yaml [--workers N] [--lease-ttl SECONDS]\n"
+            "usage: backfill run JOB.yaml [--workers N] [--lease-ttl SECONDS] [--replan]\n"
             "                    [--log-level LEVEL] [--log-format text|json]\n\n"
             "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
             "on stderr. Interrupted (Ctrl-C), it hands every range back at its last checkpoint;\n"
-            "run it again to resume. On a finished job it says so and exits 0.\n");
+            "run it again to resume. On a finished job it says so and exits 0.\n"
+            "  --workers N     local worker processes (default 4)\n"
+            "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
+            "  --replan        plan afresh although the targets hold progress of this job while\n"
+            "                  redis has none (after emptying the target tables)\n");
 }
 
 static int s_run(coord_args_t *ap)

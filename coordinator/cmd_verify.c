@@ -66,6 +66,17 @@ int bf_cmd_verify(int argc, char **argv)
         bf_jobctx_close(&ctx);
         return rc;
     }
+    /* Row text depends on these settings: make them the same on both sides. */
+    const char *settings = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; "
+                           "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
+                           "SET bytea_output = 'hex'";
+    bool set_ok = bf_pg_exec(ctx.src, settings) == 0;
+    for (int i = 0; i < ctx.job->ntargets; i++)
+        set_ok = set_ok && bf_pg_exec(ctx.tgt[i], settings) == 0;
+    if (!set_ok) {
+        bf_jobctx_close(&ctx);
+        return BF_EXIT_CONNECT;
+    }
     int planned = bf_rstate_is_planned(ctx.redis);
     int64_t nranges = 0;
     if (planned > 0)

@@ -104,6 +104,38 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
     return 0;
 }
 
+/* True (and logged) when a target holds fence rows of this job although Redis
+ * has no plan: Redis was reset or flushed. Planning afresh would copy rows again. */
+static bool s_has_fence_rows(bf_coord_t *self)
+{
+    const bf_job_t *job = self->ctx.job;
+    for (int i = 0; i < job->ntargets; i++) {
+        const char *params[] = {job->name};
+        PGresult *res = bf_pg_query(self->ctx.tgt[i],
+                                    "SELECT to_regclass('public.backfill_fence') IS NULL", 0, NULL);
+        if (!res)
+            return true;
+        bool no_table = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+        PQclear(res);
+        if (no_table)
+            continue;
+        res = bf_pg_query(self->ctx.tgt[i],
+                          "SELECT count(*) FROM public.backfill_fence WHERE job = $1", 1, params);
+        if (!res)
+            return true;
+        long long n = atoll(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (n > 0) {
+            log_error("job %s: redis has no plan for it, but target %s holds %lld fence rows "
+                      "of an earlier run (was redis flushed?). Starting over would copy those "
+                      "rows again; empty the target tables and run again with --replan",
+                      job->name, job->targets[i].alias, n);
+            return true;
+        }
+    }
+    return false;
+}
+
 bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code)
 {
     bf_coord_t *self = bf_xcalloc(1, sizeof *self);
@@ -125,11 +157,19 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         goto fail;
     }
     if (!planned) {
+        if (!opts->replan && s_has_fence_rows(self)) {
+            *exit_code = BF_EXIT_USAGE;
+            goto fail;
+        }
         *exit_code = bf_jobctx_plan_and_store(&self->ctx);
         if (*exit_code != BF_EXIT_OK)
             goto fail;
     } else {
         log_info("resuming job %s from its checkpoints in redis", self->ctx.job->name);
+        redisReply *rf = bf_rstate_cmd(r, "FCALL bf_retry_failed 1 %s", bf_rstate_key(r, "meta"));
+        if (rf && rf->type == REDIS_REPLY_INTEGER && rf->integer > 0)
+            log_info("%lld failed ranges are pending again", (long long)rf->integer);
+        freeReplyObject(rf);
     }
     if (bf_rstate_hget_int(r, "meta", "nranges", &self->nranges) != 0) {
         *exit_code = BF_EXIT_CONNECT;
@@ -219,7 +259,8 @@ static void s_send(bf_coord_t *self, worker_t *w, bf_msg_t *m)
 static void s_remove_worker(bf_coord_t *self, worker_t *w, const char *why)
 {
     for (int i = 0; i < w->nleases; i++) {
-        int rc = bf_rstate_release(self->ctx.redis, w->lease_ids[i], w->lease_tokens[i], why, true,
+        /* Not counted as an attempt: a slow batch can look like a dead worker. */
+        int rc = bf_rstate_release(self->ctx.redis, w->lease_ids[i], w->lease_tokens[i], why, false,
                                    MAX_ATTEMPTS);
         log_info("range %lld of worker %s back to pending (%s)", (long long)w->lease_ids[i], w->id,
                  rc == 1 ? "attempts exhausted: failed" : why);
@@ -468,8 +509,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
     }
     /* Tell every worker: done (exit) or drain (hand back and exit). */
     for (int i = 0; i < self->nworkers; i++) {
-        bf_msg_t m = {
-            .type = BF_MSG_DRAIN, .done = rc != BF_EXIT_INTERRUPTED, .deadline_ms = 10000};
+        bf_msg_t m = {.type = BF_MSG_DRAIN, .done = rc == BF_EXIT_OK, .deadline_ms = 10000};
         s_send(self, &self->workers[i], &m);
     }
     if (rc == BF_EXIT_DATA)

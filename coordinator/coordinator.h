@@ -16,6 +16,7 @@ typedef struct {
     int liveness;     /* missed heartbeats before a peer is dead, default 3 */
     int lease_ttl_ms; /* default 30000 */
     int progress_ms;  /* progress line interval on stderr, 0 = none */
+    bool replan;      /* plan afresh even if targets hold fence rows of this job */
 } bf_coord_opts_t;
 
 /* Prepares the job: resolves every table (errors before any row moves), plans

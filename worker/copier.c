@@ -113,8 +113,10 @@ static int s_batch_end(bf_copier_t *self, bf_pg_t *src, const bf_tableplan_t *tp
     if (!res)
         return -1;
     int n = PQntuples(res);
-    *end = n > 0 ? bf_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
+    /* The last batch is bounded by the range's hi, not by the last key seen, so
+     * rows inserted in between meanwhile are not skipped. */
     *final = n < 2;
+    *end = n == 2 ? bf_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
     PQclear(res);
     return 0;
 }
@@ -241,8 +243,16 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         result = s_fail(w, tp, tgt, "locking the fence row for");
         goto rollback;
     }
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        snprintf(w->error, sizeof w->error, "range %lld: fence row vanished (job re-planned?)",
+                 (long long)r->id);
+        result = BF_BATCH_RETRY;
+        goto rollback;
+    }
     int64_t ftoken = atoll(PQgetvalue(res, 0, 0)), fseq = atoll(PQgetvalue(res, 0, 1));
     bool ffinal = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+    const char *fcursor = PQgetisnull(res, 0, 2) ? NULL : PQgetvalue(res, 0, 2);
     if (ftoken > r->token) {
         snprintf(w->error, sizeof w->error,
                  "range %lld is fenced: target holds token %lld, this lease has %lld",
@@ -251,15 +261,28 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         result = BF_BATCH_FENCED;
         goto rollback;
     }
-    if (fseq > r->seq) {
-        /* An earlier lease committed batches that Redis never heard of (killed
-         * between the target commit and the checkpoint): adopt the target's word. */
+    bool same_cursor =
+        (!fcursor && !r->cursor) || (fcursor && r->cursor && strcmp(fcursor, r->cursor) == 0);
+    if (!w->fence_known && fseq == r->seq && same_cursor) {
+        w->fence_known = true;
+        w->fence_seq = fseq;
+    }
+    if (!w->fence_known || fseq != w->fence_seq) {
+        /* The fence row commits with the rows, so it is the truth about the target.
+         * Ahead of Redis: an earlier lease was killed between its commit and its
+         * checkpoint. Behind: the target lost commits made with synchronous_commit
+         * off (crash). Either way continue from the fence's cursor; checkpoint seqs
+         * keep growing past both. */
+        log_info("range %lld: target fence (seq %lld, after %s) differs from redis (seq %lld, "
+                 "after %s); continuing from the fence",
+                 (long long)r->id, (long long)fseq, fcursor ? fcursor : "the start",
+                 (long long)r->seq, r->cursor ? r->cursor : "the start");
         free(r->cursor);
-        r->cursor = PQgetisnull(res, 0, 2) ? NULL : bf_xstrdup(PQgetvalue(res, 0, 2));
-        log_info("range %lld: target fence is ahead of redis (seq %lld > %lld); resuming after %s",
-                 (long long)r->id, (long long)fseq, (long long)r->seq,
-                 r->cursor ? r->cursor : "the start");
-        r->seq = fseq;
+        r->cursor = fcursor ? bf_xstrdup(fcursor) : NULL;
+        w->fence_known = true;
+        w->fence_seq = fseq;
+        if (fseq > r->seq)
+            r->seq = fseq;
         PQclear(res);
         bf_pg_exec(tgt, "ROLLBACK");
         free(end);
@@ -273,7 +296,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
             r->seq++;
             return cp == BF_CP_STALE ? BF_BATCH_FENCED : BF_BATCH_FINAL;
         }
-        return BF_BATCH_MORE; /* redo from the adopted cursor */
+        return BF_BATCH_MORE; /* redo from the fence's cursor */
     }
     PQclear(res);
 
@@ -329,6 +352,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         r->cursor = end;
     }
     r->seq++;
+    w->fence_seq = r->seq;
     w->rows += rows;
     w->bytes += bytes;
     if (cp == BF_CP_ERROR) {

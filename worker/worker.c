@@ -49,6 +49,8 @@ typedef struct {
     int exit_code;          /* set when the loop should end */
     bool finished;          /* loop ends */
     int64_t ranges_done, rows_done;
+    long long retry_until;      /* no new lease before this (after a transient failure) */
+    long long retry_backoff_ms; /* doubles on each transient failure, up to 30 s */
 } worker_t;
 
 static void s_socket_new(worker_t *w)
@@ -131,15 +133,30 @@ static void s_drop_lease(worker_t *w)
     w->lease = NULL;
 }
 
-static void s_on_message(worker_t *w, bf_msg_t *m)
+/* Handles one message; returns false when it was from another session or epoch
+ * (it then does not count as a sign of life). */
+static bool s_on_message(worker_t *w, bf_msg_t *m)
 {
     if (m->type == BF_MSG_WELCOME) {
         s_on_welcome(w, m);
-        return;
+        return true;
+    }
+    if (m->type == BF_MSG_ERR && (w->sid == 0 || m->sid == w->sid)) {
+        /* A restarted coordinator (new epoch) or one that forgot us. */
+        log_warn("coordinator says %s: %s; saying HELLO again", m->code,
+                 m->message ? m->message : "");
+        w->sid = w->ep = 0;
+        w->next_hello = 0;
+        return true;
     }
     if (w->sid == 0 || m->sid != w->sid || m->ep != w->ep) {
         log_debug("dropped %s from an old session", bf_msg_type_name(m->type));
-        return;
+        if (m->type == BF_MSG_LEASE && w->copier) {
+            /* Leased to us in a session we left: hand it straight back. */
+            bf_lease_work_t tmp = {.range = {.id = m->range_id, .token = m->token}};
+            bf_copier_release(w->copier, &tmp, "", false);
+        }
+        return false;
     }
     switch (m->type) {
     case BF_MSG_LEASE:
@@ -179,15 +196,10 @@ static void s_on_message(worker_t *w, bf_msg_t *m)
             w->exit_code = BF_EXIT_OK;
         }
         break;
-    case BF_MSG_ERR:
-        log_warn("coordinator says %s: %s; saying HELLO again", m->code,
-                 m->message ? m->message : "");
-        w->sid = w->ep = 0;
-        w->next_hello = 0;
-        break;
     default:
         break;
     }
+    return true;
 }
 
 /* Runs one batch of the lease in hand and reports the outcome. */
@@ -199,8 +211,10 @@ static void s_work(worker_t *w)
         .range_id = l->range.id, .token = l->range.token, .rows = l->rows, .bytes = l->bytes};
     switch (r) {
     case BF_BATCH_MORE:
+        w->retry_backoff_ms = 1000;
         return;
     case BF_BATCH_FINAL:
+        w->retry_backoff_ms = 1000;
         m.type = BF_MSG_DONE;
         w->ranges_done++;
         w->rows_done += l->rows;
@@ -220,15 +234,20 @@ static void s_work(worker_t *w)
     case BF_BATCH_FATAL: {
         bool fatal = r == BF_BATCH_FATAL;
         log_error("%s%s", l->error, fatal ? "" : " (will retry)");
-        int rel = bf_copier_release(w->copier, l, l->error, true);
+        /* Only data errors count against the range's attempts; a server that is
+         * down is waited for with backoff. */
+        int rel = bf_copier_release(w->copier, l, l->error, fatal);
         m.type = BF_MSG_FAIL;
         m.code = (char *)(fatal ? "DATA" : (rel == 1 ? "ATTEMPTS" : "RETRY"));
         m.message = l->error;
         m.retryable = !fatal && rel != 1;
         s_send(w, &m);
         s_drop_lease(w);
-        if (!fatal)
-            sleep(1); /* let the server or network recover before the next lease */
+        if (!fatal) {
+            /* Let the server or network recover before the next lease. */
+            w->retry_until = bf_now_ms() + w->retry_backoff_ms;
+            w->retry_backoff_ms = w->retry_backoff_ms * 2 > 30000 ? 30000 : w->retry_backoff_ms * 2;
+        }
         return;
     }
     }
@@ -294,16 +313,40 @@ int bf_cmd_worker(int argc, char **argv)
     w.heartbeat_ms = 2500;
     w.liveness = 3;
     w.backoff_ms = 1000;
+    w.retry_backoff_ms = 1000;
     s_socket_new(&w);
     w.last_heard = bf_now_ms();
 
     while (!w.finished) {
+        /* Read what arrived first (a long batch may have kept us from it), waiting
+         * a little only when there is no work in hand. */
+        int timeout = w.lease ? 0 : 100;
+        while (zsock_events(w.sock) & ZMQ_POLLIN || (timeout > 0 && bf_net_wait(w.sock, timeout))) {
+            timeout = 0;
+            bf_msg_t m;
+            int rc = bf_net_recv(w.sock, NULL, &m);
+            if (rc == -2)
+                break;
+            if (rc == 0 && s_on_message(&w, &m))
+                w.last_heard = bf_now_ms();
+            bf_msg_clear(&m);
+            if (w.finished)
+                break;
+        }
+        if (w.finished)
+            break;
         long long now = bf_now_ms();
         if (s_stop && !w.draining) {
             log_info("stopping: finishing the current batch and handing the range back");
             w.draining = true;
         }
-        if (w.draining && !w.lease) {
+        if (w.lease && w.draining) {
+            if (bf_copier_release(w.copier, w.lease, "", false) >= 0)
+                log_info("handed range %lld back at its last checkpoint",
+                         (long long)w.lease->range.id);
+            s_drop_lease(&w);
+        }
+        if (w.draining) {
             w.exit_code = BF_EXIT_OK;
             break;
         }
@@ -319,7 +362,7 @@ int bf_cmd_worker(int argc, char **argv)
         } else if (!w.sid && now >= w.next_hello) {
             w.next_hello = now + s_hello(&w);
         }
-        if (w.sid && !w.lease && !w.credit_sent && !w.draining && w.copier) {
+        if (w.sid && !w.lease && !w.credit_sent && w.copier && now >= w.retry_until) {
             bf_msg_t m = {.type = BF_MSG_CREDIT, .credit = 1};
             s_send(&w, &m);
             w.credit_sent = true;
@@ -327,35 +370,9 @@ int bf_cmd_worker(int argc, char **argv)
         if (w.sid && now >= w.next_hb) {
             bf_msg_t m = {.type = BF_MSG_HEARTBEAT,
                           .leases = w.lease ? 1 : 0,
-                          .range_id = w.lease ? w.lease->range.id : 0,
-                          .token = w.lease ? w.lease->range.token : 0,
                           .rows = w.rows_done + (w.lease ? w.lease->rows : 0)};
             s_send(&w, &m);
             w.next_hb = now + w.heartbeat_ms;
-        }
-        /* Wait for messages; don't wait at all while a lease has work. */
-        int timeout = w.lease ? 0 : 100;
-        while (zsock_events(w.sock) & ZMQ_POLLIN || (timeout > 0 && bf_net_wait(w.sock, timeout))) {
-            timeout = 0;
-            bf_msg_t m;
-            int rc = bf_net_recv(w.sock, NULL, &m);
-            if (rc == -2)
-                break;
-            w.last_heard = bf_now_ms();
-            if (rc == 0)
-                s_on_message(&w, &m);
-            bf_msg_clear(&m);
-            if (w.finished)
-                break;
-        }
-        if (w.finished)
-            break;
-        if (w.lease && w.draining) {
-            if (bf_copier_release(w.copier, w.lease, "", false) >= 0)
-                log_info("handed range %lld back at its last checkpoint",
-                         (long long)w.lease->range.id);
-            s_drop_lease(&w);
-            continue;
         }
         if (w.lease)
             s_work(&w);
