@@ -7,13 +7,15 @@
 #include <string.h>
 
 /* Columns of a table, excluding dropped and generated ones, in order. */
-/* Types without their modifier: a cast to varchar(10) or numeric(10,2) would
- * silently truncate or round; without it the target's COPY rejects what does not
- * fit. */
+/* Columns with their type as a cast target without modifier (schema.typname:
+ * pg_catalog.bpchar, not "character", which would mean char(1)). A cast to
+ * varchar(10) or numeric(10,2) would silently truncate or round; without the
+ * modifier the target's COPY rejects what does not fit. */
 static const char *SQL_COLUMNS =
-    "SELECT a.attname, format_type(a.atttypid, NULL), a.attnotnull, a.atthasdef "
-    "FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 "
-    "AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum";
+    "SELECT a.attname, quote_ident(n.nspname) || '.' || quote_ident(t.typname), a.attnotnull, "
+    "a.atthasdef FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE a.attrelid = $1::regclass "
+    "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum";
 
 /* Primary key columns, in key order. */
 static const char *SQL_PKEY =
@@ -165,9 +167,16 @@ int bf_tableplan_resolve(bf_tableplan_t *tp, const bf_job_t *job, int index, bf_
             bf_strbuf_append(&srow, ", ");
             bf_strbuf_append(&trow, ", ");
         }
-        bf_strbuf_appendf(&sel, "%s::%s", q, type);
+        /* Same type on both sides: no cast (binary COPY carries it as is);
+         * else cast to the target's type so that binary format is safe. */
+        if (strcmp(PQgetvalue(scols, found, 1), type) == 0) {
+            bf_strbuf_append(&sel, q);
+            bf_strbuf_append(&srow, q);
+        } else {
+            bf_strbuf_appendf(&sel, "%s::%s", q, type);
+            bf_strbuf_appendf(&srow, "%s::%s", q, type);
+        }
         bf_strbuf_append(&cols, q);
-        bf_strbuf_appendf(&srow, "%s::%s", q, type);
         bf_strbuf_append(&trow, q);
         if (strcmp(name, kname) == 0) {
             key_copied = true;

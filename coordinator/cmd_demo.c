@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char *SQL_MONOLITH =
     "CREATE TABLE auth_user (id integer PRIMARY KEY, username varchar(150) NOT NULL,"
@@ -131,7 +132,7 @@ int bf_cmd_demo(int argc, char **argv)
     }
     bf_log_set_role("demo");
     bf_sandbox_t sb;
-    char src[512] = "";
+    char src[512] = "", job_path[600] = "";
     log_info("starting a throwaway PostgreSQL and Redis");
     if (bf_sandbox_start(&sb, NULL) != 0)
         return BF_EXIT_CONNECT;
@@ -139,9 +140,9 @@ int bf_cmd_demo(int argc, char **argv)
     long long t0 = bf_now_ms();
     char *sql = bf_xasprintf(SQL_MONOLITH, rows - rows / 6, rows);
     log_info("creating the monolith: %lld orders, 200000 invoices, 50000 users", rows);
-    if (s_exec_db(&sb, "postgres",
-                  "CREATE DATABASE monolith; CREATE DATABASE trading; CREATE DATABASE billing") !=
-            0 ||
+    if (s_exec_db(&sb, "postgres", "CREATE DATABASE monolith") != 0 ||
+        s_exec_db(&sb, "postgres", "CREATE DATABASE trading") != 0 ||
+        s_exec_db(&sb, "postgres", "CREATE DATABASE billing") != 0 ||
         s_exec_db(&sb, "monolith", sql) != 0 || s_exec_db(&sb, "trading", SQL_TRADING) != 0 ||
         s_exec_db(&sb, "billing", SQL_BILLING) != 0) {
         free(sql);
@@ -150,14 +151,15 @@ int bf_cmd_demo(int argc, char **argv)
     free(sql);
     log_info("data ready in %.1f s", (double)(bf_now_ms() - t0) / 1000.0);
 
-    char trading[512], billing[512], job_path[600];
+    char trading[512], billing[512];
     bf_sandbox_pg_uri(&sb, "monolith", src, sizeof src);
     bf_sandbox_pg_uri(&sb, "trading", trading, sizeof trading);
     bf_sandbox_pg_uri(&sb, "billing", billing, sizeof billing);
     char redis_url[128];
     snprintf(redis_url, sizeof redis_url, "redis://127.0.0.1:%d/0", sb.redis_port);
-    snprintf(job_path, sizeof job_path, "%s/demo-job.yaml", sb.dir);
-    FILE *f = fopen(job_path, "w");
+    snprintf(job_path, sizeof job_path, "/tmp/backfill-demo-XXXXXX.yaml");
+    int fd = mkstemps(job_path, 5);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
     if (!f) {
         log_error("cannot write %s", job_path);
         goto done;
@@ -175,6 +177,7 @@ int bf_cmd_demo(int argc, char **argv)
     char *vargv[] = {verify_cmd, job_path, NULL};
     fflush(stdout);
     rc = bf_cmd_verify(2, vargv);
+    bf_log_set_role("demo");
     long long total = rows + 200000 + 50000;
     printf("\nsummary: %lld rows in 3 tables copied by %d workers in %.1f s (%.0f rows/s), "
            "verify: %s\n",
@@ -182,10 +185,12 @@ int bf_cmd_demo(int argc, char **argv)
 done:
     if (keep) {
         printf("\nservers left running (stop them with: backfill sandbox stop --dir %s)\n"
-               "  psql %s\n  redis-cli -p %d\n  job file: %s/demo-job.yaml\n",
-               sb.dir, src[0] ? src : "", sb.redis_port, sb.dir);
+               "  psql %s\n  redis-cli -p %d\n  job file: %s\n",
+               sb.dir, src, sb.redis_port, job_path);
     } else {
         bf_sandbox_stop(&sb, false);
+        if (job_path[0])
+            unlink(job_path);
     }
     return rc;
 }

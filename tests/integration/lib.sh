@@ -71,8 +71,10 @@ make_monolith() {
     INSERT INTO orders SELECT CASE WHEN g <= $n * 4 / 5 THEN g ELSE 900000000000 + g END,
         g % 1000, 'SYM' || (g % 7), g / 7.0, jsonb_build_object('g', g),
         '2020-01-01'::timestamptz + g * interval '1 second' FROM generate_series(1, $n) g;
-    CREATE TABLE users (id integer PRIMARY KEY, name varchar(100) NOT NULL, active boolean);
-    INSERT INTO users SELECT g, 'user ' || g, g % 3 = 0 FROM generate_series(-500, 20000) g;
+    CREATE TABLE users (id integer PRIMARY KEY, name varchar(100) NOT NULL, active boolean,
+        code char(3) NOT NULL);
+    INSERT INTO users SELECT g, 'user ' || g, g % 3 = 0, (ARRAY['EUR','US','X'])[1 + abs(g) % 3]
+        FROM generate_series(-500, 20000) g;
     CREATE TABLE notes (id smallint PRIMARY KEY, body text);
     INSERT INTO notes SELECT g, CASE WHEN g % 5 = 0 THEN NULL
         ELSE E'tab\there, newline\nthere, backslash \\\\ and caf\u00e9 ' || g END
@@ -82,9 +84,10 @@ make_monolith() {
 
 make_service() {
     q "$1" "
-    CREATE TABLE orders (id bigint PRIMARY KEY, user_id integer NOT NULL, symbol text NOT NULL,
+    CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint NOT NULL, symbol text NOT NULL,
         qty numeric(18,8) NOT NULL, meta jsonb, created_at timestamptz NOT NULL);
-    CREATE TABLE users (id integer PRIMARY KEY, name varchar(100) NOT NULL, active boolean);
+    CREATE TABLE users (id integer PRIMARY KEY, name varchar(100) NOT NULL, active boolean,
+        code char(3) NOT NULL);
     CREATE TABLE notes (id smallint PRIMARY KEY, body text);" >/dev/null
 }
 
