@@ -113,7 +113,8 @@ void bf_strbuf_appendf(bf_strbuf_t *sb, const char *fmt, ...)
 char *bf_strbuf_take(bf_strbuf_t *sb)
 {
     char *out = sb->buf;
-    bf_strbuf_init(sb);
+    sb->buf = NULL;
+    sb->len = sb->cap = 0;
     return out;
 }
 
