@@ -11,10 +11,10 @@ char *bf_redact(const char *dsn, char *out, size_t outlen);
 
 typedef struct {
     char host[256];
-    int port;          /* default 6379 */
-    int db;            /* default 0 */
-    char user[128];    /* empty when none (Redis 6 ACL user) */
-    char password[256];/* empty when none */
+    int port;           /* default 6379 */
+    int db;             /* default 0 */
+    char user[128];     /* empty when none (Redis 6 ACL user) */
+    char password[256]; /* empty when none */
 } bf_redis_url_t;
 
 /* Parses redis://[[user]:password@]host[:port][/db]. Returns 0, or -1 with a

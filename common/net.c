@@ -21,6 +21,15 @@ int bf_net_send(zsock_t *sock, zframe_t *identity, const bf_msg_t *m)
     return rc;
 }
 
+/* Malformed frames are logged, but not all of them: a flood must not flood the log. */
+static unsigned long s_dropped = 0;
+
+static bool s_log_drop(void)
+{
+    s_dropped++;
+    return s_dropped <= 10 || s_dropped % 1000 == 0;
+}
+
 int bf_net_recv(zsock_t *sock, zframe_t **identity_p, bf_msg_t *m)
 {
     memset(m, 0, sizeof *m);
@@ -33,11 +42,14 @@ int bf_net_recv(zsock_t *sock, zframe_t **identity_p, bf_msg_t *m)
     zframe_t *body = zmsg_pop(msg);
     char err[256];
     if (!body || zmsg_size(msg) != 0) {
-        log_warn("dropped a message with %zu frames (expected one)",
-                 zmsg_size(msg) + (body ? 1 : 0));
+        if (s_log_drop())
+            log_warn("dropped a message with %zu frames, expected one (%lu dropped so far)",
+                     zmsg_size(msg) + (body ? 1 : 0), s_dropped);
         rc = -1;
     } else if (bf_msg_decode(zframe_data(body), zframe_size(body), m, err, sizeof err) != 0) {
-        log_warn("dropped a malformed frame of %zu bytes: %s", zframe_size(body), err);
+        if (s_log_drop())
+            log_warn("dropped a malformed frame of %zu bytes: %s (%lu dropped so far)",
+                     zframe_size(body), err, s_dropped);
         rc = -1;
     }
     zframe_destroy(&body);

@@ -73,9 +73,9 @@ static PGresult *s_run(bf_pg_t *self, const char *sql, int nparams, const char *
                        bool quiet, ExecStatusType want)
 {
     /* Without parameters use the simple protocol: it allows several statements. */
-    PGresult *res = nparams == 0 ? PQexec(self->conn, sql)
-                                 : PQexecParams(self->conn, sql, nparams, NULL, params, NULL,
-                                                NULL, 0);
+    PGresult *res = nparams == 0
+                        ? PQexec(self->conn, sql)
+                        : PQexecParams(self->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == want || (want == PGRES_TUPLES_OK && st == PGRES_COMMAND_OK)) {
         self->sqlstate[0] = 0;

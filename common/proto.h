@@ -35,7 +35,7 @@ typedef enum {
  * by the message (NUL-terminated copies) and freed by bf_msg_clear(). */
 typedef struct {
     bf_msg_type_t type;
-    int64_t v;   /* protocol version */
+    int64_t v;    /* protocol version */
     uint64_t sid; /* session id given by WELCOME, 0 before */
     uint64_t ep;  /* coordinator epoch, 0 before WELCOME */
 
@@ -43,15 +43,15 @@ typedef struct {
     int64_t pid, credit;              /* HELLO, CREDIT */
 
     int64_t heartbeat_ms, liveness, lease_ttl_ms; /* WELCOME */
-    char *job;                                   /* WELCOME: job file text */
-    char **env_names, **env_values;              /* WELCOME: referenced env vars */
+    char *job;                                    /* WELCOME: job file text */
+    char **env_names, **env_values;               /* WELCOME: referenced env vars */
     int nenv;
 
     int64_t range_id, token, table, seq; /* LEASE, DONE, FAIL, PROGRESS, REVOKE, SHRINK */
     char *lo, *hi, *cursor;              /* LEASE, SHRINK (hi); NULL = open end / start */
     bool has_lo, has_hi, has_cursor;     /* distinguishes NULL (open) from absent */
 
-    int64_t retry_after_ms; /* NOWORK */
+    int64_t retry_after_ms;      /* NOWORK */
     int64_t leases, rows, bytes; /* HEARTBEAT, PROGRESS, DONE */
     char *code, *message;        /* FAIL, ERR */
     bool retryable;              /* FAIL */

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for integration tests. Each test runs against the PostgreSQL and
 # Redis that the CTest fixture started (`backfill sandbox start`), uses its own
 # databases and job name, and removes them at the end.

@@ -57,6 +57,14 @@ good | sed "s#^redis: .*#redis: redis://:\${JE_SECRET}@127.0.0.1:1/0#" >"$WORK/n
 expect_error unreachable_redis 3 "cannot connect to redis at redis://:\*\*\*@127.0.0.1:1/0" -- \
     "$BF" run "$WORK/noredis.yaml" --workers 1
 
+# A key type this version does not split is refused before anything is copied.
+q je_src "CREATE TABLE tkey (code text PRIMARY KEY, v int)" >/dev/null
+q je_tgt "CREATE TABLE tkey (code text PRIMARY KEY, v int)" >/dev/null
+good | sed 's/from: public.orders/from: public.tkey/; s/to: svc.public.orders/to: svc.public.tkey/' >"$WORK/textkey.yaml"
+expect_error text_key 4 "textkey.yaml:7: source table public.tkey: primary key column code has type text" -- \
+    "$BF" run "$WORK/textkey.yaml" --workers 1
+expect_eq "$(q je_tgt 'SELECT count(*) FROM tkey')" 0 "rows copied despite the error"
+
 unset JE_SECRET
 good >"$WORK/noenv.yaml"
 expect_error unset_env 2 "noenv.yaml:2: environment variable JE_SECRET is not set" -- \
