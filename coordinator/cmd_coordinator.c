@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -179,7 +180,8 @@ typedef struct {
     char endpoint[300];
     pid_t *pids; /* worker processes, 0 = slot empty */
     int n;
-    int respawns; /* workers restarted after dying */
+    int respawns;  /* workers restarted after dying */
+    bool all_dead; /* every worker died for good */
     char self_exe[4096];
 } supervisor_t;
 
@@ -211,6 +213,15 @@ static pid_t s_spawn(supervisor_t *s)
 static void s_supervise(void *arg)
 {
     supervisor_t *s = arg;
+    bool any = false;
+    for (int i = 0; i < s->n; i++)
+        any = any || s->pids[i] != 0;
+    if (!any && !s_stop) {
+        /* Every worker is gone and none may be restarted: nobody will finish. */
+        s->all_dead = true;
+        s_stop = 1;
+        return;
+    }
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
@@ -221,6 +232,9 @@ static void s_supervise(void *arg)
             if (s_stop)
                 break;
             bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+            if (!ok && s->respawns >= 3 * s->n)
+                log_error("worker %d (pid %d) died; not restarting it (%d restarts already)", i,
+                          (int)pid, s->respawns);
             if (!ok && s->respawns < 3 * s->n) {
                 log_warn("worker %d (pid %d) died (%s %d); starting a new one", i, (int)pid,
                          WIFSIGNALED(status) ? "signal" : "exit code",
@@ -299,12 +313,29 @@ static int s_run(coord_args_t *ap)
         s.pids[i] = s_spawn(&s);
     log_info("started %d workers", s.n);
     rc = bf_coord_serve(coord, &s_stop, s_supervise, &s);
+    if (s.all_dead) {
+        log_error("every worker died (see the errors above); progress is checkpointed");
+        rc = BF_EXIT_FAILED;
+    }
     if (rc == BF_EXIT_INTERRUPTED)
         log_info("interrupted: workers are handing their ranges back");
     s_reap_all(&s, 15000);
     if (rc == BF_EXIT_OK) {
         printf("job complete\n");
         bf_coord_summary(coord, stdout);
+        /* Resources of this run, for the benchmark: the workers' CPU in all and the
+         * largest worker's peak RSS; the coordinator's own peak RSS. */
+        struct rusage ch, me;
+        getrusage(RUSAGE_CHILDREN, &ch);
+        getrusage(RUSAGE_SELF, &me);
+        printf("resources: workers cpu %.2f s, worker peak rss %.1f MB, coordinator cpu %.2f s, "
+               "coordinator peak rss %.1f MB\n",
+               (double)(ch.ru_utime.tv_sec + ch.ru_stime.tv_sec) +
+                   (double)(ch.ru_utime.tv_usec + ch.ru_stime.tv_usec) / 1e6,
+               (double)ch.ru_maxrss / 1024.0,
+               (double)(me.ru_utime.tv_sec + me.ru_stime.tv_sec) +
+                   (double)(me.ru_utime.tv_usec + me.ru_stime.tv_usec) / 1e6,
+               (double)me.ru_maxrss / 1024.0);
     } else if (rc == BF_EXIT_INTERRUPTED) {
         printf("interrupted; progress is checkpointed: run the same command again to resume\n");
     }
