@@ -127,6 +127,20 @@ static redisReply *s_check(bf_rstate_t *self, redisReply *r)
     return r;
 }
 
+/* A Redis that came back without its data (no AOF, or a new instance) has no
+ * functions: load them again and retry. Frees r and returns true in that case. */
+static bool s_functions_lost(bf_rstate_t *self, redisReply *r)
+{
+    if (!r || r->type != REDIS_REPLY_ERROR || !strstr(r->str, "Function not found"))
+        return false;
+    freeReplyObject(r);
+    log_warn("redis at %s lost the backfill functions; loading them again", self->redacted);
+    redisReply *l = redisCommand(self->ctx, "FUNCTION LOAD REPLACE %s", bf_functions_lua);
+    if (l)
+        freeReplyObject(l);
+    return true;
+}
+
 redisReply *bf_rstate_cmd(bf_rstate_t *self, const char *fmt, ...)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -136,6 +150,8 @@ redisReply *bf_rstate_cmd(bf_rstate_t *self, const char *fmt, ...)
         va_start(ap, fmt);
         redisReply *r = redisvCommand(self->ctx, fmt, ap);
         va_end(ap);
+        if (attempt == 0 && s_functions_lost(self, r))
+            continue;
         if (r || !self->ctx || self->ctx->err == 0 || attempt == 1)
             return s_check(self, r);
         s_check(self, r); /* drops the broken connection; retry once */
@@ -149,6 +165,8 @@ redisReply *bf_rstate_argv(bf_rstate_t *self, int argc, const char **argv)
         if (!self->ctx && s_connect(self, false) != 0)
             return NULL;
         redisReply *r = redisCommandArgv(self->ctx, argc, argv, NULL);
+        if (attempt == 0 && s_functions_lost(self, r))
+            continue;
         if (r || attempt == 1)
             return s_check(self, r);
         s_check(self, r);

@@ -40,6 +40,7 @@ struct bf_coord {
     int64_t rows_at_start; /* rows copied before this run (for the rate) */
     int64_t rows_now;      /* rows copied, last read */
     long long next_tick, next_progress;
+    long long next_redis_warn; /* rate limit for "redis is down" warnings */
 };
 
 static const char *s_stats_field(redisReply *r, const char *field)
@@ -290,7 +291,12 @@ static void s_dispatch(bf_coord_t *self)
             bf_range_t r;
             int got = bf_rstate_lease(self->ctx.redis, w->id, self->opts.lease_ttl_ms, &r);
             if (got < 0) {
-                log_warn("cannot lease: %s", self->ctx.redis->errmsg);
+                /* Redis down: keep serving, say so every 5 s, lease when it is back. */
+                long long now = bf_now_ms();
+                if (now >= self->next_redis_warn) {
+                    log_warn("cannot lease (retrying): %s", self->ctx.redis->errmsg);
+                    self->next_redis_warn = now + 5000;
+                }
                 return;
             }
             if (got == 0) {
