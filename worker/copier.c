@@ -21,6 +21,8 @@ struct bf_copier {
     bf_rstate_t *redis;    /* checkpoints */
     bf_tableplan_t *plans; /* per job table, resolved on first use */
     bool *resolved;        /* plans[i] is valid */
+    void (*tick)(void *);  /* called during long batches */
+    void *tick_arg;
 };
 
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
@@ -32,6 +34,12 @@ bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
     self->plans = bf_xcalloc((size_t)job->ntables, sizeof *self->plans);
     self->resolved = bf_xcalloc((size_t)job->ntables, sizeof *self->resolved);
     return self;
+}
+
+void bf_copier_set_tick(bf_copier_t *self, void (*tick)(void *arg), void *arg)
+{
+    self->tick = tick;
+    self->tick_arg = arg;
 }
 
 void bf_copier_destroy(bf_copier_t **self_p)
@@ -122,8 +130,8 @@ static int s_batch_end(bf_copier_t *self, bf_pg_t *src, const bf_tableplan_t *tp
 }
 
 /* Streams the source COPY into the target COPY without parsing rows. */
-static int s_relay(bf_pg_t *src, bf_pg_t *tgt, const char *copy_out, const char *copy_in,
-                   int64_t *rows, int64_t *bytes)
+static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
+                   const char *copy_in, int64_t *rows, int64_t *bytes)
 {
     PGresult *res = PQexec(tgt->conn, copy_in);
     if (PQresultStatus(res) != PGRES_COPY_IN) {
@@ -144,11 +152,16 @@ static int s_relay(bf_pg_t *src, bf_pg_t *tgt, const char *copy_out, const char 
     PQclear(res);
     int64_t nbytes = 0;
     bool put_failed = false;
-    for (;;) {
+    long long next_tick = bf_now_ms() + 500;
+    for (unsigned chunks = 1;; chunks++) {
         char *buf = NULL;
         int n = PQgetCopyData(src->conn, &buf, 0);
         if (n < 0)
             break;
+        if (self->tick && (chunks & 1023) == 0 && bf_now_ms() >= next_tick) {
+            self->tick(self->tick_arg);
+            next_tick = bf_now_ms() + 500;
+        }
         if (!put_failed && PQputCopyData(tgt->conn, buf, n) != 1)
             put_failed = true; /* keep draining the source so its connection stays usable */
         nbytes += n;
@@ -315,7 +328,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     copy_in =
         bf_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", tp->tgt_qname, tp->target_cols);
     int64_t rows = 0, bytes = 0;
-    int rc = s_relay(src, tgt, copy_out, copy_in, &rows, &bytes);
+    int rc = s_relay(self, src, tgt, copy_out, copy_in, &rows, &bytes);
     if (rc != 0) {
         result = s_fail(w, tp, rc == -1 ? src : tgt,
                         rc == -1 ? "reading the source" : "the target rejected rows in");

@@ -33,6 +33,11 @@ typedef struct {
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms);
 void bf_copier_destroy(bf_copier_t **self_p);
 
+/* Called about every 500 ms while a batch streams rows, so that the worker can
+ * heartbeat and read its messages during long batches. It must not touch the
+ * lease being copied. */
+void bf_copier_set_tick(bf_copier_t *self, void (*tick)(void *arg), void *arg);
+
 /* Copies the next batch of the lease. */
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
 

@@ -46,12 +46,15 @@ typedef struct {
     bf_lease_work_t *lease; /* the lease in hand, or NULL */
     bool credit_sent;       /* asked for work and not answered yet */
     bool draining;          /* coordinator asked us to stop */
+    bool revoked;           /* the lease in hand was revoked: drop it */
     int exit_code;          /* set when the loop should end */
     bool finished;          /* loop ends */
     int64_t ranges_done, rows_done;
     long long retry_until;      /* no new lease before this (after a transient failure) */
     long long retry_backoff_ms; /* doubles on each transient failure, up to 30 s */
 } worker_t;
+
+static void s_tick(void *arg);
 
 static void s_socket_new(worker_t *w)
 {
@@ -113,6 +116,7 @@ static void s_on_welcome(worker_t *w, bf_msg_t *m)
         bf_log_set_job(w->job->name);
         w->lease_ttl_ms = m->lease_ttl_ms;
         w->copier = bf_copier_new(w->job, w->lease_ttl_ms);
+        bf_copier_set_tick(w->copier, s_tick, w);
     }
     w->sid = m->sid;
     w->ep = m->ep;
@@ -126,6 +130,7 @@ static void s_on_welcome(worker_t *w, bf_msg_t *m)
 
 static void s_drop_lease(worker_t *w)
 {
+    w->revoked = false;
     if (!w->lease)
         return;
     bf_range_clear(&w->lease->range);
@@ -182,10 +187,9 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
         w->credit_sent = true; /* the coordinator keeps our credit and leases later */
         break;
     case BF_MSG_REVOKE:
-        if (w->lease && w->lease->range.id == m->range_id) {
-            log_warn("range %lld revoked by the coordinator", (long long)m->range_id);
-            s_drop_lease(w);
-        }
+        /* Acted on between batches (this may arrive while the lease is copied). */
+        if (w->lease && w->lease->range.id == m->range_id)
+            w->revoked = true;
         break;
     case BF_MSG_DRAIN:
         w->draining = true;
@@ -200,6 +204,38 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
         break;
     }
     return true;
+}
+
+/* Reads what arrived (waiting up to timeout_ms when nothing has) and sends a
+ * heartbeat when one is due. Also the copier's tick during long batches. */
+static void s_service(worker_t *w, int timeout_ms)
+{
+    while (zsock_events(w->sock) & ZMQ_POLLIN ||
+           (timeout_ms > 0 && bf_net_wait(w->sock, timeout_ms))) {
+        timeout_ms = 0;
+        bf_msg_t m;
+        int rc = bf_net_recv(w->sock, NULL, &m);
+        if (rc == -2)
+            break;
+        if (rc == 0 && s_on_message(w, &m))
+            w->last_heard = bf_now_ms();
+        bf_msg_clear(&m);
+        if (w->finished)
+            break;
+    }
+    long long now = bf_now_ms();
+    if (w->sid && now >= w->next_hb) {
+        bf_msg_t m = {.type = BF_MSG_HEARTBEAT,
+                      .leases = w->lease ? 1 : 0,
+                      .rows = w->rows_done + (w->lease ? w->lease->rows : 0)};
+        s_send(w, &m);
+        w->next_hb = now + w->heartbeat_ms;
+    }
+}
+
+static void s_tick(void *arg)
+{
+    s_service(arg, 0);
 }
 
 /* Runs one batch of the lease in hand and reports the outcome. */
@@ -320,19 +356,7 @@ int bf_cmd_worker(int argc, char **argv)
     while (!w.finished) {
         /* Read what arrived first (a long batch may have kept us from it), waiting
          * a little only when there is no work in hand. */
-        int timeout = w.lease ? 0 : 100;
-        while (zsock_events(w.sock) & ZMQ_POLLIN || (timeout > 0 && bf_net_wait(w.sock, timeout))) {
-            timeout = 0;
-            bf_msg_t m;
-            int rc = bf_net_recv(w.sock, NULL, &m);
-            if (rc == -2)
-                break;
-            if (rc == 0 && s_on_message(&w, &m))
-                w.last_heard = bf_now_ms();
-            bf_msg_clear(&m);
-            if (w.finished)
-                break;
-        }
+        s_service(&w, w.lease ? 0 : 100);
         if (w.finished)
             break;
         long long now = bf_now_ms();
@@ -367,12 +391,9 @@ int bf_cmd_worker(int argc, char **argv)
             s_send(&w, &m);
             w.credit_sent = true;
         }
-        if (w.sid && now >= w.next_hb) {
-            bf_msg_t m = {.type = BF_MSG_HEARTBEAT,
-                          .leases = w.lease ? 1 : 0,
-                          .rows = w.rows_done + (w.lease ? w.lease->rows : 0)};
-            s_send(&w, &m);
-            w.next_hb = now + w.heartbeat_ms;
+        if (w.revoked) {
+            log_warn("range %lld revoked by the coordinator", (long long)w.lease->range.id);
+            s_drop_lease(&w);
         }
         if (w.lease)
             s_work(&w);
