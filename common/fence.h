@@ -25,4 +25,21 @@
     "UPDATE public.backfill_fence SET token = $3, seq = $4, cursor = $5, final = $6,"              \
     " updated_at = now() WHERE job = $1 AND range_id = $2"
 
+/* A transaction-scoped advisory lock per (job, range) on the target, taken first in
+ * every batch: unlike the fence row's lock, its holder is visible in pg_locks, so
+ * a new lease can find and end the transaction of an older one. */
+#define BF_RANGE_KEY "hashtext($1), $2::int"
+#define BF_RANGE_TRYLOCK "SELECT pg_try_advisory_xact_lock(" BF_RANGE_KEY ")"
+#define BF_RANGE_LOCK "SELECT pg_advisory_xact_lock(" BF_RANGE_KEY ")"
+/* Who holds it: pid, application_name, and whether it is a session like ours
+ * (same role and application name, i.e. a backfill worker of this job). */
+#define BF_RANGE_HOLDERS                                                                           \
+    "SELECT l.pid, coalesce(a.application_name, ''),"                                              \
+    " a.usename = current_user AND a.application_name = current_setting('application_name')"       \
+    " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"                               \
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()"                   \
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"           \
+    " AND l.classid = (hashtext($1)::bigint & 4294967295)::oid AND l.objid = $2::bigint::oid"      \
+    " AND l.objsubid = 2"
+
 #endif

@@ -5,7 +5,7 @@ Job state transitions, loaded with FUNCTION LOAD so they survive a Redis restart
 the other keys of the job share its "bf:{job}:" prefix (one hash slot).
 
   bf:{job}:range:<id>  hash: tbl lo hi state token owner expires seq cursor rows bytes
-                             attempts est last_error   (lo/hi/cursor absent = open)
+                             attempts est last_error done_by (lo/hi/cursor absent = open)
   bf:{job}:pending     zset of range ids waiting for a lease (score = id)
   bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)
   bf:{job}:fence       counter: every lease gets a new, larger fencing token
@@ -55,7 +55,7 @@ local function bf_checkpoint(keys, args)
   local p = prefix(keys[1])
   local id, token, seq = args[1], args[2], tonumber(args[3])
   local rk = p .. 'range:' .. id
-  local cur = redis.call('HMGET', rk, 'token', 'seq', 'state', 'tbl')
+  local cur = redis.call('HMGET', rk, 'token', 'seq', 'state', 'tbl', 'owner')
   if not cur[3] then
     return redis.error_reply('NORANGE range ' .. id .. ' does not exist')
   end
@@ -82,7 +82,7 @@ local function bf_checkpoint(keys, args)
   redis.call('HINCRBY', st, 'bytes:' .. tbl, args[7])
   redis.call('HINCRBY', st, 'batches', 1)
   if args[8] == '1' then
-    redis.call('HSET', rk, 'state', 'done')
+    redis.call('HSET', rk, 'state', 'done', 'done_by', cur[5] or '')
     redis.call('HDEL', rk, 'owner', 'expires')
     redis.call('ZREM', p .. 'leases', id)
     redis.call('ZREM', p .. 'pending', id)

@@ -3,6 +3,8 @@
 #include "dsn.h"
 #include "log.h"
 
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,11 +71,66 @@ void bf_pg_set_error(bf_pg_t *self, const PGresult *res)
     s_one_line(self->detail, sizeof self->detail, detail ? detail : "");
 }
 
+void bf_pg_set_tick(bf_pg_t *self, bool (*tick)(void *arg), void *arg)
+{
+    self->tick = tick;
+    self->tick_arg = arg;
+}
+
+/* Sends the query, then waits for its result calling the tick after every TICK_MS
+ * of silence; when the tick says stop, cancels the query (it then ends in an error).
+ * Returns what PQexec would: the last result, or the first COPY one. */
+#define TICK_MS 500
+static PGresult *s_exec_ticking(bf_pg_t *self, const char *sql, int nparams,
+                                const char *const *params)
+{
+    PGconn *c = self->conn;
+    int sent = nparams == 0 ? PQsendQuery(c, sql)
+                            : PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (!sent)
+        return NULL;
+    bool cancel_sent = false;
+    while (PQisBusy(c)) {
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
+        int n = poll(&pfd, 1, TICK_MS);
+        if (n < 0 && errno != EINTR)
+            break;
+        if (n > 0 && !PQconsumeInput(c))
+            break; /* connection lost: PQgetResult reports it */
+        if (n == 0 && !cancel_sent && self->tick(self->tick_arg)) {
+            PGcancel *cancel = PQgetCancel(c);
+            char errbuf[256];
+            if (cancel) {
+                PQcancel(cancel, errbuf, sizeof errbuf);
+                PQfreeCancel(cancel);
+            }
+            cancel_sent = true;
+        }
+    }
+    PGresult *last = NULL, *res;
+    while ((res = PQgetResult(c))) {
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT) {
+            PQclear(last);
+            return res;
+        }
+        /* Keep the first error (PQexec's rule), else the last result. */
+        if (last && PQresultStatus(last) == PGRES_FATAL_ERROR) {
+            PQclear(res);
+            continue;
+        }
+        PQclear(last);
+        last = res;
+    }
+    return last;
+}
+
 static PGresult *s_run(bf_pg_t *self, const char *sql, int nparams, const char *const *params,
                        bool quiet, ExecStatusType want)
 {
     /* Without parameters use the simple protocol: it allows several statements. */
-    PGresult *res = nparams == 0
+    PGresult *res = self->tick ? s_exec_ticking(self, sql, nparams, params)
+                    : nparams == 0
                         ? PQexec(self->conn, sql)
                         : PQexecParams(self->conn, sql, nparams, NULL, params, NULL, NULL, 0);
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
@@ -110,6 +167,13 @@ PGresult *bf_pg_query(bf_pg_t *self, const char *sql, int nparams, const char *c
 PGresult *bf_pg_query_quiet(bf_pg_t *self, const char *sql, int nparams, const char *const *params)
 {
     return s_run(self, sql, nparams, params, true, PGRES_TUPLES_OK);
+}
+
+int bf_pg_copy_start(bf_pg_t *self, const char *sql, bool in)
+{
+    PGresult *res = s_run(self, sql, 0, NULL, true, in ? PGRES_COPY_IN : PGRES_COPY_OUT);
+    PQclear(res);
+    return res ? 0 : -1;
 }
 
 bool bf_pg_error_is_retryable(const bf_pg_t *self)

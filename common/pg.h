@@ -7,13 +7,20 @@
 #include <stdbool.h>
 
 typedef struct {
-    PGconn *conn;       /* open connection */
-    char what[64];      /* role in messages: "source", "target billing" */
-    char redacted[512]; /* connection string without its password */
-    char sqlstate[6];   /* SQLSTATE of the last error, "" when none */
-    char errmsg[1024];  /* last error, one line, no password */
-    char detail[1024];  /* PG_DIAG_MESSAGE_DETAIL of the last error (names the key) */
+    PGconn *conn;         /* open connection */
+    char what[64];        /* role in messages: "source", "target billing" */
+    char redacted[512];   /* connection string without its password */
+    char sqlstate[6];     /* SQLSTATE of the last error, "" when none */
+    char errmsg[1024];    /* last error, one line, no password */
+    char detail[1024];    /* PG_DIAG_MESSAGE_DETAIL of the last error (names the key) */
+    bool (*tick)(void *); /* see bf_pg_set_tick(); NULL = plain blocking calls */
+    void *tick_arg;
 } bf_pg_t;
+
+/* Makes every statement on this connection wait for its result in a poll loop
+ * that calls tick(arg) at least every 500 ms (heartbeats during a long lock wait);
+ * when tick returns true the statement is cancelled and fails (SQLSTATE 57014). */
+void bf_pg_set_tick(bf_pg_t *self, bool (*tick)(void *arg), void *arg);
 
 /* Connects with a 5 s connect_timeout (unless the DSN sets one). On failure logs
  * one line naming `what` and the redacted DSN and
@@ -30,6 +37,10 @@ int bf_pg_exec_quiet(bf_pg_t *self, const char *sql);
  * or NULL on error (kept in self, logged unless quiet). */
 PGresult *bf_pg_query(bf_pg_t *self, const char *sql, int nparams, const char *const *params);
 PGresult *bf_pg_query_quiet(bf_pg_t *self, const char *sql, int nparams, const char *const *params);
+
+/* Starts COPY ... FROM STDIN (in) or TO STDOUT; 0, or -1 with the error kept in
+ * self (not logged). */
+int bf_pg_copy_start(bf_pg_t *self, const char *sql, bool in);
 
 /* Records the error of res (or of the connection when res is NULL) in self. */
 void bf_pg_set_error(bf_pg_t *self, const PGresult *res);

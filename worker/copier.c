@@ -1,5 +1,6 @@
 #include "copier.h"
 
+#include "fault.h"
 #include "fence.h"
 #include "log.h"
 #include "pg.h"
@@ -21,8 +22,9 @@ struct bf_copier {
     bf_rstate_t *redis;    /* checkpoints */
     bf_tableplan_t *plans; /* per job table, resolved on first use */
     bool *resolved;        /* plans[i] is valid */
-    void (*tick)(void *);  /* called during long batches */
+    bool (*tick)(void *);  /* called during long batches; true = abandon the batch */
     void *tick_arg;
+    bool abandoning; /* the tick asked to abandon the batch in flight */
 };
 
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
@@ -36,10 +38,19 @@ bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
     return self;
 }
 
-void bf_copier_set_tick(bf_copier_t *self, void (*tick)(void *arg), void *arg)
+void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg)
 {
     self->tick = tick;
     self->tick_arg = arg;
+}
+
+/* The tick of the copier's connections: the caller's, remembering a stop. */
+static bool s_tick(void *arg)
+{
+    bf_copier_t *self = arg;
+    if (self->tick(self->tick_arg))
+        self->abandoning = true;
+    return self->abandoning;
 }
 
 void bf_copier_destroy(bf_copier_t **self_p)
@@ -82,6 +93,8 @@ static int s_connect(bf_copier_t *self, int t, bf_pg_t **src, bf_pg_t **tgt, cha
             snprintf(err, errlen, "cannot connect to the source");
             return -1;
         }
+        if (self->tick)
+            bf_pg_set_tick(self->src, s_tick, self);
     }
     if (!bf_pg_is_alive(self->tgt[ti])) {
         bf_pg_destroy(&self->tgt[ti]);
@@ -93,6 +106,8 @@ static int s_connect(bf_copier_t *self, int t, bf_pg_t **src, bf_pg_t **tgt, cha
             snprintf(err, errlen, "cannot connect to target %s", job->targets[ti].alias);
             return -1;
         }
+        if (self->tick)
+            bf_pg_set_tick(self->tgt[ti], s_tick, self);
     }
     if (!self->redis) {
         self->redis = bf_rstate_connect(job->redis, job->name);
@@ -133,37 +148,41 @@ static int s_batch_end(bf_copier_t *self, bf_pg_t *src, const bf_tableplan_t *tp
 static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
                    const char *copy_in, int64_t *rows, int64_t *bytes)
 {
-    PGresult *res = PQexec(tgt->conn, copy_in);
-    if (PQresultStatus(res) != PGRES_COPY_IN) {
-        bf_pg_set_error(tgt, res);
-        PQclear(res);
-        return -1;
-    }
-    PQclear(res);
-    res = PQexec(src->conn, copy_out);
-    if (PQresultStatus(res) != PGRES_COPY_OUT) {
-        bf_pg_set_error(src, res);
-        PQclear(res);
+    PGresult *res;
+    if (bf_pg_copy_start(tgt, copy_in, true) != 0)
+        return -2;
+    if (bf_pg_copy_start(src, copy_out, false) != 0) {
         PQputCopyEnd(tgt->conn, "source query failed");
         while ((res = PQgetResult(tgt->conn)))
             PQclear(res);
         return -1;
     }
-    PQclear(res);
     int64_t nbytes = 0;
-    bool put_failed = false;
+    bool put_failed = false, abandoned = false;
     long long next_tick = bf_now_ms() + 500;
     for (unsigned chunks = 1;; chunks++) {
         char *buf = NULL;
         int n = PQgetCopyData(src->conn, &buf, 0);
         if (n < 0)
             break;
-        if (self->tick && (chunks & 1023) == 0 && bf_now_ms() >= next_tick) {
-            self->tick(self->tick_arg);
+        if (self->tick && !abandoned && (chunks & 1023) == 0 && bf_now_ms() >= next_tick) {
+            if (s_tick(self)) {
+                /* Stop now: cancel the source COPY (the loop drains what is in
+                 * flight) and abort the target's. */
+                abandoned = put_failed = true;
+                PGcancel *cancel = PQgetCancel(src->conn);
+                char errbuf[256];
+                if (cancel) {
+                    PQcancel(cancel, errbuf, sizeof errbuf);
+                    PQfreeCancel(cancel);
+                }
+            }
             next_tick = bf_now_ms() + 500;
         }
         if (!put_failed && PQputCopyData(tgt->conn, buf, n) != 1)
             put_failed = true; /* keep draining the source so its connection stays usable */
+        if (chunks == 1)
+            bf_fault_point("in-copy");
         nbytes += n;
         PQfreemem(buf);
     }
@@ -174,6 +193,13 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
             rc = -1;
         }
         PQclear(res);
+    }
+    if (abandoned) {
+        PQputCopyEnd(tgt->conn, "batch abandoned: the worker is stopping");
+        while ((res = PQgetResult(tgt->conn)))
+            PQclear(res);
+        *bytes = nbytes;
+        return -3;
     }
     PQputCopyEnd(tgt->conn, rc == 0 ? NULL : "source COPY failed");
     while ((res = PQgetResult(tgt->conn))) {
@@ -201,9 +227,14 @@ static bool s_is_data_error(const char *sqlstate)
 }
 
 /* Classifies a failed statement on conn into RETRY or FATAL and fills w->error. */
-static bf_batch_result_t s_fail(bf_lease_work_t *w, const bf_tableplan_t *tp, bf_pg_t *conn,
-                                const char *what)
+static bf_batch_result_t s_fail(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp,
+                                bf_pg_t *conn, const char *what)
 {
+    if (self->abandoning) {
+        snprintf(w->error, sizeof w->error, "range %lld: batch abandoned, the worker is stopping",
+                 (long long)w->range.id);
+        return BF_BATCH_RETRY;
+    }
     bool fatal = conn && !bf_pg_error_is_retryable(conn) && s_is_data_error(conn->sqlstate);
     const bf_range_t *r = &w->range;
     snprintf(w->error, sizeof w->error, "table %s -> %s: %s keys after %s up to %s: %s%s%s%s",
@@ -214,8 +245,55 @@ static bf_batch_result_t s_fail(bf_lease_work_t *w, const bf_tableplan_t *tp, bf
     return fatal ? BF_BATCH_FATAL : BF_BATCH_RETRY;
 }
 
+/* Takes the range's advisory lock in the target transaction, before anything
+ * else of the batch. A holder is a transaction of an older lease of this range
+ * (Redis hands a range to one lease at a time, and this one is the newest): a
+ * worker that was paused, cut off or declared dead while its batch was open. It
+ * could hold its transaction open indefinitely (a stopped process's kernel keeps
+ * the socket alive, and a COPY waiting for data ignores statement_timeout), so
+ * terminate it: its batch rolls back and the fence row tells us where to go on. */
+static int s_take_range(bf_copier_t *self, bf_pg_t *tgt, const bf_range_t *r,
+                        const char *const *fparams)
+{
+    PGresult *res = bf_pg_query(tgt, BF_RANGE_TRYLOCK, 2, fparams);
+    if (!res)
+        return -1;
+    bool got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (got)
+        return 0;
+    res = bf_pg_query(tgt, BF_RANGE_HOLDERS, 2, fparams);
+    if (!res)
+        return -1;
+    for (int i = 0; i < PQntuples(res); i++) {
+        const char *pid = PQgetvalue(res, i, 0);
+        bool ours = strcmp(PQgetvalue(res, i, 2), "t") == 0;
+        if (!ours) {
+            log_warn("range %lld: target backend %s (application '%s') holds the range's lock "
+                     "but is not a backfill session of this role; waiting for it",
+                     (long long)r->id, pid, PQgetvalue(res, i, 1));
+            continue;
+        }
+        log_warn("range %lld: terminating target backend %s, the open transaction of an "
+                 "older lease of this range (its worker is paused or gone); its batch rolls back",
+                 (long long)r->id, pid);
+        const char *kp[] = {pid};
+        PGresult *k = bf_pg_query(tgt, "SELECT pg_terminate_backend($1::int)", 1, kp);
+        PQclear(k);
+    }
+    PQclear(res);
+    /* Wait for the lock, at most a lease's time; a timeout is retried later. */
+    char sql[96];
+    snprintf(sql, sizeof sql, "SET LOCAL lock_timeout = %lld", (long long)self->lease_ttl_ms);
+    if (bf_pg_exec(tgt, sql) != 0 || !(res = bf_pg_query(tgt, BF_RANGE_LOCK, 2, fparams)))
+        return -1;
+    PQclear(res);
+    return bf_pg_exec(tgt, "SET LOCAL lock_timeout = 0");
+}
+
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
 {
+    self->abandoning = false;
     bf_range_t *r = &w->range;
     const bf_job_t *job = self->job;
     if (r->table < 0 || r->table >= job->ntables) {
@@ -236,7 +314,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     char *end = NULL;
     bool final = false;
     if (s_batch_end(self, src, tp, r, &end, &final) != 0)
-        return s_fail(w, tp, src, "reading the source");
+        return s_fail(self, w, tp, src, "reading the source");
 
     bf_batch_result_t result = BF_BATCH_RETRY;
     char ids[24], toks[24], seqs[24];
@@ -247,13 +325,21 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     PGresult *res = NULL;
     char *copy_out = NULL, *copy_in = NULL;
 
-    if (bf_pg_exec(tgt, "BEGIN") != 0 || !(res = bf_pg_query(tgt, BF_FENCE_ENSURE, 2, fparams))) {
-        result = s_fail(w, tp, tgt, "opening a transaction on the target for");
+    if (bf_pg_exec(tgt, "BEGIN") != 0) {
+        result = s_fail(self, w, tp, tgt, "opening a transaction on the target for");
+        goto rollback;
+    }
+    if (s_take_range(self, tgt, r, fparams) != 0) {
+        result = s_fail(self, w, tp, tgt, "taking over");
+        goto rollback;
+    }
+    if (!(res = bf_pg_query(tgt, BF_FENCE_ENSURE, 2, fparams))) {
+        result = s_fail(self, w, tp, tgt, "creating the fence row for");
         goto rollback;
     }
     PQclear(res);
     if (!(res = bf_pg_query(tgt, BF_FENCE_LOCK, 2, fparams))) {
-        result = s_fail(w, tp, tgt, "locking the fence row for");
+        result = s_fail(self, w, tp, tgt, "locking the fence row for");
         goto rollback;
     }
     if (PQntuples(res) != 1) {
@@ -330,8 +416,10 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     int64_t rows = 0, bytes = 0;
     int rc = s_relay(self, src, tgt, copy_out, copy_in, &rows, &bytes);
     if (rc != 0) {
-        result = s_fail(w, tp, rc == -1 ? src : tgt,
-                        rc == -1 ? "reading the source" : "the target rejected rows in");
+        result = s_fail(self, w, tp, rc == -1 ? src : tgt,
+                        rc == -1                        ? "reading the source"
+                        : bf_pg_error_is_retryable(tgt) ? "writing to the target"
+                                                        : "the target rejected rows in");
         goto rollback;
     }
 
@@ -339,17 +427,18 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     fparams[4] = new_cursor;
     fparams[5] = final ? "true" : "false";
     if (final && bf_pg_exec(tgt, "SET LOCAL synchronous_commit = on") != 0) {
-        result = s_fail(w, tp, tgt, "finishing");
+        result = s_fail(self, w, tp, tgt, "finishing");
         goto rollback;
     }
     if (!(res = bf_pg_query(tgt, BF_FENCE_UPDATE, 6, fparams)) || bf_pg_exec(tgt, "COMMIT") != 0) {
         PQclear(res);
-        result = s_fail(w, tp, tgt, "committing");
+        result = s_fail(self, w, tp, tgt, "committing");
         goto rollback;
     }
     PQclear(res);
     free(copy_out);
     free(copy_in);
+    bf_fault_point("after-commit");
 
     /* The rows are committed with the fence; now record the checkpoint. A Redis
      * failure is not a loss: the next lease adopts the fence's cursor. */

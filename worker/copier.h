@@ -35,8 +35,9 @@ void bf_copier_destroy(bf_copier_t **self_p);
 
 /* Called about every 500 ms while a batch streams rows, so that the worker can
  * heartbeat and read its messages during long batches. It must not touch the
- * lease being copied. */
-void bf_copier_set_tick(bf_copier_t *self, void (*tick)(void *arg), void *arg);
+ * lease being copied. Returning true abandons the batch (rolled back; the batch
+ * result is BF_BATCH_RETRY). */
+void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg);
 
 /* Copies the next batch of the lease. */
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "copier.h"
 #include "exitcodes.h"
+#include "fault.h"
 #include "job.h"
 #include "log.h"
 #include "net.h"
@@ -19,6 +20,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* After a transient failure (a server down), no new lease for 1 s, doubling per
+ * further failure up to this. */
+#define RETRY_BACKOFF_MAX_MS 10000
+/* On SIGINT/SIGTERM or DRAIN the batch in flight may finish for this long; then it
+ * is abandoned (rolled back) and the range handed back at its last checkpoint. */
+#define STOP_GRACE_MS 5000
 
 static volatile sig_atomic_t s_stop = 0;
 
@@ -48,13 +56,14 @@ typedef struct {
     bool draining;          /* coordinator asked us to stop */
     bool revoked;           /* the lease in hand was revoked: drop it */
     int exit_code;          /* set when the loop should end */
+    long long stop_asked;   /* ms when a stop was first seen during a batch */
     bool finished;          /* loop ends */
     int64_t ranges_done, rows_done;
     long long retry_until;      /* no new lease before this (after a transient failure) */
-    long long retry_backoff_ms; /* doubles on each transient failure, up to 30 s */
+    long long retry_backoff_ms; /* doubles on each transient failure, up to 10 s */
 } worker_t;
 
-static void s_tick(void *arg);
+static bool s_tick(void *arg);
 
 static void s_socket_new(worker_t *w)
 {
@@ -233,9 +242,18 @@ static void s_service(worker_t *w, int timeout_ms)
     }
 }
 
-static void s_tick(void *arg)
+/* During a batch: service the socket; once a stop was asked for (signal or
+ * DRAIN), let the batch finish for STOP_GRACE_MS, then abandon it. */
+static bool s_tick(void *arg)
 {
-    s_service(arg, 0);
+    worker_t *w = arg;
+    s_service(w, 0);
+    if (!s_stop && !w->draining)
+        return false;
+    long long now = bf_now_ms();
+    if (!w->stop_asked)
+        w->stop_asked = now;
+    return now - w->stop_asked >= STOP_GRACE_MS;
 }
 
 /* Runs one batch of the lease in hand and reports the outcome. */
@@ -269,10 +287,28 @@ static void s_work(worker_t *w)
     case BF_BATCH_RETRY:
     case BF_BATCH_FATAL: {
         bool fatal = r == BF_BATCH_FATAL;
-        log_error("%s%s", l->error, fatal ? "" : " (will retry)");
         /* Only data errors count against the range's attempts; a server that is
          * down is waited for with backoff. */
         int rel = bf_copier_release(w->copier, l, l->error, fatal);
+        if (rel == 2) {
+            /* A newer lease owns the range: this worker was paused or cut off past
+             * its lease, and the new owner ended its open batch. */
+            log_warn("fenced: range %lld is no longer this worker's lease (taken over while "
+                     "it was away); its uncommitted batch was rolled back (%s)",
+                     (long long)l->range.id, l->error);
+            m.type = BF_MSG_FAIL;
+            m.code = (char *)"FENCED";
+            m.message = l->error;
+            m.retryable = true;
+            s_send(w, &m);
+            s_drop_lease(w);
+            return;
+        }
+        if (!fatal && (s_stop || w->draining))
+            log_info("%s; range %lld handed back at its last checkpoint", l->error,
+                     (long long)l->range.id);
+        else
+            log_error("%s%s", l->error, fatal ? "" : " (will retry)");
         m.type = BF_MSG_FAIL;
         m.code = (char *)(fatal ? "DATA" : (rel == 1 ? "ATTEMPTS" : "RETRY"));
         m.message = l->error;
@@ -282,7 +318,9 @@ static void s_work(worker_t *w)
         if (!fatal) {
             /* Let the server or network recover before the next lease. */
             w->retry_until = bf_now_ms() + w->retry_backoff_ms;
-            w->retry_backoff_ms = w->retry_backoff_ms * 2 > 30000 ? 30000 : w->retry_backoff_ms * 2;
+            w->retry_backoff_ms = w->retry_backoff_ms * 2 > RETRY_BACKOFF_MAX_MS
+                                      ? RETRY_BACKOFF_MAX_MS
+                                      : w->retry_backoff_ms * 2;
         }
         return;
     }
@@ -337,6 +375,7 @@ int bf_cmd_worker(int argc, char **argv)
         return BF_EXIT_USAGE;
     }
     bf_log_set_role("worker");
+    bf_fault_init();
     zsys_init();
     zsys_handler_set(NULL);
     struct sigaction sa = {.sa_handler = s_on_signal};
@@ -361,7 +400,7 @@ int bf_cmd_worker(int argc, char **argv)
             break;
         long long now = bf_now_ms();
         if (s_stop && !w.draining) {
-            log_info("stopping: finishing the current batch and handing the range back");
+            log_info("stopping: no new leases; a range in hand goes back at its last checkpoint");
             w.draining = true;
         }
         if (w.lease && w.draining) {

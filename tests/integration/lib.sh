@@ -20,7 +20,7 @@ cleanup() {
         psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d postgres \
             -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     done
-    rm -rf "$WORK"
+    if [ "${BF_KEEP_WORK:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
     if [ "$rc" -eq 0 ]; then echo "PASS: $TEST_NAME"; else echo "FAIL: $TEST_NAME (exit $rc)"; fi
 }
 trap cleanup EXIT
@@ -123,4 +123,58 @@ expect_same() {
         b=$(table_md5 "$2" "$t" id)
         expect_eq "$b" "$a" "md5 of $t"
     done
+}
+
+# wait_for SECONDS CMD...: runs CMD every 0.1 s until it succeeds; 1 on timeout.
+wait_for() {
+    local tries=$(($1 * 10))
+    shift
+    for _ in $(seq 1 "$tries"); do
+        "$@" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# start_coordinator NAME PORT JOB [ARGS...]: `backfill coordinator JOB` in the
+# background on 127.0.0.1:PORT ("auto": a free one, retried on a clash), output in
+# $WORK/NAME.out and NAME.err. Sets CPID, PORT and ENDPOINT.
+start_coordinator() {
+    local name=$1 want=$2 job=$3
+    shift 3
+    for _ in 1 2 3 4 5; do
+        PORT=$want
+        [ "$want" != auto ] || PORT=$((20000 + RANDOM % 30000))
+        "$BF" coordinator "$job" --bind "tcp://127.0.0.1:$PORT" "$@" \
+            >"$WORK/$name.out" 2>"$WORK/$name.err" &
+        CPID=$!
+        BG_PIDS+=("$CPID")
+        for _ in $(seq 1 100); do
+            grep -q 'coordinator listening' "$WORK/$name.err" && break
+            kill -0 "$CPID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if grep -q 'coordinator listening' "$WORK/$name.err"; then
+            ENDPOINT="tcp://127.0.0.1:$PORT"
+            return 0
+        fi
+        [ "$want" = auto ] || sleep 1
+    done
+    cat "$WORK/$name.err" >&2
+    fail "coordinator $name did not start"
+}
+
+# start_worker NAME [ENV=VALUE...]: `backfill worker --connect $ENDPOINT` in the
+# background, stderr in $WORK/NAME.err. Sets WPID.
+start_worker() {
+    local name=$1
+    shift
+    env "$@" "$BF" worker --connect "$ENDPOINT" 2>"$WORK/$name.err" &
+    WPID=$!
+    BG_PIDS+=("$WPID")
+}
+
+# redis_cmd ARGS...: a command against the sandbox's Redis.
+redis_cmd() {
+    redis-cli -p "$BF_REDIS_PORT" "$@"
 }
