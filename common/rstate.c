@@ -204,6 +204,16 @@ int bf_rstate_is_planned(bf_rstate_t *self)
     return planned == 1;
 }
 
+int bf_rstate_is_complete(bf_rstate_t *self)
+{
+    int64_t planned = 0, nranges = 0, done = 0;
+    if (bf_rstate_hget_int(self, "meta", "planned", &planned) != 0 ||
+        bf_rstate_hget_int(self, "meta", "nranges", &nranges) != 0 ||
+        bf_rstate_hget_int(self, "stats", "done_total", &done) != 0)
+        return -1;
+    return planned == 1 && done >= nranges;
+}
+
 static char *s_str_or_null(const redisReply *r)
 {
     return (r && r->type == REDIS_REPLY_STRING) ? bf_xstrdup(r->str) : NULL;

@@ -52,6 +52,9 @@ int bf_rstate_load_functions(bf_rstate_t *self);
 /* 1 when the job has a plan stored, 0 when not, -1 on error. */
 int bf_rstate_is_planned(bf_rstate_t *self);
 
+/* 1 when the job is planned and every range is done, 0 when not, -1 on error. */
+int bf_rstate_is_complete(bf_rstate_t *self);
+
 /* Leases the next pending range. 1 = *out filled, 0 = nothing pending, -1 error. */
 int bf_rstate_lease(bf_rstate_t *self, const char *owner, int64_t ttl_ms, bf_range_t *out);
 

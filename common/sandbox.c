@@ -1490,6 +1490,30 @@ int bf_sandbox_redis_restart(bf_sandbox_t *sb)
     return rc;
 }
 
+int bf_sandbox_pg_restart(bf_sandbox_t *sb, int down_ms)
+{
+    if (!sb || !sb->dir[0] || sb->pg_port <= 0) {
+        log_error("sandbox: PostgreSQL restart without a loaded sandbox");
+        return -1;
+    }
+    s_ctx_t c;
+    s_ctx_existing(&c, sb);
+    if (c.drop && !c.have_runner) {
+        log_error("sandbox: cannot tell which user runs the servers in %s", sb->dir);
+        return -1;
+    }
+    int lock = s_lock_dir(sb->dir);
+    int rc = s_pg_stop(&c);
+    if (rc == 0 && down_ms > 0)
+        s_sleep_ms(down_ms);
+    if (rc == 0)
+        rc = s_pg_start(&c);
+    s_unlock_dir(lock);
+    if (rc == 0)
+        log_info("sandbox: PostgreSQL restarted on 127.0.0.1:%d", sb->pg_port);
+    return rc;
+}
+
 /* Percent-encodes everything but RFC 3986 unreserved characters. */
 static size_t s_uri_escape(const char *s, char *out, size_t outlen)
 {

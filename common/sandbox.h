@@ -34,6 +34,10 @@ int bf_sandbox_stop(bf_sandbox_t *sb, bool keep_dir);
  * port with the same data, for fault tests. */
 int bf_sandbox_redis_restart(bf_sandbox_t *sb);
 
+/* PostgreSQL: fast shutdown (sessions are terminated), down_ms of downtime, start
+ * again on the same port and data, for fault tests. */
+int bf_sandbox_pg_restart(bf_sandbox_t *sb, int down_ms);
+
 /* The libpq URI for database db on the sandbox's PostgreSQL. */
 void bf_sandbox_pg_uri(const bf_sandbox_t *sb, const char *db, char *out, size_t outlen);
 

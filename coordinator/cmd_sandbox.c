@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -16,6 +17,7 @@ static void s_usage(FILE *f)
     fputs("usage: backfill sandbox start [--dir DIR] [--keep-going]\n"
           "       backfill sandbox stop --dir DIR [--keep-dir]\n"
           "       backfill sandbox restart-redis --dir DIR\n"
+          "       backfill sandbox restart-pg --dir DIR [--down SECONDS]\n"
           "       backfill sandbox env --dir DIR\n"
           "\n"
           "Throwaway PostgreSQL and Redis servers on free ports of 127.0.0.1, with their data,\n"
@@ -28,6 +30,8 @@ static void s_usage(FILE *f)
           "                 under /tmp is made and its path printed.\n"
           "  stop           stop both servers and remove DIR (safe when nothing runs)\n"
           "  restart-redis  stop Redis and start it again on the same port and data (AOF)\n"
+          "  restart-pg     stop PostgreSQL (fast shutdown), wait --down seconds (default\n"
+          "                 0), start it again on the same port and data\n"
           "  env            print DIR/env\n"
           "\n"
           "options:\n"
@@ -35,6 +39,7 @@ static void s_usage(FILE *f)
           "  --keep-going   start: stay in the foreground until SIGINT/SIGTERM, then stop\n"
           "                 the servers and remove DIR\n"
           "  --keep-dir     stop: keep DIR (data and logs) after stopping the servers\n"
+          "  --down S       restart-pg: seconds to stay down between stop and start\n"
           "  -h, --help     show this help\n",
           f);
 }
@@ -99,6 +104,7 @@ int bf_cmd_sandbox(int argc, char **argv)
 {
     const char *action = NULL, *dir = NULL;
     bool keep_going = false, keep_dir = false;
+    double down_s = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0 || strcmp(a, "help") == 0) {
@@ -116,6 +122,14 @@ int bf_cmd_sandbox(int argc, char **argv)
                 fprintf(stderr, "backfill sandbox: --dir needs a directory\n");
                 return BF_EXIT_USAGE;
             }
+        } else if (strcmp(a, "--down") == 0) {
+            char *end = NULL;
+            down_s = i + 1 < argc ? strtod(argv[i + 1], &end) : -1;
+            if (i + 1 >= argc || !end || *end || down_s < 0 || down_s > 3600) {
+                fprintf(stderr, "backfill sandbox: --down needs seconds (0 to 3600)\n");
+                return BF_EXIT_USAGE;
+            }
+            i++;
         } else if (strcmp(a, "--keep-going") == 0) {
             keep_going = true;
         } else if (strcmp(a, "--keep-dir") == 0) {
@@ -137,7 +151,8 @@ int bf_cmd_sandbox(int argc, char **argv)
     }
     bool is_start = strcmp(action, "start") == 0;
     bool is_stop = strcmp(action, "stop") == 0;
-    if (!is_start && !is_stop && strcmp(action, "restart-redis") != 0 &&
+    bool is_restart_pg = strcmp(action, "restart-pg") == 0;
+    if (!is_start && !is_stop && !is_restart_pg && strcmp(action, "restart-redis") != 0 &&
         strcmp(action, "env") != 0) {
         fprintf(stderr, "backfill sandbox: unknown action %s\n", action);
         s_usage(stderr);
@@ -185,5 +200,7 @@ int bf_cmd_sandbox(int argc, char **argv)
         return s_print_env(dir);
     if (bf_sandbox_load(&sb, dir) != 0)
         return BF_EXIT_FAILED;
+    if (is_restart_pg)
+        return bf_sandbox_pg_restart(&sb, (int)(down_s * 1000)) == 0 ? BF_EXIT_OK : BF_EXIT_FAILED;
     return bf_sandbox_redis_restart(&sb) == 0 ? BF_EXIT_OK : BF_EXIT_FAILED;
 }

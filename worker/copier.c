@@ -477,6 +477,13 @@ rollback:
     return result;
 }
 
+int bf_copier_job_complete(bf_copier_t *self)
+{
+    if (!self->redis && !(self->redis = bf_rstate_connect(self->job->redis, self->job->name)))
+        return -1;
+    return bf_rstate_is_complete(self->redis);
+}
+
 int bf_copier_release(bf_copier_t *self, bf_lease_work_t *w, const char *reason, bool failure)
 {
     if (!self->redis && !(self->redis = bf_rstate_connect(self->job->redis, self->job->name)))

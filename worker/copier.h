@@ -46,4 +46,9 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
  * bf_rstate_release() result. */
 int bf_copier_release(bf_copier_t *self, bf_lease_work_t *w, const char *reason, bool failure);
 
+/* Asks Redis whether every range of the job is done: 1 yes, 0 no, -1 error. For a
+ * worker whose coordinator is gone (a coordinator started on a finished job exits
+ * at once, and no DRAIN reaches the workers). */
+int bf_copier_job_complete(bf_copier_t *self);
+
 #endif

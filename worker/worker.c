@@ -417,6 +417,12 @@ int bf_cmd_worker(int argc, char **argv)
         if (now - w.last_heard > w.heartbeat_ms * w.liveness && now >= w.next_hello) {
             if (w.sid)
                 log_warn("coordinator silent for %lld ms; reconnecting", now - w.last_heard);
+            if (!w.lease && w.copier && bf_copier_job_complete(w.copier) == 1) {
+                log_info("job finished (every range is done in redis; the coordinator is gone); "
+                         "%lld ranges and %lld rows copied by this worker",
+                         (long long)w.ranges_done, (long long)w.rows_done);
+                break;
+            }
             s_socket_new(&w);
             s_hello(&w);
             w.last_heard = now;

@@ -12,10 +12,12 @@ TEST_NAME=$(basename "$0" .sh)
 WORK=$(mktemp -d "/tmp/bf-${TEST_NAME}.XXXXXX")
 CREATED_DBS=()
 BG_PIDS=()
+SANDBOXES=() # private sandboxes (start_sandbox), stopped at exit
 
 cleanup() {
     local rc=$?
     for pid in "${BG_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+    for sb in "${SANDBOXES[@]}"; do "$BF" sandbox stop --dir "$sb" >/dev/null 2>&1 || true; done
     for db in "${CREATED_DBS[@]}"; do
         psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d postgres \
             -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
@@ -30,9 +32,19 @@ fail() {
     exit 1
 }
 
-# q DB SQL: runs SQL, prints unaligned tuples.
+# q DB SQL: runs SQL, prints unaligned tuples (on port $QPORT when set, else the
+# fixture's PostgreSQL).
 q() {
-    psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d "$1" -c "$2"
+    psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${QPORT:-$BF_PGPORT}" -U "$BF_PGUSER" \
+        -d "$1" -c "$2"
+}
+
+# start_sandbox DIR: a private PostgreSQL + Redis (`backfill sandbox`) for tests
+# that restart servers; stopped at exit. Source DIR/env to get its ports.
+start_sandbox() {
+    "$BF" sandbox start --dir "$1" >"$WORK/sandbox-start.log" 2>&1 ||
+        { cat "$WORK/sandbox-start.log" >&2; fail "private sandbox did not start"; }
+    SANDBOXES+=("$1")
 }
 
 # fresh_db NAME...: (re)creates databases, dropped again at exit.

@@ -8,20 +8,9 @@ make_service mw_tgt
 forget_job mw
 write_job "$WORK/job.yaml" mw mw_src mw_tgt 2000 20000
 
-for _ in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 30000))
-    "$BF" coordinator "$WORK/job.yaml" --bind "tcp://127.0.0.1:$port" \
-        >"$WORK/coord.out" 2>"$WORK/coord.err" &
-    cpid=$!
-    BG_PIDS+=("$cpid")
-    for _ in $(seq 1 100); do
-        grep -q 'coordinator listening' "$WORK/coord.err" && break
-        kill -0 "$cpid" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q 'coordinator listening' "$WORK/coord.err" && break
-done
-grep -q 'coordinator listening' "$WORK/coord.err" || { cat "$WORK/coord.err"; fail "coordinator did not start"; }
+start_coordinator coord auto "$WORK/job.yaml"
+cpid=$CPID
+port=$PORT
 
 "$BF" worker --connect "tcp://127.0.0.1:$port" 2>"$WORK/w1.err" &
 w1=$!
