@@ -34,8 +34,19 @@ static const char *s_top_keys[] = {"name",       "source",     "redis",  "target
                                    "batch_rows", "range_rows", "tables", NULL};
 enum { S_NAME, S_SOURCE, S_REDIS, S_TARGETS, S_BATCH_ROWS, S_RANGE_ROWS, S_TABLES, S_NTOP };
 
-static const char *s_table_keys[] = {"from", "to", NULL};
-enum { S_FROM, S_TO, S_NTABLE };
+static const char *s_table_keys[] = {"from", "to",      "key",   "where", "columns",
+                                     "mode", "version", "route", NULL};
+enum { S_FROM, S_TO, S_KEY, S_WHERE, S_COLUMNS, S_MODE, S_VERSION, S_ROUTE, S_NTABLE };
+
+static const char *s_route_keys[] = {"when", "to", NULL};
+enum { S_WHEN, S_RTO, S_NROUTE };
+
+static const char *s_modes[] = {"insert", "skip", "upsert", "newer", NULL};
+
+const char *bf_mode_name(bf_mode_t mode)
+{
+    return mode >= BF_MODE_INSERT && mode <= BF_MODE_NEWER ? s_modes[mode] : "?";
+}
 
 #define S_MAX_NAME 64
 
@@ -522,6 +533,231 @@ static void s_alias_list(const bf_job_t *job, char *out, size_t outlen)
     }
 }
 
+/* Reads the pairs of a mapping into values[] by the known keys (NULL-terminated);
+ * reports unknown and repeated keys. keys_out may be NULL. */
+static int s_mapping(s_loader_t *self, yaml_node_t *map, const char *where, const char **known,
+                     yaml_node_t **keys_out, yaml_node_t **values)
+{
+    for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top;
+         pair++) {
+        if (s_check_key(self, map, pair, where) < 0)
+            return -1;
+        yaml_node_t *key = yaml_document_get_node(self->doc, pair->key);
+        int k = 0;
+        while (known[k] && strcmp(known[k], s_scalar(key)) != 0)
+            k++;
+        if (!known[k]) {
+            s_unknown_key(self, key, where, known);
+            return -1;
+        }
+        if (keys_out)
+            keys_out[k] = key;
+        values[k] = yaml_document_get_node(self->doc, pair->value);
+    }
+    return 0;
+}
+
+/* A destination "ALIAS.[schema.]table" into route (alias must be a job target). */
+static int s_load_dest(s_loader_t *self, yaml_node_t *node, const char *what, const char *label,
+                       bf_route_t *route)
+{
+    bf_job_t *job = self->job;
+    bool expanded;
+    char *to = s_string(self, node, what, &expanded);
+    if (!to)
+        return -1;
+    const char *shown = s_show(to, node, expanded);
+    char *parts[3] = {NULL, NULL, NULL};
+    int n = s_split(self, to, shown, s_line(node), label,
+                    "ALIAS.[schema.]table (ALIAS: a key under targets)", 2, 3, parts);
+    free(to);
+    if (n < 0)
+        return -1;
+    route->line = s_line(node);
+    route->alias = parts[0];
+    if (n == 2) {
+        route->schema = strdup("public");
+        route->table = parts[1];
+    } else {
+        route->schema = parts[1];
+        route->table = parts[2];
+    }
+    if (!route->schema) {
+        s_fail(self, route->line, "out of memory");
+        return -1;
+    }
+    if (!bf_job_target(job, route->alias)) {
+        char defined[512];
+        s_alias_list(job, defined, sizeof defined);
+        s_fail(self, route->line, "%s: target '%.64s' is not defined under targets (defined: %s)",
+               label, expanded ? shown : route->alias, defined);
+        return -1;
+    }
+    return 0;
+}
+
+/* A non-empty SQL text (where, when, an expression). */
+static char *s_sql(s_loader_t *self, yaml_node_t *node, const char *what)
+{
+    char *v = s_required(self, node, what);
+    if (v && strchr(v, ';')) {
+        s_fail(self, s_line(node), "'%s' must be one SQL expression, without ';'", what);
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* A column name: non-empty, one line. */
+static char *s_column_name(s_loader_t *self, yaml_node_t *node, const char *what)
+{
+    char *v = s_required(self, node, what);
+    if (v && (strlen(v) > 63 || strpbrk(v, "\n\r\t\""))) {
+        s_fail(self, s_line(node), "'%s': '%.64s' is not a column name", what, v);
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
+static int s_load_key(s_loader_t *self, yaml_node_t *node, const char *label, bf_table_t *table)
+{
+    table->key_line = s_line(node);
+    yaml_node_t *one = node;
+    size_t count = 1;
+    if (node->type == YAML_SEQUENCE_NODE) {
+        count = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+        if (count == 0) {
+            s_fail(self, s_line(node), "%s: 'key' is an empty list; name the key columns", label);
+            return -1;
+        }
+    } else if (node->type != YAML_SCALAR_NODE) {
+        s_fail(self, s_line(node), "%s: 'key' must be a column or a list of columns, not %s", label,
+               s_kind(node));
+        return -1;
+    }
+    table->key = calloc(count, sizeof *table->key);
+    if (!table->key) {
+        s_fail(self, s_line(node), "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (node->type == YAML_SEQUENCE_NODE)
+            one = yaml_document_get_node(self->doc, node->data.sequence.items.start[i]);
+        if (!one || one->type != YAML_SCALAR_NODE) {
+            s_fail(self, s_line(node), "%s: 'key' entries must be column names", label);
+            return -1;
+        }
+        char *name = s_column_name(self, one, "key");
+        if (!name)
+            return -1;
+        for (int j = 0; j < table->nkey; j++)
+            if (strcmp(table->key[j], name) == 0) {
+                s_fail(self, s_line(one), "%s: key column '%s' is listed twice", label, name);
+                free(name);
+                return -1;
+            }
+        table->key[table->nkey++] = name;
+    }
+    return 0;
+}
+
+static int s_load_columns(s_loader_t *self, yaml_node_t *node, const char *label, bf_table_t *table)
+{
+    if (node->type != YAML_MAPPING_NODE) {
+        s_fail(self, s_line(node),
+               "%s: 'columns' must be a mapping 'target_column: SQL expression over source "
+               "columns', not %s",
+               label, s_kind(node));
+        return -1;
+    }
+    size_t count = (size_t)(node->data.mapping.pairs.top - node->data.mapping.pairs.start);
+    table->columns = calloc(count ? count : 1, sizeof *table->columns);
+    if (!table->columns) {
+        s_fail(self, s_line(node), "out of memory");
+        return -1;
+    }
+    for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
+         pair < node->data.mapping.pairs.top; pair++) {
+        if (s_check_key(self, node, pair, " in columns") < 0)
+            return -1;
+        yaml_node_t *key = yaml_document_get_node(self->doc, pair->key);
+        yaml_node_t *value = yaml_document_get_node(self->doc, pair->value);
+        bf_column_t *col = &table->columns[table->ncolumns++];
+        col->line = s_line(key);
+        col->name = s_column_name(self, key, "columns");
+        if (!col->name)
+            return -1;
+        if (!value || s_is_null(value))
+            continue; /* `name: ~`: not written, left to the target's default */
+        char what[96];
+        snprintf(what, sizeof what, "columns.%s", col->name);
+        col->expr = s_sql(self, value, what);
+        if (!col->expr)
+            return -1;
+    }
+    return 0;
+}
+
+static int s_load_routes(s_loader_t *self, yaml_node_t *node, const char *label, bf_table_t *table)
+{
+    if (node->type != YAML_SEQUENCE_NODE) {
+        s_fail(self, s_line(node),
+               "%s: 'route' must be a list of '- when: CONDITION' / 'to: ALIAS.schema.table' "
+               "entries, not %s",
+               label, s_kind(node));
+        return -1;
+    }
+    size_t count = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    if (count == 0) {
+        s_fail(self, s_line(node), "%s: 'route' is empty; list at least one 'to:'", label);
+        return -1;
+    }
+    table->routes = calloc(count, sizeof *table->routes);
+    if (!table->routes) {
+        s_fail(self, s_line(node), "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        yaml_node_t *entry = yaml_document_get_node(self->doc, node->data.sequence.items.start[i]);
+        char where[64];
+        snprintf(where, sizeof where, " in route[%zu]", i);
+        if (!entry || entry->type != YAML_MAPPING_NODE) {
+            s_fail(self, s_line(entry ? entry : node),
+                   "%s: route[%zu] must be a mapping with 'to' and optionally 'when'", label, i);
+            return -1;
+        }
+        yaml_node_t *keys[S_NROUTE] = {NULL}, *values[S_NROUTE] = {NULL};
+        if (s_mapping(self, entry, where, s_route_keys, keys, values) < 0)
+            return -1;
+        if (!values[S_RTO]) {
+            s_fail(self, s_line(entry), "%s: route[%zu] has no 'to: ALIAS.[schema.]table'", label,
+                   i);
+            return -1;
+        }
+        if (i > 0 && !table->routes[i - 1].when) {
+            s_fail(self, s_line(entry),
+                   "%s: route[%zu] can never match: route[%zu] has no 'when' and takes every "
+                   "row left (put it last)",
+                   label, i, i - 1);
+            return -1;
+        }
+        bf_route_t *route = &table->routes[table->nroutes++];
+        char what[64];
+        snprintf(what, sizeof what, "route[%zu].to", i);
+        if (s_load_dest(self, values[S_RTO], what, label, route) < 0)
+            return -1;
+        if (values[S_WHEN]) {
+            route->when_line = s_line(values[S_WHEN]);
+            snprintf(what, sizeof what, "route[%zu].when", i);
+            route->when = s_sql(self, values[S_WHEN], what);
+            if (!route->when)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 static int s_load_table(s_loader_t *self, yaml_node_t *entry, int index)
 {
     bf_job_t *job = self->job;
@@ -532,111 +768,143 @@ static int s_load_table(s_loader_t *self, yaml_node_t *entry, int index)
                index, s_kind(entry));
         return -1;
     }
-    yaml_node_t *keys[S_NTABLE] = {NULL, NULL};
-    yaml_node_t *values[S_NTABLE] = {NULL, NULL};
-    for (yaml_node_pair_t *pair = entry->data.mapping.pairs.start;
-         pair < entry->data.mapping.pairs.top; pair++) {
-        if (s_check_key(self, entry, pair, where) < 0)
-            return -1;
-        yaml_node_t *key = yaml_document_get_node(self->doc, pair->key);
-        int k = 0;
-        while (s_table_keys[k] && strcmp(s_table_keys[k], s_scalar(key)) != 0)
-            k++;
-        if (!s_table_keys[k]) {
-            s_unknown_key(self, key, where, s_table_keys);
-            return -1;
-        }
-        keys[k] = key;
-        values[k] = yaml_document_get_node(self->doc, pair->value);
+    yaml_node_t *keys[S_NTABLE] = {NULL}, *values[S_NTABLE] = {NULL};
+    if (s_mapping(self, entry, where, s_table_keys, keys, values) < 0)
+        return -1;
+    if (!keys[S_FROM]) {
+        s_fail(self, s_line(entry), "tables[%d]: missing required key 'from'", index);
+        return -1;
     }
-    for (int k = 0; k < S_NTABLE; k++) {
-        if (!keys[k]) {
-            s_fail(self, s_line(entry), "tables[%d]: missing required key '%s'", index,
-                   s_table_keys[k]);
-            return -1;
-        }
+    if (!keys[S_TO] && !keys[S_ROUTE]) {
+        s_fail(self, s_line(entry),
+               "tables[%d]: missing required key 'to' (or 'route' to send rows to several "
+               "targets)",
+               index);
+        return -1;
+    }
+    if (keys[S_TO] && keys[S_ROUTE]) {
+        s_fail(self, s_line(keys[S_ROUTE]),
+               "tables[%d]: give either 'to' or 'route', not both (a route without 'when' "
+               "takes every row left)",
+               index);
+        return -1;
     }
 
     bf_table_t *table = &job->tables[job->ntables++];
     table->line = s_line(keys[S_FROM]);
-    int rc = -1;
-    char what_from[48], what_to[48];
+    char what_from[48];
     snprintf(what_from, sizeof what_from, "tables[%d].from", index);
-    snprintf(what_to, sizeof what_to, "tables[%d].to", index);
-    bool from_expanded, to_expanded;
+    bool from_expanded;
     char *from = s_string(self, values[S_FROM], what_from, &from_expanded);
-    char *to = from ? s_string(self, values[S_TO], what_to, &to_expanded) : NULL;
-    if (!from || !to)
-        goto done;
+    if (!from)
+        return -1;
     const char *from_shown = s_show(from, values[S_FROM], from_expanded);
-    const char *to_shown = s_show(to, values[S_TO], to_expanded);
-
     char *parts[3] = {NULL, NULL, NULL};
     int n = s_split(self, from, from_shown, s_line(values[S_FROM]), what_from, "[schema.]table", 1,
                     2, parts);
-    if (n < 0)
-        goto done;
-    if (n == 1) {
-        table->from_table = parts[0];
-        table->from_schema = strdup("public");
-    } else {
-        table->from_schema = parts[0];
-        table->from_table = parts[1];
+    char label[160] = "table ?";
+    if (n > 0) {
+        if (n == 1) {
+            table->from_table = parts[0];
+            table->from_schema = strdup("public");
+        } else {
+            table->from_schema = parts[0];
+            table->from_table = parts[1];
+        }
+        if (from_expanded)
+            snprintf(label, sizeof label, "table %.128s", from_shown);
+        else if (table->from_schema)
+            snprintf(label, sizeof label, "table %.64s.%.64s", table->from_schema,
+                     table->from_table);
     }
+    free(from);
+    if (n < 0)
+        return -1;
     if (!table->from_schema) {
         s_fail(self, table->line, "out of memory");
-        goto done;
+        return -1;
     }
 
-    char label[160];
-    if (from_expanded)
-        snprintf(label, sizeof label, "table %.128s", from_shown);
-    else
-        snprintf(label, sizeof label, "table %.64s.%.64s", table->from_schema, table->from_table);
+    if (keys[S_TO]) {
+        table->routes = calloc(1, sizeof *table->routes);
+        if (!table->routes) {
+            s_fail(self, table->line, "out of memory");
+            return -1;
+        }
+        table->nroutes = 1;
+        char what_to[48];
+        snprintf(what_to, sizeof what_to, "tables[%d].to", index);
+        if (s_load_dest(self, values[S_TO], what_to, label, &table->routes[0]) < 0)
+            return -1;
+    } else if (s_load_routes(self, values[S_ROUTE], label, table) < 0) {
+        return -1;
+    }
+    if (values[S_KEY] && s_load_key(self, values[S_KEY], label, table) < 0)
+        return -1;
+    if (values[S_WHERE]) {
+        table->where_line = s_line(values[S_WHERE]);
+        if (!(table->where = s_sql(self, values[S_WHERE], "where")))
+            return -1;
+    }
+    if (values[S_COLUMNS] && s_load_columns(self, values[S_COLUMNS], label, table) < 0)
+        return -1;
+    if (values[S_MODE]) {
+        table->mode_line = s_line(values[S_MODE]);
+        bool expanded;
+        char *mode = s_string(self, values[S_MODE], "mode", &expanded);
+        if (!mode)
+            return -1;
+        int m = 0;
+        while (s_modes[m] && strcmp(s_modes[m], mode) != 0)
+            m++;
+        if (!s_modes[m])
+            s_fail(self, table->mode_line,
+                   "%s: unknown mode '%.32s' (insert: plain COPY; skip: keep rows the target "
+                   "has; upsert: overwrite them; newer: overwrite where 'version' is greater)",
+                   label, mode);
+        free(mode);
+        if (!s_modes[m])
+            return -1;
+        table->mode = (bf_mode_t)m;
+    }
+    if (values[S_VERSION]) {
+        table->version_line = s_line(values[S_VERSION]);
+        if (!(table->version = s_column_name(self, values[S_VERSION], "version")))
+            return -1;
+        if (table->mode != BF_MODE_NEWER) {
+            s_fail(self, table->version_line,
+                   "%s: 'version' only applies to 'mode: newer' (this table's mode is %s)", label,
+                   bf_mode_name(table->mode));
+            return -1;
+        }
+    } else if (table->mode == BF_MODE_NEWER) {
+        s_fail(self, table->mode_line,
+               "%s: 'mode: newer' needs 'version: COLUMN', the target column whose greater value "
+               "wins (e.g. version: updated_at)",
+               label);
+        return -1;
+    }
 
-    parts[0] = parts[1] = parts[2] = NULL;
-    n = s_split(self, to, to_shown, s_line(values[S_TO]), label,
-                "ALIAS.[schema.]table (ALIAS: a key under targets)", 2, 3, parts);
-    if (n < 0)
-        goto done;
-    table->to_alias = parts[0];
-    if (n == 2) {
-        table->to_schema = strdup("public");
-        table->to_table = parts[1];
-    } else {
-        table->to_schema = parts[1];
-        table->to_table = parts[2];
-    }
-    if (!table->to_schema) {
-        s_fail(self, table->line, "out of memory");
-        goto done;
-    }
-    if (!bf_job_target(job, table->to_alias)) {
-        char defined[512];
-        s_alias_list(job, defined, sizeof defined);
-        s_fail(self, s_line(values[S_TO]),
-               "%s: target '%.64s' is not defined under targets (defined: %s)", label,
-               to_expanded ? to_shown : table->to_alias, defined);
-        goto done;
-    }
+    /* The same source table may feed several targets, but not one twice. */
     for (int i = 0; i < job->ntables - 1; i++) {
         const bf_table_t *other = &job->tables[i];
-        if (strcmp(other->from_schema, table->from_schema) == 0 &&
-            strcmp(other->from_table, table->from_table) == 0 &&
-            strcmp(other->to_alias, table->to_alias) == 0 &&
-            strcmp(other->to_schema, table->to_schema) == 0 &&
-            strcmp(other->to_table, table->to_table) == 0) {
-            s_fail(self, table->line,
-                   "%s: listed twice with the same target %.64s.%.64s.%.64s (first at line %d)",
-                   label, table->to_alias, table->to_schema, table->to_table, other->line);
-            goto done;
-        }
+        if (strcmp(other->from_schema, table->from_schema) != 0 ||
+            strcmp(other->from_table, table->from_table) != 0)
+            continue;
+        for (int a = 0; a < other->nroutes; a++)
+            for (int b = 0; b < table->nroutes; b++) {
+                const bf_route_t *x = &other->routes[a], *y = &table->routes[b];
+                if (strcmp(x->alias, y->alias) == 0 && strcmp(x->schema, y->schema) == 0 &&
+                    strcmp(x->table, y->table) == 0) {
+                    s_fail(self, table->line,
+                           "%s: listed twice with the same target %.64s.%.64s.%.64s (first at "
+                           "line %d)",
+                           label, y->alias, y->schema, y->table, other->line);
+                    return -1;
+                }
+            }
     }
-    rc = 0;
-done:
-    free(from);
-    free(to);
-    return rc;
+    return 0;
 }
 
 static int s_load_tables(s_loader_t *self, yaml_node_t *node)
@@ -938,11 +1206,24 @@ void bf_job_destroy(bf_job_t **self_p)
     }
     if (self->tables) {
         for (int i = 0; i < self->ntables; i++) {
-            free(self->tables[i].from_schema);
-            free(self->tables[i].from_table);
-            free(self->tables[i].to_alias);
-            free(self->tables[i].to_schema);
-            free(self->tables[i].to_table);
+            bf_table_t *t = &self->tables[i];
+            free(t->from_schema);
+            free(t->from_table);
+            s_free_strings(t->key, t->nkey);
+            free(t->where);
+            for (int c = 0; c < t->ncolumns; c++) {
+                free(t->columns[c].name);
+                free(t->columns[c].expr);
+            }
+            free(t->columns);
+            free(t->version);
+            for (int r = 0; r < t->nroutes; r++) {
+                free(t->routes[r].when);
+                free(t->routes[r].alias);
+                free(t->routes[r].schema);
+                free(t->routes[r].table);
+            }
+            free(t->routes);
         }
         free(self->tables);
     }

@@ -17,14 +17,53 @@ typedef struct {
     int line;    /* line in the job file */
 } bf_target_t;
 
+/* How rows are written (per table). */
+typedef enum {
+    BF_MODE_INSERT = 0, /* plain COPY: the fastest; the target must not hold the keys */
+    BF_MODE_SKIP,       /* rows whose key the target holds are kept (dual writes win) */
+    BF_MODE_UPSERT,     /* rows whose key the target holds are overwritten (source wins) */
+    BF_MODE_NEWER,      /* overwritten only where the source's version column is greater */
+} bf_mode_t;
+
+/* One entry of a table's `columns:` mapping. */
 typedef struct {
-    char *from_schema; /* source schema, default "public" */
-    char *from_table;  /* source table */
-    char *to_alias;    /* target alias, one of job->targets */
-    char *to_schema;   /* target schema, default "public" */
-    char *to_table;    /* target table */
-    int line;          /* line of this entry's `from:` */
+    char *name; /* target column */
+    char *expr; /* SQL expression over the source columns; NULL = not written */
+    int line;
+} bf_column_t;
+
+/* Where rows go: `to:` is one route without a condition; `route:` lists several,
+ * the first whose `when` holds takes the row. */
+typedef struct {
+    char *when;   /* SQL condition on the source row; NULL = every row left */
+    char *alias;  /* target alias, one of job->targets */
+    char *schema; /* target schema, default "public" */
+    char *table;  /* target table */
+    int line;     /* line of this route's `to:` */
+    int when_line;
+} bf_route_t;
+
+typedef struct {
+    char *from_schema;    /* source schema, default "public" */
+    char *from_table;     /* source table */
+    int line;             /* line of this entry's `from:` */
+    char **key;           /* key columns (`key:`), NULL = the source's primary key */
+    int nkey;             /* entries in key */
+    int key_line;         /* line of `key:` */
+    char *where;          /* SQL filter on the source, NULL = every row */
+    int where_line;       /* line of `where:` */
+    bf_column_t *columns; /* `columns:` entries (others matched by name) */
+    int ncolumns;
+    bf_mode_t mode; /* `mode:`, default insert */
+    int mode_line;
+    char *version; /* `version:` target column compared in mode newer */
+    int version_line;
+    bf_route_t *routes; /* at least one */
+    int nroutes;
 } bf_table_t;
+
+/* "insert", "skip", "upsert", "newer". */
+const char *bf_mode_name(bf_mode_t mode);
 
 typedef struct {
     char *path;   /* file the job came from (for messages) */

@@ -109,14 +109,13 @@ int bf_plan_table(bf_pg_t *src, const bf_tableplan_t *tp, int64_t range_rows, bf
      * column is renamed so that ORDER BY sorts by the key, not by its text. */
     char *sql;
     if (total <= READ_ALL_KEYS_MAX) {
-        sql = bf_xasprintf("SELECT %s::text AS bf_key FROM %s ORDER BY %s", tp->key_col,
-                           tp->src_qname, tp->key_col);
+        sql = bf_xasprintf("SELECT %s AS bf_key FROM %s ORDER BY %s", tp->key_text, tp->src_qname,
+                           tp->key_list);
     } else {
         double want_sample = fmin(SAMPLE_MAX, fmax(20000.0, (double)want * SAMPLE_PER_RANGE));
         double pct = fmin(100.0, 100.0 * want_sample / total);
-        sql =
-            bf_xasprintf("SELECT %s::text AS bf_key FROM %s TABLESAMPLE SYSTEM (%.6f) ORDER BY %s",
-                         tp->key_col, tp->src_qname, pct, tp->key_col);
+        sql = bf_xasprintf("SELECT %s AS bf_key FROM %s TABLESAMPLE SYSTEM (%.6f) ORDER BY %s",
+                           tp->key_text, tp->src_qname, pct, tp->key_list);
     }
     PGresult *res = bf_pg_query(src, sql, 0, NULL);
     free(sql);
@@ -138,8 +137,7 @@ int bf_plan_table(bf_pg_t *src, const bf_tableplan_t *tp, int64_t range_rows, bf
     /* Refine the estimates by counting, where that is cheap (index range scans). */
     if (total <= EXACT_COUNT_MAX_ROWS) {
         for (size_t i = 0; i < count; i++) {
-            char *cond =
-                bf_tableplan_range_cond(tp, src, tp->key_col, picked[i].lo, NULL, picked[i].hi);
+            char *cond = bf_tableplan_range_cond(tp, src, picked[i].lo, NULL, picked[i].hi);
             sql = bf_xasprintf("SELECT count(*) FROM %s WHERE %s", tp->src_qname, cond);
             free(cond);
             res = bf_pg_query(src, sql, 0, NULL);

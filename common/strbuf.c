@@ -94,6 +94,14 @@ void bf_strbuf_append(bf_strbuf_t *sb, const char *s)
     sb->len += n;
 }
 
+void bf_strbuf_appendn(bf_strbuf_t *sb, const char *s, size_t n)
+{
+    s_reserve(sb, n);
+    memcpy(sb->buf + sb->len, s, n);
+    sb->len += n;
+    sb->buf[sb->len] = 0;
+}
+
 void bf_strbuf_appendf(bf_strbuf_t *sb, const char *fmt, ...)
 {
     va_list ap;

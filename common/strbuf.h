@@ -15,6 +15,7 @@ void bf_strbuf_init(bf_strbuf_t *sb);
 void bf_strbuf_free(bf_strbuf_t *sb);
 void bf_strbuf_reset(bf_strbuf_t *sb);
 void bf_strbuf_append(bf_strbuf_t *sb, const char *s);
+void bf_strbuf_appendn(bf_strbuf_t *sb, const char *s, size_t n);
 void bf_strbuf_appendf(bf_strbuf_t *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Hands the buffer to the caller (free it); sb must be initialised again before
  * further use (bf_strbuf_free on it is a no-op). */

@@ -1,6 +1,13 @@
-/* How one job table is copied: names, key, and the column lists, resolved from the
- * real source and target catalogs. Used by the coordinator (to check a job before
- * any row moves, and by verify) and by every worker (to build its COPY). */
+/* How one job table is copied: its key, and for each route the target table, the
+ * row filter and the column expressions, resolved against the real source and
+ * target catalogs. Used by the coordinator (to check a job before any row moves,
+ * and by verify) and by every worker (to build its statements).
+ *
+ * Keys are any unique, NOT NULL column list with a btree order (integers, text in
+ * its collation, uuid, composite...). A key value travels as text: the column's
+ * text form for a one-column key, a JSON array of the columns' text forms for a
+ * composite key (`["42", "EUR"]`). Cursors and range bounds are such texts, opaque
+ * to Redis and to the coordinator; only the databases compare them. */
 #ifndef BF_TABLEPLAN_H
 #define BF_TABLEPLAN_H
 
@@ -10,31 +17,67 @@
 #include <stddef.h>
 
 typedef struct {
-    int index;         /* index in job->tables */
-    char *src_label;   /* schema.table on the source, for messages */
-    char *tgt_label;   /* alias.schema.table, for messages */
-    char *src_qname;   /* quoted "schema"."table" on the source */
-    char *tgt_qname;   /* quoted "schema"."table" on the target */
-    char *key_col;     /* quoted key column on the source */
-    char *key_type;    /* its type, e.g. bigint */
-    char *tgt_key_col; /* quoted key column on the target */
+    int target;        /* index in job->targets */
+    char *label;       /* alias.schema.table, for messages */
+    char *qname;       /* quoted "schema"."table" on the target */
+    char *filter;      /* SQL on the source: the table's rows that go here; NULL = all */
     char *select_list; /* source expressions cast to the target column types */
     char *target_cols; /* quoted target columns, same order */
-    char *src_row;     /* ROW(...)::text of the copied values on the source (verify) */
-    char *tgt_row;     /* ROW(...)::text of the same columns on the target (verify) */
-    int ncols;         /* number of copied columns */
+    int ncols;         /* number of written columns */
+    char *src_row;     /* verify: ROW(...)::text of the values as the target stores them */
+    char *tgt_row;     /* verify: ROW(...)::text of the written columns on the target */
+    char *tkey_row;    /* verify: target columns holding the source key as is ("c" or
+                        * "(c1, c2)"), NULL when the key is not copied unchanged */
+    char **tkey_types; /* their types on the target (nkeys entries) */
+    char *stage;       /* temp staging table (modes other than insert), else NULL */
+    char *stage_ddl;   /* creates it */
+    char *merge;       /* INSERT ... SELECT FROM stage ON CONFLICT ... (modes but insert) */
+} bf_route_plan_t;
+
+typedef struct {
+    int index;               /* index in job->tables */
+    char *src_label;         /* schema.table on the source, for messages */
+    char *src_qname;         /* quoted "schema"."table" on the source */
+    int nkeys;               /* key columns */
+    char **key_cols;         /* quoted key columns on the source */
+    char **key_types;        /* their types (format_type) */
+    char *key_list;          /* "k1, k2": ORDER BY */
+    char *key_row;           /* "k1" or "(k1, k2)": comparisons */
+    char *key_text;          /* SQL giving the key as its text (see above) */
+    bf_route_plan_t *routes; /* one per job route */
+    int nroutes;
 } bf_tableplan_t;
 
-/* Resolves job->tables[index] against the source and its target. Returns 0, or
- * -1 with one line in err naming the table and what to fix. */
+/* Resolves job->tables[index] against the source and the targets (tgts[i] is the
+ * connection to job->targets[i]; those the table does not use may be NULL).
+ * Checks key, columns, expressions, filters and mode; returns 0, or -1 with one
+ * line in err naming the file and line, the table and what to fix. */
 int bf_tableplan_resolve(bf_tableplan_t *tp, const bf_job_t *job, int index, bf_pg_t *src,
-                         bf_pg_t *tgt, char *err, size_t errlen);
+                         bf_pg_t *const *tgts, char *err, size_t errlen);
 void bf_tableplan_clear(bf_tableplan_t *tp);
 
-/* SQL condition "key > cursor / >= lo AND key < hi" for a range, with literals
- * quoted. cursor overrides lo. Any of them may be NULL (open). Returns malloc'd
- * text ("TRUE" when fully open). */
-char *bf_tableplan_range_cond(const bf_tableplan_t *tp, bf_pg_t *conn, const char *key_col,
-                              const char *lo, const char *cursor, const char *hi);
+/* SQL condition on the source key for a range: "key > cursor" (or ">= lo" when
+ * cursor is NULL) "AND key < hi"; NULL bounds are open. Returns malloc'd text
+ * ("TRUE" when fully open). */
+char *bf_tableplan_range_cond(const bf_tableplan_t *tp, bf_pg_t *conn, const char *lo,
+                              const char *cursor, const char *hi);
+
+/* The key text as a SQL value of the key's type(s): "'5'::bigint" or
+ * "('5'::integer, 'EUR'::text)"; NULL when the text is not a key. malloc'd. */
+char *bf_tableplan_key_literal(const bf_tableplan_t *tp, bf_pg_t *conn, const char *key);
+
+/* "key OP literal" on the source (OP: "<=", ">"...). malloc'd. */
+char *bf_tableplan_key_cmp(const bf_tableplan_t *tp, bf_pg_t *conn, const char *op,
+                           const char *key);
+
+/* The range condition on a route's target table (verify); NULL when the route's
+ * target does not hold the key as is. malloc'd. */
+char *bf_tableplan_target_range_cond(const bf_tableplan_t *tp, const bf_route_plan_t *rp,
+                                     bf_pg_t *conn, const char *lo, const char *hi);
+
+/* Splits a key text into nkeys column texts (malloc'd, caller frees each). A
+ * one-column key is its own text; a composite key is a JSON array of strings.
+ * Returns 0, or -1 when the text is not a key of nkeys columns. Pure. */
+int bf_key_split(const char *text, int nkeys, char **parts);
 
 #endif

@@ -18,14 +18,13 @@ typedef struct {
     char hash[64];
 } range_sum_t;
 
-static int s_sum(bf_pg_t *pg, const bf_tableplan_t *tp, const char *qname, const char *key_col,
-                 const char *row, const char *lo, const char *hi, range_sum_t *out)
+/* Count and hash of `row` over qname's rows matching cond (NULL = all). */
+static int s_sum(bf_pg_t *pg, const char *qname, const char *row, const char *cond,
+                 range_sum_t *out)
 {
-    char *cond = bf_tableplan_range_cond(tp, pg, key_col, lo, NULL, hi);
     char *sql = bf_xasprintf("SELECT count(*), coalesce(sum(('x' || substr(md5(%s), 1, 15))"
                              "::bit(60)::bigint), 0) FROM %s WHERE %s",
-                             row, qname, cond);
-    free(cond);
+                             row, qname, cond ? cond : "TRUE");
     PGresult *res = bf_pg_query(pg, sql, 0, NULL);
     free(sql);
     if (!res)
@@ -34,6 +33,19 @@ static int s_sum(bf_pg_t *pg, const bf_tableplan_t *tp, const char *qname, const
     snprintf(out->hash, sizeof out->hash, "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
     return 0;
+}
+
+/* The source side of a route: its rows in the range (lo/hi NULL = open, both NULL
+ * and whole = the whole table). */
+static int s_sum_source(bf_pg_t *src, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
+                        const char *lo, const char *hi, bool whole, range_sum_t *out)
+{
+    char *range = whole ? bf_xstrdup("TRUE") : bf_tableplan_range_cond(tp, src, lo, NULL, hi);
+    char *cond = rp->filter ? bf_xasprintf("%s AND %s", range, rp->filter) : bf_xstrdup(range);
+    int rc = s_sum(src, tp->src_qname, rp->src_row, cond, out);
+    free(range);
+    free(cond);
+    return rc;
 }
 
 int bf_cmd_verify(int argc, char **argv)
@@ -113,33 +125,56 @@ int bf_cmd_verify(int argc, char **argv)
     int64_t mismatches = 0, total_src = 0, total_tgt = 0;
     for (int t = 0; t < n && rc == BF_EXIT_OK; t++) {
         const bf_tableplan_t *tp = &ctx.tables[t];
-        bf_pg_t *tgt = bf_jobctx_target_of(&ctx, t);
-        int64_t tsrc = 0, ttgt = 0, tbad = 0;
-        for (size_t i = 0; i < counts[t]; i++) {
+        for (int ri = 0; ri < tp->nroutes && rc == BF_EXIT_OK; ri++) {
+            const bf_route_plan_t *rp = &tp->routes[ri];
+            bf_pg_t *tgt = ctx.tgt[rp->target];
+            int64_t tsrc = 0, ttgt = 0, tbad = 0;
             range_sum_t a, b;
-            const bf_plan_range_t *r = &ranges[t][i];
-            if (s_sum(ctx.src, tp, tp->src_qname, tp->key_col, tp->src_row, r->lo, r->hi, &a) !=
-                    0 ||
-                s_sum(tgt, tp, tp->tgt_qname, tp->tgt_key_col, tp->tgt_row, r->lo, r->hi, &b) !=
-                    0) {
-                rc = BF_EXIT_CONNECT;
-                break;
+            if (!rp->tkey_row) {
+                /* The key is not in the target as is: compare the whole table. */
+                if (s_sum_source(ctx.src, tp, rp, NULL, NULL, true, &a) != 0 ||
+                    s_sum(tgt, rp->qname, rp->tgt_row, NULL, &b) != 0) {
+                    rc = BF_EXIT_CONNECT;
+                    break;
+                }
+                tsrc = atoll(a.count);
+                ttgt = atoll(b.count);
+                if (strcmp(a.count, b.count) != 0 || strcmp(a.hash, b.hash) != 0) {
+                    tbad++;
+                    printf("MISMATCH %s -> %s (whole table; the key is not copied as is): "
+                           "source %s rows, target %s rows%s\n",
+                           tp->src_label, rp->label, a.count, b.count,
+                           strcmp(a.count, b.count) == 0 ? " (same count, different content)" : "");
+                }
             }
-            tsrc += atoll(a.count);
-            ttgt += atoll(b.count);
-            if (strcmp(a.count, b.count) != 0 || strcmp(a.hash, b.hash) != 0) {
-                tbad++;
-                printf("MISMATCH %s -> %s range [%s, %s): source %s rows, target %s rows%s\n",
-                       tp->src_label, tp->tgt_label, r->lo ? r->lo : "-inf", r->hi ? r->hi : "+inf",
-                       a.count, b.count,
-                       strcmp(a.count, b.count) == 0 ? " (same count, different content)" : "");
+            for (size_t i = 0; rp->tkey_row && i < counts[t]; i++) {
+                const bf_plan_range_t *r = &ranges[t][i];
+                char *tcond = bf_tableplan_target_range_cond(tp, rp, tgt, r->lo, r->hi);
+                int e1 = s_sum_source(ctx.src, tp, rp, r->lo, r->hi, false, &a);
+                int e2 = e1 == 0 ? s_sum(tgt, rp->qname, rp->tgt_row, tcond, &b) : -1;
+                free(tcond);
+                if (e1 != 0 || e2 != 0) {
+                    rc = BF_EXIT_CONNECT;
+                    break;
+                }
+                tsrc += atoll(a.count);
+                ttgt += atoll(b.count);
+                if (strcmp(a.count, b.count) != 0 || strcmp(a.hash, b.hash) != 0) {
+                    tbad++;
+                    printf("MISMATCH %s -> %s range [%s, %s): source %s rows, target %s rows%s\n",
+                           tp->src_label, rp->label, r->lo ? r->lo : "-inf", r->hi ? r->hi : "+inf",
+                           a.count, b.count,
+                           strcmp(a.count, b.count) == 0 ? " (same count, different content)" : "");
+                }
             }
+            printf("%-40s -> %-32s source %10lld rows, target %10lld rows, %zu ranges, %lld "
+                   "mismatching\n",
+                   tp->src_label, rp->label, (long long)tsrc, (long long)ttgt,
+                   rp->tkey_row ? counts[t] : (size_t)1, (long long)tbad);
+            mismatches += tbad;
+            total_src += tsrc;
+            total_tgt += ttgt;
         }
-        printf("%-40s source %12lld rows, target %12lld rows, %zu ranges, %lld mismatching\n",
-               tp->src_label, (long long)tsrc, (long long)ttgt, counts[t], (long long)tbad);
-        mismatches += tbad;
-        total_src += tsrc;
-        total_tgt += ttgt;
     }
     for (int t = 0; t < n; t++)
         bf_plan_ranges_free(ranges[t], counts[t]);

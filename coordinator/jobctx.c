@@ -47,8 +47,8 @@ int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need)
     if (need & BF_NEED_TABLES) {
         ctx->tables = bf_xcalloc((size_t)ctx->job->ntables, sizeof *ctx->tables);
         for (int t = 0; t < ctx->job->ntables; t++) {
-            if (bf_tableplan_resolve(&ctx->tables[t], ctx->job, t, ctx->src,
-                                     bf_jobctx_target_of(ctx, t), err, sizeof err) != 0) {
+            if (bf_tableplan_resolve(&ctx->tables[t], ctx->job, t, ctx->src, ctx->tgt, err,
+                                     sizeof err) != 0) {
                 for (int k = 0; k < t; k++)
                     bf_tableplan_clear(&ctx->tables[k]);
                 log_error("%s", err);
@@ -74,15 +74,6 @@ void bf_jobctx_close(bf_jobctx_t *ctx)
     bf_rstate_destroy(&ctx->redis);
     bf_job_destroy(&ctx->job);
     memset(ctx, 0, sizeof *ctx);
-}
-
-bf_pg_t *bf_jobctx_target_of(bf_jobctx_t *ctx, int t)
-{
-    const char *alias = ctx->job->tables[t].to_alias;
-    for (int i = 0; i < ctx->job->ntargets; i++)
-        if (strcmp(ctx->job->targets[i].alias, alias) == 0)
-            return ctx->tgt[i];
-    return NULL;
 }
 
 int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)

@@ -29,9 +29,6 @@ typedef struct {
 int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need);
 void bf_jobctx_close(bf_jobctx_t *ctx);
 
-/* The target connection of table t. */
-bf_pg_t *bf_jobctx_target_of(bf_jobctx_t *ctx, int t);
-
 /* Plans every table and stores the plan in Redis, resetting the fence rows of
  * the job on the targets. Returns BF_EXIT_*. */
 int bf_jobctx_plan_and_store(bf_jobctx_t *ctx);

@@ -19,9 +19,11 @@ struct bf_copier {
     int64_t lease_ttl_ms;  /* lease extension per checkpoint */
     bf_pg_t *src;          /* source connection, NULL until needed */
     bf_pg_t **tgt;         /* one connection per job target, NULL until needed */
+    unsigned *tgt_gen;     /* per target: bumped at every (re)connect */
     bf_rstate_t *redis;    /* checkpoints */
     bf_tableplan_t *plans; /* per job table, resolved on first use */
     bool *resolved;        /* plans[i] is valid */
+    unsigned **stage_gen;  /* per table and route: tgt_gen when its staging table was made */
     bool (*tick)(void *);  /* called during long batches; true = abandon the batch */
     void *tick_arg;
     bool abandoning; /* the tick asked to abandon the batch in flight */
@@ -33,8 +35,12 @@ bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
     self->job = job;
     self->lease_ttl_ms = lease_ttl_ms;
     self->tgt = bf_xcalloc((size_t)job->ntargets, sizeof *self->tgt);
+    self->tgt_gen = bf_xcalloc((size_t)job->ntargets, sizeof *self->tgt_gen);
     self->plans = bf_xcalloc((size_t)job->ntables, sizeof *self->plans);
     self->resolved = bf_xcalloc((size_t)job->ntables, sizeof *self->resolved);
+    self->stage_gen = bf_xcalloc((size_t)job->ntables, sizeof *self->stage_gen);
+    for (int t = 0; t < job->ntables; t++)
+        self->stage_gen[t] = bf_xcalloc((size_t)job->tables[t].nroutes, sizeof *self->stage_gen[t]);
     return self;
 }
 
@@ -65,7 +71,11 @@ void bf_copier_destroy(bf_copier_t **self_p)
         if (self->resolved[i])
             bf_tableplan_clear(&self->plans[i]);
     bf_rstate_destroy(&self->redis);
+    for (int t = 0; t < self->job->ntables; t++)
+        free(self->stage_gen[t]);
+    free(self->stage_gen);
     free(self->tgt);
+    free(self->tgt_gen);
     free(self->plans);
     free(self->resolved);
     free(self);
@@ -80,12 +90,11 @@ static int s_target_index(const bf_job_t *job, const char *alias)
     return -1;
 }
 
-/* Opens (or reopens after a failure) what a batch of table `t` needs. */
-static int s_connect(bf_copier_t *self, int t, bf_pg_t **src, bf_pg_t **tgt, char *err,
-                     size_t errlen)
+/* Opens (or reopens after a failure) what a batch of table `t` needs: the source,
+ * every target its routes write to, Redis. */
+static int s_connect(bf_copier_t *self, int t, char *err, size_t errlen)
 {
     const bf_job_t *job = self->job;
-    int ti = s_target_index(job, job->tables[t].to_alias);
     if (!bf_pg_is_alive(self->src)) {
         bf_pg_destroy(&self->src);
         self->src = bf_pg_connect(job->source, "source");
@@ -96,9 +105,12 @@ static int s_connect(bf_copier_t *self, int t, bf_pg_t **src, bf_pg_t **tgt, cha
         if (self->tick)
             bf_pg_set_tick(self->src, s_tick, self);
     }
-    if (!bf_pg_is_alive(self->tgt[ti])) {
+    for (int r = 0; r < job->tables[t].nroutes; r++) {
+        int ti = s_target_index(job, job->tables[t].routes[r].alias);
+        if (ti < 0 || bf_pg_is_alive(self->tgt[ti]))
+            continue;
         bf_pg_destroy(&self->tgt[ti]);
-        char what[64];
+        char what[96];
         snprintf(what, sizeof what, "target %s", job->targets[ti].alias);
         self->tgt[ti] = bf_pg_connect(job->targets[ti].dsn, what);
         if (!self->tgt[ti] || bf_pg_exec(self->tgt[ti], "SET synchronous_commit = off") != 0) {
@@ -106,6 +118,7 @@ static int s_connect(bf_copier_t *self, int t, bf_pg_t **src, bf_pg_t **tgt, cha
             snprintf(err, errlen, "cannot connect to target %s", job->targets[ti].alias);
             return -1;
         }
+        self->tgt_gen[ti]++;
         if (self->tick)
             bf_pg_set_tick(self->tgt[ti], s_tick, self);
     }
@@ -116,8 +129,6 @@ static int s_connect(bf_copier_t *self, int t, bf_pg_t **src, bf_pg_t **tgt, cha
             return -1;
         }
     }
-    *src = self->src;
-    *tgt = self->tgt[ti];
     return 0;
 }
 
@@ -126,10 +137,10 @@ static int s_connect(bf_copier_t *self, int t, bf_pg_t **src, bf_pg_t **tgt, cha
 static int s_batch_end(bf_copier_t *self, bf_pg_t *src, const bf_tableplan_t *tp,
                        const bf_range_t *r, char **end, bool *final)
 {
-    char *cond = bf_tableplan_range_cond(tp, src, tp->key_col, r->lo, r->cursor, r->hi);
-    char *sql = bf_xasprintf(
-        "SELECT %s::text AS bf_key FROM %s WHERE %s ORDER BY %s LIMIT 2 OFFSET %lld", tp->key_col,
-        tp->src_qname, cond, tp->key_col, (long long)(self->job->batch_rows - 1));
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, r->cursor, r->hi);
+    char *sql = bf_xasprintf("SELECT %s AS bf_key FROM %s WHERE %s ORDER BY %s LIMIT 2 OFFSET %lld",
+                             tp->key_text, tp->src_qname, cond, tp->key_list,
+                             (long long)(self->job->batch_rows - 1));
     free(cond);
     PGresult *res = bf_pg_query(src, sql, 0, NULL);
     free(sql);
@@ -228,7 +239,7 @@ static bool s_is_data_error(const char *sqlstate)
 
 /* Classifies a failed statement on conn into RETRY or FATAL and fills w->error. */
 static bf_batch_result_t s_fail(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp,
-                                bf_pg_t *conn, const char *what)
+                                const char *tgt_label, bf_pg_t *conn, const char *what)
 {
     if (self->abandoning) {
         snprintf(w->error, sizeof w->error, "range %lld: batch abandoned, the worker is stopping",
@@ -238,7 +249,7 @@ static bf_batch_result_t s_fail(bf_copier_t *self, bf_lease_work_t *w, const bf_
     bool fatal = conn && !bf_pg_error_is_retryable(conn) && s_is_data_error(conn->sqlstate);
     const bf_range_t *r = &w->range;
     snprintf(w->error, sizeof w->error, "table %s -> %s: %s keys after %s up to %s: %s%s%s%s",
-             tp ? tp->src_label : "?", tp ? tp->tgt_label : "?", what,
+             tp ? tp->src_label : "?", tgt_label ? tgt_label : "?", what,
              r->cursor ? r->cursor : (r->lo ? r->lo : "-inf"), r->hi ? r->hi : "+inf",
              conn ? conn->errmsg : "", conn && conn->detail[0] ? " (" : "",
              conn ? conn->detail : "", conn && conn->detail[0] ? ")" : "");
@@ -291,6 +302,196 @@ static int s_take_range(bf_copier_t *self, bf_pg_t *tgt, const bf_range_t *r,
     return bf_pg_exec(tgt, "SET LOCAL lock_timeout = 0");
 }
 
+/* The label of target ti's first route of table tp, for messages. */
+static const char *s_target_label(const bf_tableplan_t *tp, int ti)
+{
+    for (int r = 0; r < tp->nroutes; r++)
+        if (tp->routes[r].target == ti)
+            return tp->routes[r].label;
+    return "?";
+}
+
+/* Copies route rp's rows of the batch: source rows with key in (lower, end] (lower
+ * NULL = from the range's lo; end NULL = up to its hi) that pass the route's
+ * filter, straight into the target table (insert) or through its staging table. */
+static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
+                        const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
+                        const char *end, int64_t *rows, int64_t *bytes, bool *src_failed)
+{
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, lower, end ? NULL : r->hi);
+    bf_strbuf_t sql;
+    bf_strbuf_init(&sql);
+    bf_strbuf_appendf(&sql, "COPY (SELECT %s FROM %s WHERE %s", rp->select_list, tp->src_qname,
+                      cond);
+    free(cond);
+    if (end) {
+        char *c = bf_tableplan_key_cmp(tp, src, "<=", end);
+        bf_strbuf_appendf(&sql, " AND %s", c);
+        free(c);
+    }
+    if (rp->filter)
+        bf_strbuf_appendf(&sql, " AND %s", rp->filter);
+    bf_strbuf_append(&sql, ") TO STDOUT (FORMAT binary)");
+    char *copy_in = bf_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)",
+                                 rp->stage ? rp->stage : rp->qname, rp->target_cols);
+    int rc = s_relay(self, src, tgt, sql.buf, copy_in, rows, bytes);
+    bf_strbuf_free(&sql);
+    free(copy_in);
+    *src_failed = rc == -1;
+    if (rc == 0 && rp->merge && bf_pg_exec_quiet(tgt, rp->merge) != 0)
+        rc = -2;
+    return rc;
+}
+
+/* One batch on one target (every route of the table that writes there), in one
+ * target transaction with the range's fence row. The fence row is the truth about
+ * this target: it copies from its own fence cursor, which differs from the Redis
+ * cursor only after a crash between a commit and its checkpoint (ahead) or a lost
+ * unsynchronised commit (behind). Sets *done when this target holds the whole
+ * range (now or already). */
+static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
+                                        const bf_tableplan_t *tp, int ti, const char *end,
+                                        bool final, int64_t *rows_out, int64_t *bytes_out,
+                                        bool *done)
+{
+    const bf_job_t *job = self->job;
+    bf_range_t *r = &w->range;
+    bf_pg_t *src = self->src, *tgt = self->tgt[ti];
+    const char *label = s_target_label(tp, ti);
+    *done = false;
+
+    /* Staging tables live in the session: make them outside the batch transaction. */
+    for (int i = 0; i < tp->nroutes; i++) {
+        const bf_route_plan_t *rp = &tp->routes[i];
+        if (rp->target != ti || !rp->stage || self->stage_gen[tp->index][i] == self->tgt_gen[ti])
+            continue;
+        if (bf_pg_exec_quiet(tgt, rp->stage_ddl) != 0)
+            return s_fail(self, w, tp, rp->label, tgt, "creating the staging table for");
+        self->stage_gen[tp->index][i] = self->tgt_gen[ti];
+    }
+
+    char ids[24], toks[24], seqs[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)r->id);
+    snprintf(toks, sizeof toks, "%lld", (long long)r->token);
+    snprintf(seqs, sizeof seqs, "%lld", (long long)(r->seq + 1));
+    const char *fparams[] = {job->name, ids, toks, seqs, NULL, NULL};
+    bf_batch_result_t result = BF_BATCH_RETRY;
+    PGresult *res = NULL;
+    char *lower = NULL;
+
+    if (bf_pg_exec(tgt, "BEGIN") != 0) {
+        result = s_fail(self, w, tp, label, tgt, "opening a transaction on the target for");
+        goto rollback;
+    }
+    if (s_take_range(self, tgt, r, fparams) != 0) {
+        result = s_fail(self, w, tp, label, tgt, "taking over");
+        goto rollback;
+    }
+    if (!(res = bf_pg_query(tgt, BF_FENCE_ENSURE, 2, fparams))) {
+        result = s_fail(self, w, tp, label, tgt, "creating the fence row for");
+        goto rollback;
+    }
+    PQclear(res);
+    if (!(res = bf_pg_query(tgt, BF_FENCE_LOCK, 2, fparams))) {
+        result = s_fail(self, w, tp, label, tgt, "locking the fence row for");
+        goto rollback;
+    }
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        snprintf(w->error, sizeof w->error, "range %lld: fence row vanished (job re-planned?)",
+                 (long long)r->id);
+        goto rollback;
+    }
+    int64_t ftoken = atoll(PQgetvalue(res, 0, 0)), fseq = atoll(PQgetvalue(res, 0, 1));
+    bool ffinal = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
+    lower = PQgetisnull(res, 0, 2) ? NULL : bf_xstrdup(PQgetvalue(res, 0, 2));
+    PQclear(res);
+    if (ftoken > r->token) {
+        snprintf(w->error, sizeof w->error,
+                 "range %lld is fenced: target %s holds token %lld, this lease has %lld",
+                 (long long)r->id, job->targets[ti].alias, (long long)ftoken, (long long)r->token);
+        result = BF_BATCH_FENCED;
+        goto rollback;
+    }
+    if (ffinal) {
+        /* An earlier lease finished this range here; its checkpoint was lost. */
+        *done = true;
+        bf_pg_exec_quiet(tgt, "ROLLBACK");
+        free(lower);
+        return BF_BATCH_MORE;
+    }
+    bool same = (!lower && !r->cursor) || (lower && r->cursor && strcmp(lower, r->cursor) == 0);
+    if (!same) {
+        log_info("range %lld: target fence (seq %lld, after %s) differs from redis (seq %lld, "
+                 "after %s); continuing from the fence on target %s",
+                 (long long)r->id, (long long)fseq, lower ? lower : "the start", (long long)r->seq,
+                 r->cursor ? r->cursor : "the start", job->targets[ti].alias);
+        if (lower && end) {
+            /* Ahead of this whole batch: nothing to write here this time. */
+            char *a = bf_tableplan_key_literal(tp, src, lower);
+            char *b = bf_tableplan_key_literal(tp, src, end);
+            char *sql = bf_xasprintf("SELECT %s >= %s", a ? a : "NULL", b ? b : "NULL");
+            free(a);
+            free(b);
+            res = bf_pg_query(src, sql, 0, NULL);
+            free(sql);
+            if (!res) {
+                result = s_fail(self, w, tp, label, src, "comparing keys of");
+                goto rollback;
+            }
+            bool ahead = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+            PQclear(res);
+            if (ahead) {
+                bf_pg_exec_quiet(tgt, "ROLLBACK");
+                free(lower);
+                return BF_BATCH_MORE;
+            }
+        }
+    }
+
+    int64_t rows = 0, bytes = 0;
+    for (int i = 0; i < tp->nroutes; i++) {
+        const bf_route_plan_t *rp = &tp->routes[i];
+        if (rp->target != ti)
+            continue;
+        int64_t n = 0, b = 0;
+        bool src_failed = false;
+        if (s_copy_route(self, src, tgt, tp, rp, r, lower, end, &n, &b, &src_failed) != 0) {
+            result = s_fail(self, w, tp, rp->label, src_failed ? src : tgt,
+                            src_failed                      ? "reading the source"
+                            : bf_pg_error_is_retryable(tgt) ? "writing to the target"
+                                                            : "the target rejected rows in");
+            goto rollback;
+        }
+        rows += n;
+        bytes += b;
+    }
+    fparams[4] = end ? end : lower;
+    fparams[5] = final ? "true" : "false";
+    if (final && bf_pg_exec(tgt, "SET LOCAL synchronous_commit = on") != 0) {
+        result = s_fail(self, w, tp, label, tgt, "finishing");
+        goto rollback;
+    }
+    if (!(res = bf_pg_query(tgt, BF_FENCE_UPDATE, 6, fparams)) || bf_pg_exec(tgt, "COMMIT") != 0) {
+        PQclear(res);
+        result = s_fail(self, w, tp, label, tgt, "committing");
+        goto rollback;
+    }
+    PQclear(res);
+    free(lower);
+    bf_fault_point("after-commit");
+    *rows_out += rows;
+    *bytes_out += bytes;
+    *done = final;
+    return BF_BATCH_MORE;
+
+rollback:
+    if (bf_pg_is_alive(tgt))
+        bf_pg_exec_quiet(tgt, "ROLLBACK");
+    free(lower);
+    return result;
+}
+
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
 {
     self->abandoning = false;
@@ -301,147 +502,52 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
                  job->ntables);
         return BF_BATCH_FATAL;
     }
-    bf_pg_t *src = NULL, *tgt = NULL;
-    if (s_connect(self, r->table, &src, &tgt, w->error, sizeof w->error) != 0)
+    if (s_connect(self, r->table, w->error, sizeof w->error) != 0)
         return BF_BATCH_RETRY;
     bf_tableplan_t *tp = &self->plans[r->table];
     if (!self->resolved[r->table]) {
-        if (bf_tableplan_resolve(tp, job, r->table, src, tgt, w->error, sizeof w->error) != 0)
-            return bf_pg_is_alive(src) && bf_pg_is_alive(tgt) ? BF_BATCH_FATAL : BF_BATCH_RETRY;
+        if (bf_tableplan_resolve(tp, job, r->table, self->src, self->tgt, w->error,
+                                 sizeof w->error) != 0) {
+            bool alive = bf_pg_is_alive(self->src);
+            for (int i = 0; i < job->ntargets; i++)
+                alive = alive && (!self->tgt[i] || bf_pg_is_alive(self->tgt[i]));
+            return alive ? BF_BATCH_FATAL : BF_BATCH_RETRY;
+        }
         self->resolved[r->table] = true;
     }
 
     char *end = NULL;
     bool final = false;
-    if (s_batch_end(self, src, tp, r, &end, &final) != 0)
-        return s_fail(self, w, tp, src, "reading the source");
-
-    bf_batch_result_t result = BF_BATCH_RETRY;
-    char ids[24], toks[24], seqs[24];
-    snprintf(ids, sizeof ids, "%lld", (long long)r->id);
-    snprintf(toks, sizeof toks, "%lld", (long long)r->token);
-    snprintf(seqs, sizeof seqs, "%lld", (long long)(r->seq + 1));
-    const char *fparams[] = {job->name, ids, toks, seqs, NULL, NULL};
-    PGresult *res = NULL;
-    char *copy_out = NULL, *copy_in = NULL;
-
-    if (bf_pg_exec(tgt, "BEGIN") != 0) {
-        result = s_fail(self, w, tp, tgt, "opening a transaction on the target for");
-        goto rollback;
-    }
-    if (s_take_range(self, tgt, r, fparams) != 0) {
-        result = s_fail(self, w, tp, tgt, "taking over");
-        goto rollback;
-    }
-    if (!(res = bf_pg_query(tgt, BF_FENCE_ENSURE, 2, fparams))) {
-        result = s_fail(self, w, tp, tgt, "creating the fence row for");
-        goto rollback;
-    }
-    PQclear(res);
-    if (!(res = bf_pg_query(tgt, BF_FENCE_LOCK, 2, fparams))) {
-        result = s_fail(self, w, tp, tgt, "locking the fence row for");
-        goto rollback;
-    }
-    if (PQntuples(res) != 1) {
-        PQclear(res);
-        snprintf(w->error, sizeof w->error, "range %lld: fence row vanished (job re-planned?)",
-                 (long long)r->id);
-        result = BF_BATCH_RETRY;
-        goto rollback;
-    }
-    int64_t ftoken = atoll(PQgetvalue(res, 0, 0)), fseq = atoll(PQgetvalue(res, 0, 1));
-    bool ffinal = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
-    const char *fcursor = PQgetisnull(res, 0, 2) ? NULL : PQgetvalue(res, 0, 2);
-    if (ftoken > r->token) {
-        snprintf(w->error, sizeof w->error,
-                 "range %lld is fenced: target holds token %lld, this lease has %lld",
-                 (long long)r->id, (long long)ftoken, (long long)r->token);
-        PQclear(res);
-        result = BF_BATCH_FENCED;
-        goto rollback;
-    }
-    bool same_cursor =
-        (!fcursor && !r->cursor) || (fcursor && r->cursor && strcmp(fcursor, r->cursor) == 0);
-    if (!w->fence_known && fseq == r->seq && same_cursor) {
-        w->fence_known = true;
-        w->fence_seq = fseq;
-    }
-    if (!w->fence_known || fseq != w->fence_seq) {
-        /* The fence row commits with the rows, so it is the truth about the target.
-         * Ahead of Redis: an earlier lease was killed between its commit and its
-         * checkpoint. Behind: the target lost commits made with synchronous_commit
-         * off (crash). Either way continue from the fence's cursor; checkpoint seqs
-         * keep growing past both. */
-        log_info("range %lld: target fence (seq %lld, after %s) differs from redis (seq %lld, "
-                 "after %s); continuing from the fence",
-                 (long long)r->id, (long long)fseq, fcursor ? fcursor : "the start",
-                 (long long)r->seq, r->cursor ? r->cursor : "the start");
-        free(r->cursor);
-        r->cursor = fcursor ? bf_xstrdup(fcursor) : NULL;
-        w->fence_known = true;
-        w->fence_seq = fseq;
-        if (fseq > r->seq)
-            r->seq = fseq;
-        PQclear(res);
-        bf_pg_exec(tgt, "ROLLBACK");
+    if (s_batch_end(self, self->src, tp, r, &end, &final) != 0) {
         free(end);
-        if (ffinal) {
-            bf_cp_result_t cp = bf_rstate_checkpoint(self->redis, r->id, r->token, r->seq + 1,
-                                                     r->cursor, 0, 0, true, self->lease_ttl_ms);
-            if (cp == BF_CP_ERROR) {
-                snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
-                return BF_BATCH_RETRY;
-            }
-            r->seq++;
-            return cp == BF_CP_STALE ? BF_BATCH_FENCED : BF_BATCH_FINAL;
-        }
-        return BF_BATCH_MORE; /* redo from the fence's cursor */
+        return s_fail(self, w, tp, tp->routes[0].label, self->src, "reading the source");
     }
-    PQclear(res);
 
-    char *cond =
-        bf_tableplan_range_cond(tp, src, tp->key_col, r->lo, r->cursor, end ? NULL : r->hi);
-    if (end) {
-        char *lit = bf_pg_literal(src, end);
-        char *c2 = bf_xasprintf("%s AND %s <= %s::%s", cond, tp->key_col, lit, tp->key_type);
-        free(lit);
-        free(cond);
-        cond = c2;
-    }
-    copy_out = bf_xasprintf("COPY (SELECT %s FROM %s WHERE %s) TO STDOUT (FORMAT binary)",
-                            tp->select_list, tp->src_qname, cond);
-    free(cond);
-    copy_in =
-        bf_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)", tp->tgt_qname, tp->target_cols);
+    /* Each target of the table in turn (one transaction each; no transaction spans
+     * two databases), then one checkpoint for the batch. */
     int64_t rows = 0, bytes = 0;
-    int rc = s_relay(self, src, tgt, copy_out, copy_in, &rows, &bytes);
-    if (rc != 0) {
-        result = s_fail(self, w, tp, rc == -1 ? src : tgt,
-                        rc == -1                        ? "reading the source"
-                        : bf_pg_error_is_retryable(tgt) ? "writing to the target"
-                                                        : "the target rejected rows in");
-        goto rollback;
+    bool all_done = true;
+    for (int i = 0; i < tp->nroutes; i++) {
+        int ti = tp->routes[i].target;
+        bool seen = false;
+        for (int j = 0; j < i; j++)
+            seen = seen || tp->routes[j].target == ti;
+        if (seen)
+            continue;
+        bool done = false;
+        bf_batch_result_t br = s_batch_target(self, w, tp, ti, end, final, &rows, &bytes, &done);
+        if (br != BF_BATCH_MORE) {
+            free(end);
+            return br;
+        }
+        all_done = all_done && done;
     }
+    if (all_done)
+        final = true; /* every target holds the range already */
 
+    /* The rows are committed with the fences; now record the checkpoint. A Redis
+     * failure is not a loss: the next lease continues from the fences. */
     const char *new_cursor = end ? end : r->cursor;
-    fparams[4] = new_cursor;
-    fparams[5] = final ? "true" : "false";
-    if (final && bf_pg_exec(tgt, "SET LOCAL synchronous_commit = on") != 0) {
-        result = s_fail(self, w, tp, tgt, "finishing");
-        goto rollback;
-    }
-    if (!(res = bf_pg_query(tgt, BF_FENCE_UPDATE, 6, fparams)) || bf_pg_exec(tgt, "COMMIT") != 0) {
-        PQclear(res);
-        result = s_fail(self, w, tp, tgt, "committing");
-        goto rollback;
-    }
-    PQclear(res);
-    free(copy_out);
-    free(copy_in);
-    bf_fault_point("after-commit");
-
-    /* The rows are committed with the fence; now record the checkpoint. A Redis
-     * failure is not a loss: the next lease adopts the fence's cursor. */
     bf_cp_result_t cp = BF_CP_ERROR;
     for (int attempt = 0; attempt < 3 && cp == BF_CP_ERROR; attempt++) {
         cp = bf_rstate_checkpoint(self->redis, r->id, r->token, r->seq + 1, new_cursor, rows, bytes,
@@ -454,7 +560,6 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         r->cursor = end;
     }
     r->seq++;
-    w->fence_seq = r->seq;
     w->rows += rows;
     w->bytes += bytes;
     if (cp == BF_CP_ERROR) {
@@ -467,14 +572,6 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         return BF_BATCH_FENCED;
     }
     return final ? BF_BATCH_FINAL : BF_BATCH_MORE;
-
-rollback:
-    if (bf_pg_is_alive(tgt))
-        bf_pg_exec_quiet(tgt, "ROLLBACK");
-    free(end);
-    free(copy_out);
-    free(copy_in);
-    return result;
 }
 
 int bf_copier_job_complete(bf_copier_t *self)

@@ -22,12 +22,10 @@ typedef enum {
 
 /* A lease being worked on. */
 typedef struct {
-    bf_range_t range;  /* id, table, lo, hi, cursor (advances), token, seq (advances) */
-    int64_t rows;      /* rows copied under this lease */
-    int64_t bytes;     /* bytes copied under this lease */
-    bool fence_known;  /* the target fence row was read under this lease */
-    int64_t fence_seq; /* seq of the fence row as last read or written */
-    char error[1024];  /* for BF_BATCH_FATAL / RETRY: what went wrong */
+    bf_range_t range; /* id, table, lo, hi, cursor (advances), token, seq (advances) */
+    int64_t rows;     /* rows copied under this lease */
+    int64_t bytes;    /* bytes copied under this lease */
+    char error[1024]; /* for BF_BATCH_FATAL / RETRY: what went wrong */
 } bf_lease_work_t;
 
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms);

@@ -57,13 +57,43 @@ good | sed "s#^redis: .*#redis: redis://:\${JE_SECRET}@127.0.0.1:1/0#" >"$WORK/n
 expect_error unreachable_redis 3 "cannot connect to redis at redis://:\*\*\*@127.0.0.1:1/0" -- \
     "$BF" run "$WORK/noredis.yaml" --workers 1
 
-# A key type this version does not split is refused before anything is copied.
-q je_src "CREATE TABLE tkey (code text PRIMARY KEY, v int)" >/dev/null
-q je_tgt "CREATE TABLE tkey (code text PRIMARY KEY, v int)" >/dev/null
-good | sed 's/from: public.orders/from: public.tkey/; s/to: svc.public.orders/to: svc.public.tkey/' >"$WORK/textkey.yaml"
-expect_error text_key 4 "textkey.yaml:7: source table public.tkey: primary key column code has type text" -- \
-    "$BF" run "$WORK/textkey.yaml" --workers 1
-expect_eq "$(q je_tgt 'SELECT count(*) FROM tkey')" 0 "rows copied despite the error"
+# Issue 3, acceptance 5: transform mistakes are one line naming file, line and fix,
+# before anything is copied.
+with_lines() { # with_lines FILE LINES...: the good job plus lines under the table
+    local f=$1
+    shift
+    good >"$f"
+    printf '%s\n' "$@" >>"$f"
+}
+with_lines "$WORK/badexpr.yaml" "    columns:" "      user_id: (usr_id + 1)"
+expect_error bad_expression 4 \
+    "badexpr.yaml:10: table public.orders -> svc.public.orders: column user_id: expression '\(usr_id \+ 1\)' is not valid on the source: column \"usr_id\" does not exist" -- \
+    "$BF" run "$WORK/badexpr.yaml" --workers 1
+with_lines "$WORK/badcast.yaml" "    columns:" "      qty: created_at"
+expect_error bad_cast 4 "badcast.yaml:10: .*column qty: 'created_at' cannot be written to a column of type numeric\(18,8\)" -- \
+    "$BF" plan "$WORK/badcast.yaml"
+with_lines "$WORK/badcol.yaml" "    columns:" "      quantity: qty"
+expect_error unknown_target_column 4 "badcol.yaml:10: columns: target table svc.public.orders has no column 'quantity'" -- \
+    "$BF" plan "$WORK/badcol.yaml"
+with_lines "$WORK/badkey.yaml" "    key: [order_id]"
+expect_error bad_key 4 "badkey.yaml:9: table public.orders: key column 'order_id' does not exist in the source table \(columns: id, user_id" -- \
+    "$BF" run "$WORK/badkey.yaml" --workers 1
+with_lines "$WORK/nonunique.yaml" "    key: [user_id]"
+expect_error non_unique_key 4 "nonunique.yaml:9: table public.orders: the key is not unique" -- \
+    "$BF" plan "$WORK/nonunique.yaml"
+with_lines "$WORK/badwhere.yaml" "    where: stat <> 4"
+expect_error bad_where 4 "badwhere.yaml:9: table public.orders: 'where: stat <> 4' is not valid on the source: column \"stat\" does not exist" -- \
+    "$BF" plan "$WORK/badwhere.yaml"
+good | sed 's/^    to: svc.public.orders/    route:\n      - when: user_id % 2 = 0\n        to: svc.public.orders\n      - to: billing.public.orders/' >"$WORK/badroute.yaml"
+expect_error unknown_route_target 2 "badroute.yaml:11: table public.orders: target 'billing' is not defined under targets \(defined: svc\)" -- \
+    "$BF" run "$WORK/badroute.yaml" --workers 1
+with_lines "$WORK/newer.yaml" "    mode: newer"
+expect_error newer_without_version 2 "newer.yaml:9: table public.orders: 'mode: newer' needs 'version: COLUMN'" -- \
+    "$BF" run "$WORK/newer.yaml" --workers 1
+with_lines "$WORK/badversion.yaml" "    mode: newer" "    version: updated_at"
+expect_error bad_version 4 "badversion.yaml:10: table public.orders: 'version: updated_at' is not a column written to target table svc.public.orders" -- \
+    "$BF" plan "$WORK/badversion.yaml"
+expect_eq "$(q je_tgt 'SELECT count(*) FROM orders')" 0 "rows copied despite the errors"
 
 unset JE_SECRET
 good >"$WORK/noenv.yaml"

@@ -127,23 +127,23 @@ static void test_valid_full(void **state)
     bf_table_t *t = &job->tables[0];
     assert_string_equal(t->from_schema, "public");
     assert_string_equal(t->from_table, "trading_order");
-    assert_string_equal(t->to_alias, "trading");
-    assert_string_equal(t->to_schema, "public");
-    assert_string_equal(t->to_table, "orders");
+    assert_string_equal(t->routes[0].alias, "trading");
+    assert_string_equal(t->routes[0].schema, "public");
+    assert_string_equal(t->routes[0].table, "orders");
     assert_int_equal(t->line, 10);
     t = &job->tables[1];
     assert_string_equal(t->from_schema, "public");
     assert_string_equal(t->from_table, "invoices");
-    assert_string_equal(t->to_alias, "billing");
-    assert_string_equal(t->to_schema, "public");
-    assert_string_equal(t->to_table, "invoices");
+    assert_string_equal(t->routes[0].alias, "billing");
+    assert_string_equal(t->routes[0].schema, "public");
+    assert_string_equal(t->routes[0].table, "invoices");
     assert_int_equal(t->line, 12);
     t = &job->tables[2];
     assert_string_equal(t->from_schema, "acct");
     assert_string_equal(t->from_table, "entries");
-    assert_string_equal(t->to_alias, "billing");
-    assert_string_equal(t->to_schema, "ledger");
-    assert_string_equal(t->to_table, "entries");
+    assert_string_equal(t->routes[0].alias, "billing");
+    assert_string_equal(t->routes[0].schema, "ledger");
+    assert_string_equal(t->routes[0].table, "entries");
     assert_int_equal(t->line, 15);
 
     bf_job_destroy(&job);
@@ -179,7 +179,7 @@ static void test_flow_style_and_quotes(void **state)
     assert_string_equal(job->name, "a.b-c_9");
     assert_string_equal(job->source, "host=x dbname=y");
     assert_int_equal(job->batch_rows, INT64_MAX);
-    assert_string_equal(job->tables[0].to_table, "b");
+    assert_string_equal(job->tables[0].routes[0].table, "b");
     bf_job_destroy(&job);
 }
 
@@ -289,8 +289,145 @@ static void test_unknown_table_key(void **state)
     s_expect_error(HEAD "tables:\n"
                         "  - from: a\n"
                         "    to: trading.a\n"
-                        "    where: id > 5\n",
-                   10, "unknown key 'where'", "from, to");
+                        "    filter: id > 5\n",
+                   10, "unknown key 'filter'", "allowed keys: from, to, key, where");
+}
+
+/* Issue 3: key, where, columns, mode, version, route. */
+static void test_table_options(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    const char *text = HEAD "tables:\n"
+                            "  - from: public.billing_invoice\n" /* 8 */
+                            "    key: [id, kind]\n"              /* 9 */
+                            "    where: \"status <> 4\"\n"       /* 10 */
+                            "    columns:\n"                     /* 11 */
+                            "      id: id\n"                     /* 12 */
+                            "      customer_id: publisher_id\n"  /* 13 */
+                            "      amount_cents: (amount * 100)::bigint\n"
+                            "      legacy: ~\n"         /* 15 */
+                            "    mode: newer\n"         /* 16 */
+                            "    version: updated_at\n" /* 17 */
+                            "    route:\n"              /* 18 */
+                            "      - when: \"publisher_id % 2 = 0\"\n"
+                            "        to: billing.public.invoice\n" /* 20 */
+                            "      - to: trading.ops.invoice\n"    /* 21 */
+                            "  - from: users\n"                    /* 22 */
+                            "    key: id\n"
+                            "    to: trading.users\n";
+    bf_job_t *job = s_load(text, err, sizeof err);
+    assert_non_null(job);
+    assert_int_equal(job->ntables, 2);
+    const bf_table_t *t = &job->tables[0];
+    assert_int_equal(t->nkey, 2);
+    assert_string_equal(t->key[0], "id");
+    assert_string_equal(t->key[1], "kind");
+    assert_int_equal(t->key_line, 9);
+    assert_string_equal(t->where, "status <> 4");
+    assert_int_equal(t->where_line, 10);
+    assert_int_equal(t->ncolumns, 4);
+    assert_string_equal(t->columns[1].name, "customer_id");
+    assert_string_equal(t->columns[1].expr, "publisher_id");
+    assert_int_equal(t->columns[1].line, 13);
+    assert_string_equal(t->columns[2].expr, "(amount * 100)::bigint");
+    assert_null(t->columns[3].expr);
+    assert_int_equal(t->mode, BF_MODE_NEWER);
+    assert_string_equal(bf_mode_name(t->mode), "newer");
+    assert_string_equal(t->version, "updated_at");
+    assert_int_equal(t->nroutes, 2);
+    assert_string_equal(t->routes[0].when, "publisher_id % 2 = 0");
+    assert_string_equal(t->routes[0].alias, "billing");
+    assert_string_equal(t->routes[0].table, "invoice");
+    assert_int_equal(t->routes[0].line, 20);
+    assert_null(t->routes[1].when);
+    assert_string_equal(t->routes[1].alias, "trading");
+    assert_string_equal(t->routes[1].schema, "ops");
+    const bf_table_t *u = &job->tables[1];
+    assert_int_equal(u->nkey, 1);
+    assert_string_equal(u->key[0], "id");
+    assert_int_equal(u->mode, BF_MODE_INSERT);
+    assert_int_equal(u->nroutes, 1);
+    assert_null(u->routes[0].when);
+    bf_job_destroy(&job);
+}
+
+static void test_table_option_errors(void **state)
+{
+    (void)state;
+    /* mode newer without version */
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    mode: newer\n",
+                   10, "table public.a", "'mode: newer' needs 'version: COLUMN'");
+    /* version without mode newer */
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    version: updated_at\n",
+                   10, "'version' only applies to 'mode: newer'", "insert");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    mode: upsrt\n",
+                   10, "unknown mode 'upsrt'");
+    /* a route naming an unknown target */
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    route:\n"
+                        "      - when: x > 1\n"
+                        "        to: billing.a\n"
+                        "      - to: operations.a\n",
+                   12, "table public.a", "target 'operations' is not defined", "trading, billing");
+    /* a route after the catch-all */
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    route:\n"
+                        "      - to: billing.a\n"
+                        "      - to: trading.a\n",
+                   11, "route[1] can never match", "put it last");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    route:\n"
+                        "      - to: billing.a\n",
+                   10, "either 'to' or 'route'");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    route: []\n",
+                   9, "'route' is empty");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    key: []\n",
+                   10, "'key' is an empty list");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    key: [id, id]\n",
+                   10, "key column 'id' is listed twice");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    columns: [a, b]\n",
+                   10, "'columns' must be a mapping");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    where: \"x > 1; DROP TABLE a\"\n",
+                   10, "'where' must be one SQL expression, without ';'");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    to: trading.a\n"
+                        "    columns:\n"
+                        "      b: \"\"\n",
+                   11, "'columns.b' is empty");
+    s_expect_error(HEAD "tables:\n"
+                        "  - from: a\n"
+                        "    route:\n"
+                        "      - when: x > 1\n",
+                   10, "route[0] has no 'to");
 }
 
 static void test_wrong_kinds(void **state)
@@ -403,7 +540,7 @@ static void test_targets_after_tables(void **state)
     bf_job_t *job = s_load(text, err, sizeof err);
     if (!job)
         fail_msg("%s", err);
-    assert_string_equal(job->tables[0].to_alias, "late");
+    assert_string_equal(job->tables[0].routes[0].alias, "late");
     bf_job_destroy(&job);
 }
 
@@ -699,6 +836,8 @@ int main(void)
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_load_file_unreadable),
         cmocka_unit_test(test_destroy_null),
+        cmocka_unit_test(test_table_options),
+        cmocka_unit_test(test_table_option_errors),
         cmocka_unit_test(test_err_buffer_edge_cases),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -153,10 +153,65 @@ static void test_duplicates_skipped(void **state)
     assert_true(got <= 3);
 }
 
+/* Key texts: a one-column key is its own text; a composite key is the JSON array
+ * that json_build_array(k1::text, ...)::text gives. */
+static void s_split_ok(const char *text, int n, const char *const *want)
+{
+    char *parts[4] = {NULL, NULL, NULL, NULL};
+    if (bf_key_split(text, n, parts) != 0)
+        fail_msg("bf_key_split(%s, %d) failed", text, n);
+    for (int i = 0; i < n; i++) {
+        assert_non_null(parts[i]);
+        if (strcmp(parts[i], want[i]) != 0)
+            fail_msg("part %d of %s: got '%s', want '%s'", i, text, parts[i], want[i]);
+        free(parts[i]);
+    }
+}
+
+static void test_key_split(void **state)
+{
+    (void)state;
+    s_split_ok("42", 1, (const char *[]){"42"});
+    s_split_ok("[\"1\", \"x\"]", 1, (const char *[]){"[\"1\", \"x\"]"}); /* one column: as is */
+    s_split_ok("-9223372036854775808", 1, (const char *[]){"-9223372036854775808"});
+    s_split_ok("[\"42\", \"EUR\"]", 2, (const char *[]){"42", "EUR"});
+    s_split_ok("[\"a,b\",\"c]d\"]", 2, (const char *[]){"a,b", "c]d"});
+    s_split_ok(" [ \"q\\\"uote\" , \"back\\\\slash\" ] ", 2,
+               (const char *[]){"q\"uote", "back\\slash"});
+    s_split_ok("[\"tab\\there\", \"nl\\nx\", \"\\/\"]", 3,
+               (const char *[]){"tab\there", "nl\nx", "/"});
+    s_split_ok("[\"caf\\u00e9\", \"\\ud83d\\ude00\", \"\"]", 3,
+               (const char *[]){"caf\xc3\xa9", "\xf0\x9f\x98\x80", ""});
+    s_split_ok("[\"caf\xc3\xa9\", \"x\"]", 2, (const char *[]){"caf\xc3\xa9", "x"});
+    const char *bad[] = {"",
+                         "42",
+                         "[\"1\"]",
+                         "[\"1\", \"2\", \"3\"]",
+                         "[1, 2]",
+                         "[\"1\" \"2\"]",
+                         "[\"1\", \"2\"",
+                         "[\"1\", \"2\"] x",
+                         "[\"\\x\", \"2\"]",
+                         "[\"\\u12\", \"2\"]",
+                         "[\"\\ud800\", \"2\"]",
+                         "[\"\\u0000\", \"2\"]",
+                         "[\"a\nb\", \"2\"]",
+                         "[\"1\",]"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *parts[4] = {NULL, NULL, NULL, NULL};
+        if (bf_key_split(bad[i], 2, parts) == 0)
+            fail_msg("bf_key_split accepted '%s' as a 2-column key", bad[i]);
+        for (int k = 0; k < 4; k++)
+            assert_null(parts[k]);
+    }
+    assert_int_equal(bf_key_split(NULL, 1, (char *[1]){NULL}), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_small_table_one_range),
+        cmocka_unit_test(test_key_split),
         cmocka_unit_test(test_empty_table),
         cmocka_unit_test(test_gap_gives_even_ranges),
         cmocka_unit_test(test_sample_scales_estimates),
