@@ -10,8 +10,22 @@
     " seq bigint NOT NULL, cursor text, final boolean NOT NULL DEFAULT false,"                     \
     " updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, range_id))"
 
+/* Rows a target rejected (constraint violation, value too long...), when the job
+ * allows some (--max-rejects): what was tried, and why it failed. */
+#define BF_REJECTS_DDL                                                                             \
+    "CREATE TABLE IF NOT EXISTS public.backfill_rejects ("                                         \
+    " job text NOT NULL, range_id bigint NOT NULL, tbl text NOT NULL, key text NOT NULL,"          \
+    " error text NOT NULL, row jsonb, at timestamptz NOT NULL DEFAULT now(),"                      \
+    " PRIMARY KEY (job, tbl, key))"
+
+#define BF_REJECTS_INSERT                                                                          \
+    "INSERT INTO public.backfill_rejects (job, range_id, tbl, key, error, row)"                    \
+    " VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (job, tbl, key) DO UPDATE"                \
+    " SET error = EXCLUDED.error, row = EXCLUDED.row, at = now()"
+
 /* A fresh plan starts the job over: forget the fence rows of an earlier plan. */
 #define BF_FENCE_RESET "DELETE FROM public.backfill_fence WHERE job = $1"
+#define BF_REJECTS_RESET "DELETE FROM public.backfill_rejects WHERE job = $1"
 
 #define BF_FENCE_ENSURE                                                                            \
     "INSERT INTO public.backfill_fence (job, range_id, token, seq) VALUES ($1, $2, 0, 0) "         \

@@ -9,8 +9,8 @@ the other keys of the job share its "bf:{job}:" prefix (one hash slot).
   bf:{job}:pending     zset of range ids waiting for a lease (score = id)
   bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)
   bf:{job}:fence       counter: every lease gets a new, larger fencing token
-  bf:{job}:stats       hash: rows:<tbl> bytes:<tbl> done:<tbl> failed:<tbl>
-                             done_total batches retries
+  bf:{job}:stats       hash: rows:<tbl> bytes:<tbl> done:<tbl> failed:<tbl> rejects:<tbl>
+                             done_total batches retries rejects_total
 
 Cursors and keys are opaque strings; tokens are compared as strings of digits
 (they stay below 2^53, so they round-trip exactly through Lua numbers too).
@@ -49,7 +49,7 @@ local function bf_lease(keys, args)
   end
 end
 
--- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms)
+-- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms, rejects)
 --   -> 'OK' | 'DUP' (this seq was applied already) | 'STALE' (token superseded)
 local function bf_checkpoint(keys, args)
   local p = prefix(keys[1])
@@ -81,6 +81,12 @@ local function bf_checkpoint(keys, args)
   redis.call('HINCRBY', st, 'rows:' .. tbl, args[6])
   redis.call('HINCRBY', st, 'bytes:' .. tbl, args[7])
   redis.call('HINCRBY', st, 'batches', 1)
+  local rejects = tonumber(args[10] or '0')
+  if rejects > 0 then
+    redis.call('HINCRBY', rk, 'rejects', rejects)
+    redis.call('HINCRBY', st, 'rejects:' .. tbl, rejects)
+    redis.call('HINCRBY', st, 'rejects_total', rejects)
+  end
   if args[8] == '1' then
     redis.call('HSET', rk, 'state', 'done', 'done_by', cur[5] or '')
     redis.call('HDEL', rk, 'owner', 'expires')

@@ -26,6 +26,16 @@ static void s_one_line(char *out, size_t outlen, const char *msg)
     out[j] = 0;
 }
 
+/* Server notices ("relation ... already exists, skipping") go to the debug log,
+ * not straight to stderr. */
+static void s_notice(void *arg, const char *message)
+{
+    const bf_pg_t *self = arg;
+    char line[1024];
+    s_one_line(line, sizeof line, message);
+    log_debug("%s: %s", self->what, line);
+}
+
 bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
 {
     bf_pg_t *self = calloc(1, sizeof *self);
@@ -45,6 +55,7 @@ bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
         bf_pg_destroy(&self);
         return NULL;
     }
+    PQsetNoticeProcessor(self->conn, s_notice, self);
     return self;
 }
 

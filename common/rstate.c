@@ -249,10 +249,11 @@ int bf_rstate_lease(bf_rstate_t *self, const char *owner, int64_t ttl_ms, bf_ran
 }
 
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
-                                    const char *cursor, int64_t rows, int64_t bytes, bool final,
-                                    int64_t ttl_ms)
+                                    const char *cursor, int64_t rows, int64_t bytes,
+                                    int64_t rejects, bool final, int64_t ttl_ms)
 {
-    char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24];
+    char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24];
+    snprintf(rejs, sizeof rejs, "%lld", (long long)rejects);
     snprintf(ids, sizeof ids, "%lld", (long long)id);
     snprintf(toks, sizeof toks, "%lld", (long long)token);
     snprintf(seqs, sizeof seqs, "%lld", (long long)seq);
@@ -271,8 +272,9 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
                           rowss,
                           bytess,
                           final ? "1" : "0",
-                          ttls};
-    redisReply *r = bf_rstate_argv(self, 13, argv);
+                          ttls,
+                          rejs};
+    redisReply *r = bf_rstate_argv(self, 14, argv);
     if (!r)
         return BF_CP_ERROR;
     bf_cp_result_t res = BF_CP_ERROR;

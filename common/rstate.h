@@ -61,8 +61,8 @@ int bf_rstate_lease(bf_rstate_t *self, const char *owner, int64_t ttl_ms, bf_ran
 typedef enum { BF_CP_OK = 0, BF_CP_DUP = 1, BF_CP_STALE = 2, BF_CP_ERROR = -1 } bf_cp_result_t;
 
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
-                                    const char *cursor, int64_t rows, int64_t bytes, bool final,
-                                    int64_t ttl_ms);
+                                    const char *cursor, int64_t rows, int64_t bytes,
+                                    int64_t rejects, bool final, int64_t ttl_ms);
 
 /* Puts a leased range back. counts_as_attempt: a failure (else a clean hand-back).
  * Returns 0 pending again, 1 failed for good (attempts exhausted), 2 stale, -1 error. */

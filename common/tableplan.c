@@ -284,11 +284,12 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
     int ntc = 0, rc = -1;
     /* Per target column: the expression written, or NULL. */
     char **exprs = NULL;
-    bf_strbuf_t sel, cols, srow, trow;
+    bf_strbuf_t sel, cols, srow, trow, named;
     bf_strbuf_init(&sel);
     bf_strbuf_init(&cols);
     bf_strbuf_init(&srow);
     bf_strbuf_init(&trow);
+    bf_strbuf_init(&named);
 
     int e = s_exists(tgt, rp->qname);
     if (e <= 0) {
@@ -393,11 +394,13 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
         bool plain = s_find_col(scols, name) >= 0 && s_names_col(src, exprs[i], sq);
         free(sq);
         const char *paren_l = plain ? "" : "(", *paren_r = plain ? "" : ")";
+        size_t from = sel.len + (k ? 2 : 0);
         if (same_type)
             bf_strbuf_appendf(&sel, "%s%s%s%s", k ? ", " : "", paren_l, exprs[i], paren_r);
         else
             bf_strbuf_appendf(&sel, "%s(%s)::%s", k ? ", " : "", exprs[i],
                               PQgetvalue(tcols, i, C_CAST));
+        bf_strbuf_appendf(&named, "%s%s AS %s", k ? ", " : "", sel.buf + from, q);
         bf_strbuf_appendf(&srow, "%s(%s)::%s", k ? ", " : "", exprs[i],
                           PQgetvalue(tcols, i, C_TYPE));
         bf_strbuf_appendf(&cols, "%s%s", k ? ", " : "", q);
@@ -433,6 +436,7 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
     }
     PQclear(cast);
     rp->select_list = bf_strbuf_take(&sel);
+    rp->select_named = bf_strbuf_take(&named);
     rp->target_cols = bf_strbuf_take(&cols);
     rp->src_row = bf_xasprintf("ROW(%s)::text", srow.buf);
     rp->tgt_row = bf_xasprintf("ROW(%s)::text", trow.buf);
@@ -569,6 +573,7 @@ done:
     bf_strbuf_free(&cols);
     bf_strbuf_free(&srow);
     bf_strbuf_free(&trow);
+    bf_strbuf_free(&named);
     return rc;
 }
 

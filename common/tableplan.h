@@ -17,21 +17,22 @@
 #include <stddef.h>
 
 typedef struct {
-    int target;        /* index in job->targets */
-    char *label;       /* alias.schema.table, for messages */
-    char *qname;       /* quoted "schema"."table" on the target */
-    char *filter;      /* SQL on the source: the table's rows that go here; NULL = all */
-    char *select_list; /* source expressions cast to the target column types */
-    char *target_cols; /* quoted target columns, same order */
-    int ncols;         /* number of written columns */
-    char *src_row;     /* verify: ROW(...)::text of the values as the target stores them */
-    char *tgt_row;     /* verify: ROW(...)::text of the written columns on the target */
-    char *tkey_row;    /* verify: target columns holding the source key as is ("c" or
-                        * "(c1, c2)"), NULL when the key is not copied unchanged */
-    char **tkey_types; /* their types on the target (nkeys entries) */
-    char *stage;       /* temp staging table (modes other than insert), else NULL */
-    char *stage_ddl;   /* creates it */
-    char *merge;       /* INSERT ... SELECT FROM stage ON CONFLICT ... (modes but insert) */
+    int target;         /* index in job->targets */
+    char *label;        /* alias.schema.table, for messages */
+    char *qname;        /* quoted "schema"."table" on the target */
+    char *filter;       /* SQL on the source: the table's rows that go here; NULL = all */
+    char *select_list;  /* source expressions cast to the target column types */
+    char *target_cols;  /* quoted target columns, same order */
+    char *select_named; /* select_list with each expression named after its column */
+    int ncols;          /* number of written columns */
+    char *src_row;      /* verify: ROW(...)::text of the values as the target stores them */
+    char *tgt_row;      /* verify: ROW(...)::text of the written columns on the target */
+    char *tkey_row;     /* verify: target columns holding the source key as is ("c" or
+                         * "(c1, c2)"), NULL when the key is not copied unchanged */
+    char **tkey_types;  /* their types on the target (nkeys entries) */
+    char *stage;        /* temp staging table (modes other than insert), else NULL */
+    char *stage_ddl;    /* creates it */
+    char *merge;        /* INSERT ... SELECT FROM stage ON CONFLICT ... (modes but insert) */
 } bf_route_plan_t;
 
 typedef struct {

@@ -48,6 +48,7 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
                                          {"workers", required_argument, NULL, 'w'},
                                          {"lease-ttl", required_argument, NULL, 't'},
                                          {"replan", no_argument, NULL, 'r'},
+                                         {"max-rejects", required_argument, NULL, 'm'},
                                          {"log-level", required_argument, NULL, 'l'},
                                          {"log-format", required_argument, NULL, 'f'},
                                          {"help", no_argument, NULL, 'h'},
@@ -93,6 +94,16 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
         case 'r':
             a->opts.replan = true;
             break;
+        case 'm': {
+            char *end = NULL;
+            long long v = strtoll(optarg, &end, 10);
+            if (!*optarg || *end || v < 0) {
+                fprintf(stderr, "backfill: --max-rejects takes a number of rows (0 or more)\n");
+                return BF_EXIT_USAGE;
+            }
+            a->opts.max_rejects = v;
+            break;
+        }
         case 'h':
             usage(stdout);
             return -1;
@@ -135,7 +146,8 @@ static void s_coordinator_usage(FILE *f)
     fprintf(
         f,
         "usage: backfill coordinator JOB.yaml [--bind ENDPOINT] [--lease-ttl SECONDS] [--replan]\n"
-        "                            [--log-level LEVEL] [--log-format text|json]\n\n"
+        "                            [--max-rejects N] [--log-level LEVEL] [--log-format "
+        "text|json]\n\n"
         "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
         "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
         "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable).\n"
@@ -143,7 +155,10 @@ static void s_coordinator_usage(FILE *f)
         "  --lease-ttl S      a range returns to pending S seconds after its worker's last\n"
         "                     sign of life (default 30)\n"
         "  --replan           plan afresh although the targets hold progress of this job\n"
-        "                     while redis has none (after emptying the target tables)\n",
+        "                     while redis has none (after emptying the target tables)\n"
+        "  --max-rejects N    rows the targets may refuse (constraint, value too long) before\n"
+        "                     the job stops; they are kept in public.backfill_rejects on the\n"
+        "                     target. Default 0: the first refused row stops the job\n",
         BF_EXIT_DATA, BF_EXIT_INTERRUPTED);
 }
 
@@ -278,16 +293,19 @@ static void s_reap_all(supervisor_t *s, int ms)
 
 static void s_run_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: backfill run JOB.yaml [--workers N] [--lease-ttl SECONDS] [--replan]\n"
-            "                    [--log-level LEVEL] [--log-format text|json]\n\n"
-            "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
-            "on stderr. Interrupted (Ctrl-C), it hands every range back at its last checkpoint;\n"
-            "run it again to resume. On a finished job it says so and exits 0.\n"
-            "  --workers N     local worker processes (default 4)\n"
-            "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
-            "  --replan        plan afresh although the targets hold progress of this job while\n"
-            "                  redis has none (after emptying the target tables)\n");
+    fprintf(
+        f, "usage: backfill run JOB.yaml [--workers N] [--lease-ttl SECONDS] [--replan]\n"
+           "                    [--max-rejects N] [--log-level LEVEL] [--log-format text|json]\n\n"
+           "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
+           "on stderr. Interrupted (Ctrl-C), it hands every range back at its last checkpoint;\n"
+           "run it again to resume. On a finished job it says so and exits 0.\n"
+           "  --workers N     local worker processes (default 4)\n"
+           "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
+           "  --replan        plan afresh although the targets hold progress of this job while\n"
+           "                  redis has none (after emptying the target tables)\n"
+           "  --max-rejects N rows the targets may refuse (constraint, value too long) before the\n"
+           "                  job stops; they are kept in public.backfill_rejects on the target.\n"
+           "                  Default 0: the first refused row stops the job\n");
 }
 
 static int s_run(coord_args_t *ap)

@@ -145,8 +145,8 @@ int bf_cmd_status(int argc, char **argv)
                "\"retries\":%lld,\"tables\":[",
                ctx.job->name, rate, (long long)batches, (long long)retries);
     else
-        printf("%-32s %7s %7s %7s %7s %12s %12s %6s %8s\n", "table", "done", "leased", "pending",
-               "failed", "rows", "est_rows", "pct", "eta_s");
+        printf("%-32s %7s %7s %7s %7s %12s %12s %6s %8s %8s\n", "table", "done", "leased",
+               "pending", "failed", "rows", "est_rows", "pct", "eta_s", "rejects");
     for (int t = 0; t < n; t++) {
         int64_t pending = p[t].ranges - p[t].done - p[t].leased - p[t].failed;
         double pct = p[t].est > 0 ? 100.0 * (double)p[t].rows / (double)p[t].est
@@ -157,14 +157,16 @@ int bf_cmd_status(int argc, char **argv)
         if (json)
             printf("%s{\"table\":\"%s\",\"ranges\":%lld,\"done\":%lld,\"leased\":%lld,"
                    "\"pending\":%lld,\"failed\":%lld,\"rows\":%lld,\"bytes\":%lld,"
-                   "\"est_rows\":%lld,\"eta_seconds\":%.0f}",
+                   "\"est_rows\":%lld,\"eta_seconds\":%.0f,\"rejects\":%lld}",
                    t ? "," : "", p[t].name, (long long)p[t].ranges, (long long)p[t].done,
                    (long long)p[t].leased, (long long)pending, (long long)p[t].failed,
-                   (long long)p[t].rows, (long long)p[t].bytes, (long long)p[t].est, eta);
+                   (long long)p[t].rows, (long long)p[t].bytes, (long long)p[t].est, eta,
+                   (long long)p[t].rejects);
         else
-            printf("%-32s %7lld %7lld %7lld %7lld %12lld %12lld %5.1f%% %8.0f\n", p[t].name,
+            printf("%-32s %7lld %7lld %7lld %7lld %12lld %12lld %5.1f%% %8.0f %8lld\n", p[t].name,
                    (long long)p[t].done, (long long)p[t].leased, (long long)pending,
-                   (long long)p[t].failed, (long long)p[t].rows, (long long)p[t].est, pct, eta);
+                   (long long)p[t].failed, (long long)p[t].rows, (long long)p[t].est, pct, eta,
+                   (long long)p[t].rejects);
     }
     if (json)
         printf("]}\n");

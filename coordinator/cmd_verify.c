@@ -36,16 +36,55 @@ static int s_sum(bf_pg_t *pg, const char *qname, const char *row, const char *co
 }
 
 /* The source side of a route: its rows in the range (lo/hi NULL = open, both NULL
- * and whole = the whole table). */
+ * and whole = the whole table), without the rows the target refused (excl). */
 static int s_sum_source(bf_pg_t *src, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
-                        const char *lo, const char *hi, bool whole, range_sum_t *out)
+                        const char *lo, const char *hi, bool whole, const char *excl,
+                        range_sum_t *out)
 {
     char *range = whole ? bf_xstrdup("TRUE") : bf_tableplan_range_cond(tp, src, lo, NULL, hi);
-    char *cond = rp->filter ? bf_xasprintf("%s AND %s", range, rp->filter) : bf_xstrdup(range);
+    char *cond = bf_xasprintf("%s%s%s%s%s", range, rp->filter ? " AND " : "",
+                              rp->filter ? rp->filter : "", excl ? " AND " : "", excl ? excl : "");
     int rc = s_sum(src, tp->src_qname, rp->src_row, cond, out);
     free(range);
     free(cond);
     return rc;
+}
+
+/* "NOT (key IN (...))" for the rows of this route the target refused (kept in its
+ * backfill_rejects), or NULL when none; *n gets their number. -1 on error. */
+static int s_rejected(bf_pg_t *src, bf_pg_t *tgt, const bf_job_t *job, const bf_tableplan_t *tp,
+                      const bf_route_plan_t *rp, char **excl, int64_t *n)
+{
+    *excl = NULL;
+    *n = 0;
+    PGresult *res =
+        bf_pg_query(tgt, "SELECT to_regclass('public.backfill_rejects') IS NULL", 0, NULL);
+    if (!res)
+        return -1;
+    bool none = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (none)
+        return 0;
+    const char *params[] = {job->name, rp->label};
+    res = bf_pg_query(tgt, "SELECT key FROM public.backfill_rejects WHERE job = $1 AND tbl = $2", 2,
+                      params);
+    if (!res)
+        return -1;
+    *n = PQntuples(res);
+    if (*n > 0) {
+        bf_strbuf_t sb;
+        bf_strbuf_init(&sb);
+        bf_strbuf_appendf(&sb, "NOT (%s IN (", tp->key_row);
+        for (int i = 0; i < PQntuples(res); i++) {
+            char *lit = bf_tableplan_key_literal(tp, src, PQgetvalue(res, i, 0));
+            bf_strbuf_appendf(&sb, "%s%s", i ? ", " : "", lit ? lit : "NULL");
+            free(lit);
+        }
+        bf_strbuf_append(&sb, "))");
+        *excl = bf_strbuf_take(&sb);
+    }
+    PQclear(res);
+    return 0;
 }
 
 int bf_cmd_verify(int argc, char **argv)
@@ -128,11 +167,16 @@ int bf_cmd_verify(int argc, char **argv)
         for (int ri = 0; ri < tp->nroutes && rc == BF_EXIT_OK; ri++) {
             const bf_route_plan_t *rp = &tp->routes[ri];
             bf_pg_t *tgt = ctx.tgt[rp->target];
-            int64_t tsrc = 0, ttgt = 0, tbad = 0;
+            int64_t tsrc = 0, ttgt = 0, tbad = 0, nrejected = 0;
             range_sum_t a, b;
+            char *excl = NULL;
+            if (s_rejected(ctx.src, tgt, ctx.job, tp, rp, &excl, &nrejected) != 0) {
+                rc = BF_EXIT_CONNECT;
+                break;
+            }
             if (!rp->tkey_row) {
                 /* The key is not in the target as is: compare the whole table. */
-                if (s_sum_source(ctx.src, tp, rp, NULL, NULL, true, &a) != 0 ||
+                if (s_sum_source(ctx.src, tp, rp, NULL, NULL, true, excl, &a) != 0 ||
                     s_sum(tgt, rp->qname, rp->tgt_row, NULL, &b) != 0) {
                     rc = BF_EXIT_CONNECT;
                     break;
@@ -150,7 +194,7 @@ int bf_cmd_verify(int argc, char **argv)
             for (size_t i = 0; rp->tkey_row && i < counts[t]; i++) {
                 const bf_plan_range_t *r = &ranges[t][i];
                 char *tcond = bf_tableplan_target_range_cond(tp, rp, tgt, r->lo, r->hi);
-                int e1 = s_sum_source(ctx.src, tp, rp, r->lo, r->hi, false, &a);
+                int e1 = s_sum_source(ctx.src, tp, rp, r->lo, r->hi, false, excl, &a);
                 int e2 = e1 == 0 ? s_sum(tgt, rp->qname, rp->tgt_row, tcond, &b) : -1;
                 free(tcond);
                 if (e1 != 0 || e2 != 0) {
@@ -167,10 +211,14 @@ int bf_cmd_verify(int argc, char **argv)
                            strcmp(a.count, b.count) == 0 ? " (same count, different content)" : "");
                 }
             }
+            free(excl);
             printf("%-40s -> %-32s source %10lld rows, target %10lld rows, %zu ranges, %lld "
-                   "mismatching\n",
+                   "mismatching",
                    tp->src_label, rp->label, (long long)tsrc, (long long)ttgt,
                    rp->tkey_row ? counts[t] : (size_t)1, (long long)tbad);
+            if (nrejected)
+                printf(", %lld refused rows (backfill_rejects) not compared", (long long)nrejected);
+            putchar('\n');
             mismatches += tbad;
             total_src += tsrc;
             total_tgt += ttgt;

@@ -81,6 +81,8 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
         p->done = (v = s_stats_field(st, f)) ? atoll(v) : 0;
         snprintf(f, sizeof f, "failed:%d", t);
         p->failed = (v = s_stats_field(st, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "rejects:%d", t);
+        p->rejects = (v = s_stats_field(st, f)) ? atoll(v) : 0;
     }
     const char *v;
     if (retries)
@@ -176,6 +178,15 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         *exit_code = BF_EXIT_CONNECT;
         goto fail;
     }
+    /* The workers read the reject allowance from here (it may change on a restart). */
+    redisReply *mr = bf_rstate_cmd(r, "HSET %s max_rejects %lld", bf_rstate_key(r, "meta"),
+                                   (long long)self->opts.max_rejects);
+    if (!mr) {
+        log_error("%s", r->errmsg);
+        *exit_code = BF_EXIT_CONNECT;
+        goto fail;
+    }
+    freeReplyObject(mr);
     /* A new epoch: messages queued for an earlier coordinator are dropped. Tokens
      * jump so that none is ever reissued, even if Redis lost its last writes. */
     redisReply *e = bf_rstate_cmd(r, "HINCRBY %s epoch 1", bf_rstate_key(r, "meta"));
@@ -530,13 +541,22 @@ void bf_coord_summary(bf_coord_t *self, FILE *out)
     int64_t retries = 0, batches = 0;
     if (bf_progress_read(self->ctx.redis, n, p, &retries, &batches) == 0) {
         double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
-        int64_t rows = 0, bytes = 0;
+        int64_t rows = 0, bytes = 0, rejects = 0;
         for (int t = 0; t < n; t++) {
-            fprintf(out, "  %-40s %12lld rows  %4lld/%lld ranges\n", p[t].name,
-                    (long long)p[t].rows, (long long)p[t].done, (long long)p[t].ranges);
+            fprintf(out, "  %-40s %12lld rows  %4lld/%lld ranges", p[t].name, (long long)p[t].rows,
+                    (long long)p[t].done, (long long)p[t].ranges);
+            if (p[t].rejects)
+                fprintf(out, "  %lld rejected", (long long)p[t].rejects);
+            fputc('\n', out);
             rows += p[t].rows;
             bytes += p[t].bytes;
+            rejects += p[t].rejects;
         }
+        if (rejects)
+            fprintf(out,
+                    "rejected: %lld rows the targets refused are in public.backfill_rejects "
+                    "(job %s)\n",
+                    (long long)rejects, self->ctx.job->name);
         int64_t run_rows = rows - self->rows_at_start;
         fprintf(out,
                 "copied: %lld rows this run (%lld in all), %.1f MB, %.1f s, %.0f rows/s, %lld "

@@ -12,11 +12,12 @@
 typedef struct bf_coord bf_coord_t;
 
 typedef struct {
-    int heartbeat_ms; /* default 2500 */
-    int liveness;     /* missed heartbeats before a peer is dead, default 3 */
-    int lease_ttl_ms; /* default 30000 */
-    int progress_ms;  /* progress line interval on stderr, 0 = none */
-    bool replan;      /* plan afresh even if targets hold fence rows of this job */
+    int heartbeat_ms;    /* default 2500 */
+    int liveness;        /* missed heartbeats before a peer is dead, default 3 */
+    int lease_ttl_ms;    /* default 30000 */
+    int progress_ms;     /* progress line interval on stderr, 0 = none */
+    bool replan;         /* plan afresh even if targets hold fence rows of this job */
+    int64_t max_rejects; /* rows the targets may refuse (kept in backfill_rejects), default 0 */
 } bf_coord_opts_t;
 
 /* Prepares the job: resolves every table (errors before any row moves), plans
@@ -42,7 +43,7 @@ void bf_coord_summary(bf_coord_t *self, FILE *out);
 /* Per-table progress from Redis; used by status and the progress line. */
 typedef struct {
     char name[256];
-    int64_t ranges, done, failed, leased, est, rows, bytes;
+    int64_t ranges, done, failed, leased, est, rows, bytes, rejects;
 } bf_table_progress_t;
 
 /* Fills n entries (n = job->ntables) and the retries and batches totals.

@@ -26,7 +26,8 @@ struct bf_copier {
     unsigned **stage_gen;  /* per table and route: tgt_gen when its staging table was made */
     bool (*tick)(void *);  /* called during long batches; true = abandon the batch */
     void *tick_arg;
-    bool abandoning; /* the tick asked to abandon the batch in flight */
+    bool abandoning;      /* the tick asked to abandon the batch in flight */
+    char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
 };
 
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
@@ -134,13 +135,13 @@ static int s_connect(bf_copier_t *self, int t, char *err, size_t errlen)
 
 /* Finds where this batch ends: the batch_rows-th key after the cursor. Sets *end
  * (malloc'd, NULL = to the end of the range) and *final. */
-static int s_batch_end(bf_copier_t *self, bf_pg_t *src, const bf_tableplan_t *tp,
-                       const bf_range_t *r, char **end, bool *final)
+static int s_batch_end(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_t *r,
+                       int64_t batch_rows, char **end, bool *final)
 {
     char *cond = bf_tableplan_range_cond(tp, src, r->lo, r->cursor, r->hi);
-    char *sql = bf_xasprintf("SELECT %s AS bf_key FROM %s WHERE %s ORDER BY %s LIMIT 2 OFFSET %lld",
-                             tp->key_text, tp->src_qname, cond, tp->key_list,
-                             (long long)(self->job->batch_rows - 1));
+    char *sql =
+        bf_xasprintf("SELECT %s AS bf_key FROM %s WHERE %s ORDER BY %s LIMIT 2 OFFSET %lld",
+                     tp->key_text, tp->src_qname, cond, tp->key_list, (long long)(batch_rows - 1));
     free(cond);
     PGresult *res = bf_pg_query(src, sql, 0, NULL);
     free(sql);
@@ -344,15 +345,66 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
 }
 
 /* One batch on one target (every route of the table that writes there), in one
- * target transaction with the range's fence row. The fence row is the truth about
- * this target: it copies from its own fence cursor, which differs from the Redis
- * cursor only after a crash between a commit and its checkpoint (ahead) or a lost
- * unsynchronised commit (behind). Sets *done when this target holds the whole
- * range (now or already). */
+ * target transaction with the range's fence row. With reject_route >= 0 the batch
+ * is one row that route's target refused: it goes to backfill_rejects instead. The fence row is the
+ * truth about this target: it copies from its own fence cursor, which differs from the Redis cursor
+ * only after a crash between a commit and its checkpoint (ahead) or a lost unsynchronised commit
+ * (behind). Sets *done when this target holds the whole range (now or already). */
+/* Writes the one row of route rp in (lower, end] to backfill_rejects with the
+ * error it got, in the batch's transaction (the fence then moves past it). */
+static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
+                          const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
+                          const char *end, const char *error, char *key_out, size_t key_len)
+{
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, lower, end ? NULL : r->hi);
+    bf_strbuf_t sql;
+    bf_strbuf_init(&sql);
+    bf_strbuf_appendf(&sql,
+                      "SELECT bf_key, (to_jsonb(x) - 'bf_key')::text FROM (SELECT %s AS bf_key, "
+                      "%s FROM %s WHERE %s",
+                      tp->key_text, rp->select_named, tp->src_qname, cond);
+    free(cond);
+    if (end) {
+        char *c = bf_tableplan_key_cmp(tp, src, "<=", end);
+        bf_strbuf_appendf(&sql, " AND %s", c);
+        free(c);
+    }
+    if (rp->filter)
+        bf_strbuf_appendf(&sql, " AND %s", rp->filter);
+    bf_strbuf_appendf(&sql, " ORDER BY %s LIMIT 1) x", tp->key_list);
+    PGresult *res = bf_pg_query(src, sql.buf, 0, NULL);
+    bf_strbuf_free(&sql);
+    if (!res)
+        return -1;
+    int rc = 0;
+    if (PQntuples(res) == 1) {
+        char ids[24];
+        snprintf(ids, sizeof ids, "%lld", (long long)r->id);
+        snprintf(key_out, key_len, "%s", PQgetvalue(res, 0, 0));
+        const char *params[] = {self->job->name,       ids,   rp->label,
+                                PQgetvalue(res, 0, 0), error, PQgetvalue(res, 0, 1)};
+        PGresult *ins = NULL;
+        if (bf_pg_exec(tgt, BF_REJECTS_DDL) != 0 ||
+            !(ins = bf_pg_query(tgt, BF_REJECTS_INSERT, 6, params)))
+            rc = -2;
+        PQclear(ins);
+    }
+    PQclear(res);
+    return rc;
+}
+
+static bool s_is_row_error(const char *sqlstate)
+{
+    /* 22: data exception (value too long, out of range...), 23: integrity violation
+     * (unique, check, not null, foreign key): the row's fault, not the job's. */
+    return strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0;
+}
+
 static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
                                         const bf_tableplan_t *tp, int ti, const char *end,
-                                        bool final, int64_t *rows_out, int64_t *bytes_out,
-                                        bool *done)
+                                        bool final, int reject_route, const char *reject_error,
+                                        int64_t *rows_out, int64_t *bytes_out, bool *done,
+                                        int *failed_route)
 {
     const bf_job_t *job = self->job;
     bf_range_t *r = &w->range;
@@ -450,21 +502,46 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     }
 
     int64_t rows = 0, bytes = 0;
-    for (int i = 0; i < tp->nroutes; i++) {
+    for (int i = 0; i < tp->nroutes && reject_route < 0; i++) {
         const bf_route_plan_t *rp = &tp->routes[i];
         if (rp->target != ti)
             continue;
         int64_t n = 0, b = 0;
         bool src_failed = false;
         if (s_copy_route(self, src, tgt, tp, rp, r, lower, end, &n, &b, &src_failed) != 0) {
+            bool row_error = !src_failed && !self->abandoning && !bf_pg_error_is_retryable(tgt) &&
+                             s_is_row_error(tgt->sqlstate);
             result = s_fail(self, w, tp, rp->label, src_failed ? src : tgt,
                             src_failed                      ? "reading the source"
                             : bf_pg_error_is_retryable(tgt) ? "writing to the target"
                                                             : "the target rejected rows in");
+            if (row_error) {
+                *failed_route = i;
+                result = BF_BATCH_ROW_ERROR;
+                snprintf(self->row_error, sizeof self->row_error, "%s%s%s%s", tgt->errmsg,
+                         tgt->detail[0] ? " (" : "", tgt->detail, tgt->detail[0] ? ")" : "");
+            }
             goto rollback;
         }
         rows += n;
         bytes += b;
+    }
+    if (reject_route >= 0) {
+        char key[512] = "";
+        int rc = s_write_reject(self, src, tgt, tp, &tp->routes[reject_route], r, lower, end,
+                                reject_error, key, sizeof key);
+        if (rc != 0) {
+            result = s_fail(self, w, tp, tp->routes[reject_route].label, rc == -1 ? src : tgt,
+                            "recording a rejected row of");
+            goto rollback;
+        }
+        if (key[0]) {
+            w->rejects++;
+            log_warn("table %s -> %s: row with key %s rejected, kept in public.backfill_rejects "
+                     "on target %s: %s",
+                     tp->src_label, tp->routes[reject_route].label, key, job->targets[ti].alias,
+                     reject_error);
+        }
     }
     fparams[4] = end ? end : lower;
     fparams[5] = final ? "true" : "false";
@@ -492,6 +569,20 @@ rollback:
     return result;
 }
 
+/* The first key of the range after the cursor (for messages), or NULL. */
+static char *s_first_key(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_t *r)
+{
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, r->cursor, r->hi);
+    char *sql = bf_xasprintf("SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT 1", tp->key_text,
+                             tp->src_qname, cond, tp->key_list);
+    free(cond);
+    PGresult *res = bf_pg_query(src, sql, 0, NULL);
+    free(sql);
+    char *key = res && PQntuples(res) == 1 ? bf_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
+    PQclear(res);
+    return key;
+}
+
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
 {
     self->abandoning = false;
@@ -516,16 +607,17 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         self->resolved[r->table] = true;
     }
 
+    int64_t batch_rows = w->limit > 0 ? w->limit : job->batch_rows;
     char *end = NULL;
     bool final = false;
-    if (s_batch_end(self, self->src, tp, r, &end, &final) != 0) {
+    if (s_batch_end(self->src, tp, r, batch_rows, &end, &final) != 0) {
         free(end);
         return s_fail(self, w, tp, tp->routes[0].label, self->src, "reading the source");
     }
 
     /* Each target of the table in turn (one transaction each; no transaction spans
      * two databases), then one checkpoint for the batch. */
-    int64_t rows = 0, bytes = 0;
+    int64_t rows = 0, bytes = 0, rejects_before = w->rejects;
     bool all_done = true;
     for (int i = 0; i < tp->nroutes; i++) {
         int ti = tp->routes[i].target;
@@ -535,13 +627,60 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         if (seen)
             continue;
         bool done = false;
-        bf_batch_result_t br = s_batch_target(self, w, tp, ti, end, final, &rows, &bytes, &done);
+        int failed_route = -1;
+        bf_batch_result_t br = s_batch_target(self, w, tp, ti, end, final, -1, NULL, &rows, &bytes,
+                                              &done, &failed_route);
+        if (br == BF_BATCH_ROW_ERROR) {
+            /* The target refused a row. Isolate it by halving the batch; then keep it
+             * aside in backfill_rejects as far as --max-rejects allows, else stop the
+             * job naming the row's key. */
+            if (batch_rows > 1) {
+                w->limit = batch_rows / 2;
+                log_info("range %lld: target %s rejected a row of a %lld-row batch; retrying "
+                         "with %lld rows to isolate it",
+                         (long long)r->id, job->targets[ti].alias, (long long)batch_rows,
+                         (long long)w->limit);
+                free(end);
+                return BF_BATCH_MORE; /* nothing checkpointed: the batch is redone */
+            }
+            char *key = end ? bf_xstrdup(end) : s_first_key(self->src, tp, r);
+            const bf_route_plan_t *rp = &tp->routes[failed_route];
+            snprintf(w->error, sizeof w->error,
+                     "table %s -> %s: the target refused the row with key %s: %s", tp->src_label,
+                     rp->label, key ? key : "?", self->row_error);
+            free(key);
+            int64_t max = 0, total = 0;
+            if (bf_rstate_hget_int(self->redis, "meta", "max_rejects", &max) != 0 ||
+                bf_rstate_hget_int(self->redis, "stats", "rejects_total", &total) != 0) {
+                free(end);
+                snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
+                return BF_BATCH_RETRY;
+            }
+            if (total + 1 > max) {
+                free(end);
+                size_t n = strlen(w->error);
+                if (max > 0)
+                    snprintf(w->error + n, sizeof w->error - n,
+                             "; %lld rows were refused already, the most --max-rejects allows "
+                             "(%lld): see public.backfill_rejects on the targets",
+                             (long long)total, (long long)max);
+                else
+                    snprintf(w->error + n, sizeof w->error - n,
+                             "; fix the row or the target, or let the job set such rows aside "
+                             "with --max-rejects N");
+                return BF_BATCH_FATAL;
+            }
+            br = s_batch_target(self, w, tp, ti, end, final, failed_route, self->row_error, &rows,
+                                &bytes, &done, &failed_route);
+        }
         if (br != BF_BATCH_MORE) {
             free(end);
             return br;
         }
         all_done = all_done && done;
     }
+    if (w->limit > 0) /* back to full batches once past the rejected rows */
+        w->limit = w->limit * 2 >= job->batch_rows ? 0 : w->limit * 2;
     if (all_done)
         final = true; /* every target holds the range already */
 
@@ -551,7 +690,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     bf_cp_result_t cp = BF_CP_ERROR;
     for (int attempt = 0; attempt < 3 && cp == BF_CP_ERROR; attempt++) {
         cp = bf_rstate_checkpoint(self->redis, r->id, r->token, r->seq + 1, new_cursor, rows, bytes,
-                                  final, self->lease_ttl_ms);
+                                  w->rejects - rejects_before, final, self->lease_ttl_ms);
         if (cp == BF_CP_ERROR)
             usleep(200000 * (attempt + 1));
     }

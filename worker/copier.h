@@ -13,11 +13,12 @@
 typedef struct bf_copier bf_copier_t;
 
 typedef enum {
-    BF_BATCH_MORE = 0, /* batch committed, range has more rows */
-    BF_BATCH_FINAL,    /* range finished */
-    BF_BATCH_FENCED,   /* a newer lease owns the range: drop it */
-    BF_BATCH_RETRY,    /* transient failure (connection, Redis): retry later */
-    BF_BATCH_FATAL,    /* data or schema problem: needs a person */
+    BF_BATCH_MORE = 0,  /* batch committed, range has more rows */
+    BF_BATCH_FINAL,     /* range finished */
+    BF_BATCH_FENCED,    /* a newer lease owns the range: drop it */
+    BF_BATCH_RETRY,     /* transient failure (connection, Redis): retry later */
+    BF_BATCH_FATAL,     /* data or schema problem: needs a person */
+    BF_BATCH_ROW_ERROR, /* internal to the copier: the target refused a row */
 } bf_batch_result_t;
 
 /* A lease being worked on. */
@@ -25,6 +26,8 @@ typedef struct {
     bf_range_t range; /* id, table, lo, hi, cursor (advances), token, seq (advances) */
     int64_t rows;     /* rows copied under this lease */
     int64_t bytes;    /* bytes copied under this lease */
+    int64_t limit;    /* rows per batch while isolating a rejected row; 0 = the job's */
+    int64_t rejects;  /* rows written to backfill_rejects under this lease */
     char error[1024]; /* for BF_BATCH_FATAL / RETRY: what went wrong */
 } bf_lease_work_t;
 

@@ -285,8 +285,9 @@ static void s_work(worker_t *w)
         s_drop_lease(w);
         return;
     case BF_BATCH_RETRY:
+    case BF_BATCH_ROW_ERROR: /* never returned by bf_copier_batch */
     case BF_BATCH_FATAL: {
-        bool fatal = r == BF_BATCH_FATAL;
+        bool fatal = r != BF_BATCH_RETRY;
         /* Only data errors count against the range's attempts; a server that is
          * down is waited for with backoff. */
         int rel = bf_copier_release(w->copier, l, l->error, fatal);
