@@ -49,7 +49,7 @@ static void s_route_clear(bf_route_plan_t *rp, int nkeys)
 {
     char **f[] = {&rp->label,       &rp->qname,     &rp->filter,  &rp->select_list,
                   &rp->target_cols, &rp->src_row,   &rp->tgt_row, &rp->tkey_row,
-                  &rp->stage,       &rp->stage_ddl, &rp->merge};
+                  &rp->stage,       &rp->stage_ddl, &rp->merge,   &rp->select_named};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         free(*f[i]);
         *f[i] = NULL;

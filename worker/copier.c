@@ -114,7 +114,14 @@ static int s_connect(bf_copier_t *self, int t, char *err, size_t errlen)
         char what[96];
         snprintf(what, sizeof what, "target %s", job->targets[ti].alias);
         self->tgt[ti] = bf_pg_connect(job->targets[ti].dsn, what);
-        if (!self->tgt[ti] || bf_pg_exec(self->tgt[ti], "SET synchronous_commit = off") != 0) {
+        /* The application name tells this job's sessions apart (s_take_range ends
+         * only those); job names are [A-Za-z0-9_.-], safe in a literal. */
+        char *set = bf_xasprintf("SET synchronous_commit = off; SET application_name = "
+                                 "'backfill worker %s'",
+                                 job->name);
+        int set_rc = self->tgt[ti] ? bf_pg_exec(self->tgt[ti], set) : -1;
+        free(set);
+        if (set_rc != 0) {
             bf_pg_destroy(&self->tgt[ti]);
             snprintf(err, errlen, "cannot connect to target %s", job->targets[ti].alias);
             return -1;
