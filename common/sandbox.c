@@ -1470,10 +1470,14 @@ int bf_sandbox_stop(bf_sandbox_t *sb, bool keep_dir)
     return rc;
 }
 
-int bf_sandbox_redis_restart(bf_sandbox_t *sb)
+/* Stops and starts one server of a loaded sandbox (pg: PostgreSQL, else Redis),
+ * down_ms apart, under the directory lock. */
+static int s_restart(bf_sandbox_t *sb, bool pg, int down_ms)
 {
-    if (!sb || !sb->dir[0] || sb->redis_port <= 0) {
-        log_error("sandbox: redis restart without a loaded sandbox");
+    const char *name = pg ? "PostgreSQL" : "Redis";
+    int port = pg ? sb ? sb->pg_port : 0 : sb ? sb->redis_port : 0;
+    if (!sb || !sb->dir[0] || port <= 0) {
+        log_error("sandbox: %s restart without a loaded sandbox", name);
         return -1;
     }
     s_ctx_t c;
@@ -1483,35 +1487,25 @@ int bf_sandbox_redis_restart(bf_sandbox_t *sb)
         return -1;
     }
     int lock = s_lock_dir(sb->dir);
-    int rc = s_redis_stop(&c) == 0 && s_redis_start(&c, sb->redis_port) == 0 ? 0 : -1;
+    int rc = pg ? s_pg_stop(&c) : s_redis_stop(&c);
+    if (rc == 0 && down_ms > 0)
+        s_sleep_ms(down_ms);
+    if (rc == 0)
+        rc = pg ? s_pg_start(&c) : s_redis_start(&c, port);
     s_unlock_dir(lock);
     if (rc == 0)
-        log_info("sandbox: Redis restarted on 127.0.0.1:%d", sb->redis_port);
-    return rc;
+        log_info("sandbox: %s restarted on 127.0.0.1:%d", name, port);
+    return rc == 0 ? 0 : -1;
+}
+
+int bf_sandbox_redis_restart(bf_sandbox_t *sb)
+{
+    return s_restart(sb, false, 0);
 }
 
 int bf_sandbox_pg_restart(bf_sandbox_t *sb, int down_ms)
 {
-    if (!sb || !sb->dir[0] || sb->pg_port <= 0) {
-        log_error("sandbox: PostgreSQL restart without a loaded sandbox");
-        return -1;
-    }
-    s_ctx_t c;
-    s_ctx_existing(&c, sb);
-    if (c.drop && !c.have_runner) {
-        log_error("sandbox: cannot tell which user runs the servers in %s", sb->dir);
-        return -1;
-    }
-    int lock = s_lock_dir(sb->dir);
-    int rc = s_pg_stop(&c);
-    if (rc == 0 && down_ms > 0)
-        s_sleep_ms(down_ms);
-    if (rc == 0)
-        rc = s_pg_start(&c);
-    s_unlock_dir(lock);
-    if (rc == 0)
-        log_info("sandbox: PostgreSQL restarted on 127.0.0.1:%d", sb->pg_port);
-    return rc;
+    return s_restart(sb, true, down_ms);
 }
 
 /* Percent-encodes everything but RFC 3986 unreserved characters. */

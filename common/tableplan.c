@@ -271,6 +271,26 @@ static char *s_route_filter(const bf_table_t *t, int r)
     return bf_strbuf_take(&f);
 }
 
+/* After a probe of all expressions failed: the first target column whose
+ * expression (cast to the column's type when cast) fails alone, with the error in
+ * src->errmsg; -1 when none does alone. */
+static int s_culprit(bf_pg_t *src, const char *qname, const PGresult *tcols, char *const *exprs,
+                     int ntc, bool cast)
+{
+    for (int i = 0; i < ntc; i++) {
+        if (!exprs[i])
+            continue;
+        char *one = cast ? bf_xasprintf("(%s)::%s", exprs[i], PQgetvalue(tcols, i, C_TYPE))
+                         : bf_xasprintf("(%s)", exprs[i]);
+        PGresult *p1 = s_probe(src, one, qname, NULL);
+        free(one);
+        if (!p1)
+            return i;
+        PQclear(p1);
+    }
+    return -1;
+}
+
 /* Resolves route r of table t: columns, expressions, mode. */
 static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_table_t *t, int r,
                            bf_pg_t *src, bf_pg_t *tgt, const PGresult *scols, char *err,
@@ -356,17 +376,8 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
     }
     probe = s_probe(src, sel.buf, tp->src_qname, NULL);
     if (!probe) {
-        /* Find the culprit. */
-        for (int i = 0; i < ntc; i++) {
-            if (!exprs[i])
-                continue;
-            char *one = bf_xasprintf("(%s)", exprs[i]);
-            PGresult *p1 = s_probe(src, one, tp->src_qname, NULL);
-            free(one);
-            if (p1) {
-                PQclear(p1);
-                continue;
-            }
+        int i = s_culprit(src, tp->src_qname, tcols, exprs, ntc, false);
+        if (i >= 0) {
             const bf_column_t *jc = s_job_column(t, PQgetvalue(tcols, i, C_NAME));
             snprintf(err, errlen,
                      "%s:%d: table %s -> %s: column %s: expression '%s' is not valid on the "
@@ -411,16 +422,8 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
     rp->ncols = k;
     PGresult *cast = s_probe(src, srow.buf, tp->src_qname, NULL);
     if (!cast) {
-        for (int i = 0; i < ntc; i++) {
-            if (!exprs[i])
-                continue;
-            char *one = bf_xasprintf("(%s)::%s", exprs[i], PQgetvalue(tcols, i, C_TYPE));
-            PGresult *p1 = s_probe(src, one, tp->src_qname, NULL);
-            free(one);
-            if (p1) {
-                PQclear(p1);
-                continue;
-            }
+        int i = s_culprit(src, tp->src_qname, tcols, exprs, ntc, true);
+        if (i >= 0) {
             const bf_column_t *jc = s_job_column(t, PQgetvalue(tcols, i, C_NAME));
             snprintf(err, errlen,
                      "%s:%d: table %s -> %s: column %s: '%s' cannot be written to a column of "

@@ -319,6 +319,24 @@ static const char *s_target_label(const bf_tableplan_t *tp, int ti)
     return "?";
 }
 
+/* Appends the source condition of route rp's rows in the batch: key in (lower,
+ * end] (lower NULL = from the range's lo; end NULL = up to its hi), route filter. */
+static void s_batch_cond(bf_strbuf_t *sql, bf_pg_t *src, const bf_tableplan_t *tp,
+                         const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
+                         const char *end)
+{
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, lower, end ? NULL : r->hi);
+    bf_strbuf_append(sql, cond);
+    free(cond);
+    if (end) {
+        char *c = bf_tableplan_key_cmp(tp, src, "<=", end);
+        bf_strbuf_appendf(sql, " AND %s", c);
+        free(c);
+    }
+    if (rp->filter)
+        bf_strbuf_appendf(sql, " AND %s", rp->filter);
+}
+
 /* Copies route rp's rows of the batch: source rows with key in (lower, end] (lower
  * NULL = from the range's lo; end NULL = up to its hi) that pass the route's
  * filter, straight into the target table (insert) or through its staging table. */
@@ -326,19 +344,10 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
                         const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
                         const char *end, int64_t *rows, int64_t *bytes, bool *src_failed)
 {
-    char *cond = bf_tableplan_range_cond(tp, src, r->lo, lower, end ? NULL : r->hi);
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
-    bf_strbuf_appendf(&sql, "COPY (SELECT %s FROM %s WHERE %s", rp->select_list, tp->src_qname,
-                      cond);
-    free(cond);
-    if (end) {
-        char *c = bf_tableplan_key_cmp(tp, src, "<=", end);
-        bf_strbuf_appendf(&sql, " AND %s", c);
-        free(c);
-    }
-    if (rp->filter)
-        bf_strbuf_appendf(&sql, " AND %s", rp->filter);
+    bf_strbuf_appendf(&sql, "COPY (SELECT %s FROM %s WHERE ", rp->select_list, tp->src_qname);
+    s_batch_cond(&sql, src, tp, rp, r, lower, end);
     bf_strbuf_append(&sql, ") TO STDOUT (FORMAT binary)");
     char *copy_in = bf_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)",
                                  rp->stage ? rp->stage : rp->qname, rp->target_cols);
@@ -363,21 +372,13 @@ static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const b
                           const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
                           const char *end, const char *error, char *key_out, size_t key_len)
 {
-    char *cond = bf_tableplan_range_cond(tp, src, r->lo, lower, end ? NULL : r->hi);
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
     bf_strbuf_appendf(&sql,
                       "SELECT bf_key, (to_jsonb(x) - 'bf_key')::text FROM (SELECT %s AS bf_key, "
-                      "%s FROM %s WHERE %s",
-                      tp->key_text, rp->select_named, tp->src_qname, cond);
-    free(cond);
-    if (end) {
-        char *c = bf_tableplan_key_cmp(tp, src, "<=", end);
-        bf_strbuf_appendf(&sql, " AND %s", c);
-        free(c);
-    }
-    if (rp->filter)
-        bf_strbuf_appendf(&sql, " AND %s", rp->filter);
+                      "%s FROM %s WHERE ",
+                      tp->key_text, rp->select_named, tp->src_qname);
+    s_batch_cond(&sql, src, tp, rp, r, lower, end);
     bf_strbuf_appendf(&sql, " ORDER BY %s LIMIT 1) x", tp->key_list);
     PGresult *res = bf_pg_query(src, sql.buf, 0, NULL);
     bf_strbuf_free(&sql);
