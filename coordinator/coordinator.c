@@ -468,6 +468,29 @@ static void s_tick(bf_coord_t *self)
         self->workers[i].nowork_sent = false;
 }
 
+/* After a stop: the first rows the targets refused and that were set aside, so
+ * that the person fixing the job sees them with the error. */
+static void s_show_rejects(bf_coord_t *self)
+{
+    const bf_job_t *job = self->ctx.job;
+    for (int i = 0; i < job->ntargets; i++) {
+        bf_pg_t *tgt = self->ctx.tgt ? self->ctx.tgt[i] : NULL;
+        if (!bf_pg_is_alive(tgt))
+            continue;
+        const char *params[] = {job->name};
+        PGresult *res = bf_pg_query_quiet(
+            tgt,
+            "SELECT tbl, key, error, count(*) OVER () FROM public.backfill_rejects WHERE job = $1 "
+            "ORDER BY at, tbl, key LIMIT 5",
+            1, params);
+        for (int r = 0; res && r < PQntuples(res); r++)
+            log_error("refused earlier (%s of %s in public.backfill_rejects on %s): %s key %s: %s",
+                      r == 0 ? "first" : "next", PQgetvalue(res, 0, 3), job->targets[i].alias,
+                      PQgetvalue(res, r, 0), PQgetvalue(res, r, 1), PQgetvalue(res, r, 2));
+        PQclear(res);
+    }
+}
+
 int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(void *),
                    void *tick_arg)
 {
@@ -529,8 +552,10 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         bf_msg_t m = {.type = BF_MSG_DRAIN, .done = rc == BF_EXIT_OK, .deadline_ms = 10000};
         s_send(self, &self->workers[i], &m);
     }
-    if (rc == BF_EXIT_DATA)
+    if (rc == BF_EXIT_DATA) {
         log_error("job stopped: %s", self->fail_msg);
+        s_show_rejects(self);
+    }
     return rc;
 }
 

@@ -6,14 +6,14 @@
 # (refused rows are left out of the comparison). With the default (0) the job stops
 # with an error naming the table and the key.
 . "$(dirname "$0")/lib.sh"
-fresh_db rj_src rj_tgt rj_tgt2
+fresh_db rj_src rj_tgt rj_tgt2 rj_tgt3
 q rj_src "
 CREATE TABLE items (id bigint PRIMARY KEY, code text NOT NULL, qty integer NOT NULL);
 INSERT INTO items SELECT g, 'C' || g, g % 100 FROM generate_series(1, 100000) g;
 UPDATE items SET code = 'much-too-long-' || id WHERE id IN (12345, 67890);
 UPDATE items SET qty = -5 WHERE id = 99999;
 ANALYZE;" >/dev/null
-for db in rj_tgt rj_tgt2; do
+for db in rj_tgt rj_tgt2 rj_tgt3; do
     q "$db" "CREATE TABLE items (id bigint PRIMARY KEY, code varchar(10) NOT NULL,
         qty integer NOT NULL CHECK (qty >= 0))" >/dev/null
 done
@@ -62,3 +62,16 @@ grep -q 'table public.items -> svc.public.items: the target refused the row with
     fail "error does not name table and key: $(grep -i error "$WORK/run2.err" | tail -3)"
 grep -q 'job stopped' "$WORK/run2.err" || fail "no 'job stopped' line"
 expect_eq "$(q rj_tgt2 "SELECT count(*) FROM backfill_rejects")" 0 "rows set aside with the default"
+
+# Past the allowance: with --max-rejects 2 the third refused row stops the job, and
+# the rows set aside so far are shown with their errors.
+forget_job rjm
+job rjm rj_tgt3 >"$WORK/max2.yaml"
+rc=0
+"$BF" run "$WORK/max2.yaml" --workers 1 --max-rejects 2 >"$WORK/run3.out" 2>"$WORK/run3.err" || rc=$?
+expect_eq "$rc" 4 "exit code past --max-rejects 2"
+grep -q 'the target refused the row with key 99999: .*2 rows were refused already, the most --max-rejects allows (2)' \
+    "$WORK/run3.err" || fail "no past-the-limit error: $(grep -i error "$WORK/run3.err" | tail -3)"
+expect_eq "$(grep -c 'refused earlier' "$WORK/run3.err")" 2 "earlier refused rows shown"
+grep -q 'refused earlier (first of 2 in public.backfill_rejects on svc): svc.public.items key 12345: value too long' \
+    "$WORK/run3.err" || fail "first refused row not shown: $(grep 'refused earlier' "$WORK/run3.err")"
