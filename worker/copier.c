@@ -534,6 +534,17 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         rows += n;
         bytes += b;
     }
+    if (reject_route >= 0 && !same) {
+        /* The batch here is not the one row isolated from the Redis cursor (this
+         * target is behind it): setting a row aside could skip others. */
+        snprintf(w->error, sizeof w->error,
+                 "table %s -> %s: the target refused a row while it was behind its checkpoint "
+                 "(fence after %s, redis after %s): %s",
+                 tp->src_label, tp->routes[reject_route].label, lower ? lower : "the start",
+                 r->cursor ? r->cursor : "the start", reject_error);
+        result = BF_BATCH_FATAL;
+        goto rollback;
+    }
     if (reject_route >= 0) {
         char key[512] = "";
         int rc = s_write_reject(self, src, tgt, tp, &tp->routes[reject_route], r, lower, end,
