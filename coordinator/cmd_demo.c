@@ -9,10 +9,19 @@
 #include "strbuf.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+static volatile sig_atomic_t s_interrupted = 0;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_interrupted = 1;
+}
 
 static const char *SQL_MONOLITH =
     "CREATE TABLE auth_user (id integer PRIMARY KEY, username varchar(150) NOT NULL,"
@@ -131,6 +140,11 @@ int bf_cmd_demo(int argc, char **argv)
         return BF_EXIT_USAGE;
     }
     bf_log_set_role("demo");
+    /* Ctrl-C while the servers run must still stop them: the default action would
+     * leave a PostgreSQL and a Redis behind in /tmp. The step in progress finishes. */
+    struct sigaction sa = {.sa_handler = s_on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     bf_sandbox_t sb;
     char src[512] = "", job_path[600] = "";
     log_info("starting a throwaway PostgreSQL and Redis");
@@ -149,6 +163,11 @@ int bf_cmd_demo(int argc, char **argv)
         goto done;
     }
     free(sql);
+    if (s_interrupted) {
+        log_info("interrupted; stopping the servers");
+        rc = BF_EXIT_INTERRUPTED;
+        goto done;
+    }
     log_info("data ready in %.1f s", (double)(bf_now_ms() - t0) / 1000.0);
 
     char trading[512], billing[512];

@@ -10,3 +10,17 @@ grep -Eq '^summary: 370000 rows in 3 tables copied by 3 workers in [0-9.]+ s \([
 dir=$(grep -o 'env in [^ ]*' "$WORK/demo.err" | head -1 | sed 's/env in //; s#/env$##')
 [ -n "$dir" ] || fail "sandbox dir not logged"
 [ ! -e "$dir" ] || fail "demo left $dir behind"
+
+# Interrupted while it loads the sample data, it still stops its servers.
+"$BF" demo --rows 300000 >"$WORK/int.out" 2>"$WORK/int.err" &
+pid=$!
+BG_PIDS+=("$pid")
+loading() { grep -q 'creating the monolith' "$WORK/int.err"; }
+wait_for 60 loading || fail "demo never started loading"
+kill -TERM "$pid"
+rc=0
+wait "$pid" || rc=$?
+expect_eq "$rc" 130 "interrupted demo's exit code"
+dir=$(grep -o 'env in [^ ]*' "$WORK/int.err" | head -1 | sed 's/env in //; s#/env$##')
+[ -n "$dir" ] && [ ! -e "$dir" ] || fail "interrupted demo left ${dir:-its sandbox} behind"
+if pgrep -f "postgres -D $dir/pgdata" >/dev/null; then fail "interrupted demo left PostgreSQL running"; fi
