@@ -82,6 +82,16 @@ void bf_pg_set_error(bf_pg_t *self, const PGresult *res)
     s_one_line(self->detail, sizeof self->detail, detail ? detail : "");
 }
 
+void bf_pg_cancel(bf_pg_t *self)
+{
+    PGcancel *cancel = PQgetCancel(self->conn);
+    char errbuf[256];
+    if (cancel) {
+        PQcancel(cancel, errbuf, sizeof errbuf);
+        PQfreeCancel(cancel);
+    }
+}
+
 void bf_pg_set_tick(bf_pg_t *self, bool (*tick)(void *arg), void *arg)
 {
     self->tick = tick;
@@ -109,12 +119,7 @@ static PGresult *s_exec_ticking(bf_pg_t *self, const char *sql, int nparams,
         if (n > 0 && !PQconsumeInput(c))
             break; /* connection lost: PQgetResult reports it */
         if (n == 0 && !cancel_sent && self->tick(self->tick_arg)) {
-            PGcancel *cancel = PQgetCancel(c);
-            char errbuf[256];
-            if (cancel) {
-                PQcancel(cancel, errbuf, sizeof errbuf);
-                PQfreeCancel(cancel);
-            }
+            bf_pg_cancel(self);
             cancel_sent = true;
         }
     }

@@ -22,6 +22,9 @@ typedef struct {
  * when tick returns true the statement is cancelled and fails (SQLSTATE 57014). */
 void bf_pg_set_tick(bf_pg_t *self, bool (*tick)(void *arg), void *arg);
 
+/* Asks the server to cancel the statement in progress (best effort). */
+void bf_pg_cancel(bf_pg_t *self);
+
 /* Connects with a 5 s connect_timeout (unless the DSN sets one). On failure logs
  * one line naming `what` and the redacted DSN and
  * returns NULL. */

@@ -230,8 +230,7 @@ static int64_t s_done_total(bf_coord_t *self, int64_t *failed)
 
 bool bf_coord_complete(bf_coord_t *self)
 {
-    int64_t failed = 0;
-    return s_done_total(self, &failed) >= self->nranges;
+    return bf_rstate_is_complete(self->ctx.redis) == 1;
 }
 
 int bf_coord_bind(bf_coord_t *self, const char *endpoint)

@@ -51,6 +51,8 @@ void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg)
     self->tick_arg = arg;
 }
 
+static bf_rstate_t *s_redis(bf_copier_t *self);
+
 /* The tick of the copier's connections: the caller's, remembering a stop. */
 static bool s_tick(void *arg)
 {
@@ -83,14 +85,6 @@ void bf_copier_destroy(bf_copier_t **self_p)
     *self_p = NULL;
 }
 
-static int s_target_index(const bf_job_t *job, const char *alias)
-{
-    for (int i = 0; i < job->ntargets; i++)
-        if (strcmp(job->targets[i].alias, alias) == 0)
-            return i;
-    return -1;
-}
-
 /* Opens (or reopens after a failure) what a batch of table `t` needs: the source,
  * every target its routes write to, Redis. */
 static int s_connect(bf_copier_t *self, int t, char *err, size_t errlen)
@@ -107,7 +101,8 @@ static int s_connect(bf_copier_t *self, int t, char *err, size_t errlen)
             bf_pg_set_tick(self->src, s_tick, self);
     }
     for (int r = 0; r < job->tables[t].nroutes; r++) {
-        int ti = s_target_index(job, job->tables[t].routes[r].alias);
+        const bf_target_t *target = bf_job_target(job, job->tables[t].routes[r].alias);
+        int ti = target ? (int)(target - job->targets) : -1;
         if (ti < 0 || bf_pg_is_alive(self->tgt[ti]))
             continue;
         bf_pg_destroy(&self->tgt[ti]);
@@ -130,12 +125,9 @@ static int s_connect(bf_copier_t *self, int t, char *err, size_t errlen)
         if (self->tick)
             bf_pg_set_tick(self->tgt[ti], s_tick, self);
     }
-    if (!self->redis) {
-        self->redis = bf_rstate_connect(job->redis, job->name);
-        if (!self->redis) {
-            snprintf(err, errlen, "cannot connect to redis");
-            return -1;
-        }
+    if (!s_redis(self)) {
+        snprintf(err, errlen, "cannot connect to redis");
+        return -1;
     }
     return 0;
 }
@@ -189,12 +181,7 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
                 /* Stop now: cancel the source COPY (the loop drains what is in
                  * flight) and abort the target's. */
                 abandoned = put_failed = true;
-                PGcancel *cancel = PQgetCancel(src->conn);
-                char errbuf[256];
-                if (cancel) {
-                    PQcancel(cancel, errbuf, sizeof errbuf);
-                    PQfreeCancel(cancel);
-                }
+                bf_pg_cancel(src);
             }
             next_tick = bf_now_ms() + 500;
         }
@@ -360,12 +347,6 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
     return rc;
 }
 
-/* One batch on one target (every route of the table that writes there), in one
- * target transaction with the range's fence row. With reject_route >= 0 the batch
- * is one row that route's target refused: it goes to backfill_rejects instead. The fence row is the
- * truth about this target: it copies from its own fence cursor, which differs from the Redis cursor
- * only after a crash between a commit and its checkpoint (ahead) or a lost unsynchronised commit
- * (behind). Sets *done when this target holds the whole range (now or already). */
 /* Writes the one row of route rp in (lower, end] to backfill_rejects with the
  * error it got, in the batch's transaction (the fence then moves past it). */
 static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
@@ -408,6 +389,13 @@ static bool s_is_row_error(const char *sqlstate)
     return strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0;
 }
 
+/* One batch on one target (every route of the table that writes there), in one
+ * target transaction with the range's fence row. With reject_route >= 0 the batch
+ * is one row that route's target refused: it goes to backfill_rejects instead.
+ * The fence row is the truth about this target: it copies from its own fence
+ * cursor, which differs from the Redis cursor only after a crash between a commit
+ * and its checkpoint (ahead) or a lost unsynchronised commit (behind). Sets *done
+ * when this target holds the whole range (now or already). */
 static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
                                         const bf_tableplan_t *tp, int ti, const char *end,
                                         bool final, int reject_route, const char *reject_error,
@@ -732,16 +720,22 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     return final ? BF_BATCH_FINAL : BF_BATCH_MORE;
 }
 
+/* The Redis connection, opened when first needed; NULL when Redis is unreachable. */
+static bf_rstate_t *s_redis(bf_copier_t *self)
+{
+    if (!self->redis)
+        self->redis = bf_rstate_connect(self->job->redis, self->job->name);
+    return self->redis;
+}
+
 int bf_copier_job_complete(bf_copier_t *self)
 {
-    if (!self->redis && !(self->redis = bf_rstate_connect(self->job->redis, self->job->name)))
-        return -1;
-    return bf_rstate_is_complete(self->redis);
+    return s_redis(self) ? bf_rstate_is_complete(self->redis) : -1;
 }
 
 int bf_copier_release(bf_copier_t *self, bf_lease_work_t *w, const char *reason, bool failure)
 {
-    if (!self->redis && !(self->redis = bf_rstate_connect(self->job->redis, self->job->name)))
+    if (!s_redis(self))
         return -1;
     return bf_rstate_release(self->redis, w->range.id, w->range.token, reason, failure,
                              MAX_ATTEMPTS);

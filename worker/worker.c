@@ -256,6 +256,17 @@ static bool s_tick(void *arg)
     return now - w->stop_asked >= STOP_GRACE_MS;
 }
 
+/* Tells the coordinator the lease in hand belongs to a newer lease now, and drops it. */
+static void s_send_fenced(worker_t *w, bf_msg_t *m)
+{
+    m->type = BF_MSG_FAIL;
+    m->code = (char *)"FENCED";
+    m->message = w->lease->error;
+    m->retryable = true;
+    s_send(w, m);
+    s_drop_lease(w);
+}
+
 /* Runs one batch of the lease in hand and reports the outcome. */
 static void s_work(worker_t *w)
 {
@@ -277,12 +288,7 @@ static void s_work(worker_t *w)
         return;
     case BF_BATCH_FENCED:
         log_warn("fenced: %s; dropping the range", l->error);
-        m.type = BF_MSG_FAIL;
-        m.code = (char *)"FENCED";
-        m.message = l->error;
-        m.retryable = true;
-        s_send(w, &m);
-        s_drop_lease(w);
+        s_send_fenced(w, &m);
         return;
     case BF_BATCH_RETRY:
     case BF_BATCH_ROW_ERROR: /* never returned by bf_copier_batch */
@@ -297,12 +303,7 @@ static void s_work(worker_t *w)
             log_warn("fenced: range %lld is no longer this worker's lease (taken over while "
                      "it was away); its uncommitted batch was rolled back (%s)",
                      (long long)l->range.id, l->error);
-            m.type = BF_MSG_FAIL;
-            m.code = (char *)"FENCED";
-            m.message = l->error;
-            m.retryable = true;
-            s_send(w, &m);
-            s_drop_lease(w);
+            s_send_fenced(w, &m);
             return;
         }
         if (!fatal && (s_stop || w->draining))

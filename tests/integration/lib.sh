@@ -104,14 +104,16 @@ make_service() {
     CREATE TABLE notes (id smallint PRIMARY KEY, body text);" >/dev/null
 }
 
-# write_job FILE NAME SRC_DB TGT_DB [batch_rows] [range_rows]
+# write_job FILE NAME SRC_DB TGT_DB [batch_rows] [range_rows]: the standard
+# monolith's three tables into svc. JOB_REDIS / JOB_TARGET override the Redis URL
+# and the target DSN (servers other than the fixture's).
 write_job() {
     cat >"$1" <<YAML
 name: $2
 source: $(uri "$3")
-redis: $BF_REDIS_URL
+redis: ${JOB_REDIS:-$BF_REDIS_URL}
 targets:
-  svc: $(uri "$4")
+  svc: ${JOB_TARGET:-$(uri "$4")}
 batch_rows: ${5:-5000}
 range_rows: ${6:-50000}
 tables:
@@ -189,4 +191,22 @@ start_worker() {
 # redis_cmd ARGS...: a command against the sandbox's Redis.
 redis_cmd() {
     redis-cli -p "$BF_REDIS_PORT" "$@"
+}
+
+# expect_job_done SRC_DB TGT_DB WORKER_NAME=PID...: the coordinator $CPID exits 0
+# reporting completion, each worker exits 0 after joining, verify passes and the
+# tables match.
+expect_job_done() {
+    local src=$1 tgt=$2 rc=0 spec
+    shift 2
+    wait "$CPID" || rc=$?
+    [ "$rc" -eq 0 ] || tail -n 30 "$WORK/coord.err"
+    expect_eq "$rc" 0 "coordinator exit code"
+    grep -q 'job complete' "$WORK/coord.out" || fail "coordinator did not report completion"
+    for spec in "$@"; do
+        wait "${spec#*=}" || fail "worker ${spec%%=*} exit code $?"
+        grep -q 'joined coordinator' "$WORK/${spec%%=*}.err" || fail "worker ${spec%%=*} never joined"
+    done
+    "$BF" verify "$WORK/job.yaml" >/dev/null || fail "verify"
+    expect_same "$src" "$tgt"
 }

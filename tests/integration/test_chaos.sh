@@ -25,22 +25,8 @@ QPORT=$TPORT q ch_tgt "
     CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
         \$\$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END \$\$;
     CREATE TRIGGER slow AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION slow();"
-cat >"$WORK/job.yaml" <<YAML
-name: chaos
-source: $(uri ch_src)
-redis: redis://127.0.0.1:$TREDIS/0
-targets:
-  svc: postgresql://$BF_PGUSER@127.0.0.1:$TPORT/ch_tgt
-batch_rows: 300
-range_rows: 20000
-tables:
-  - from: public.orders
-    to: svc.public.orders
-  - from: users
-    to: svc.users
-  - from: public.notes
-    to: svc.public.notes
-YAML
+JOB_REDIS=redis://127.0.0.1:$TREDIS/0 JOB_TARGET=postgresql://$BF_PGUSER@127.0.0.1:$TPORT/ch_tgt \
+    write_job "$WORK/job.yaml" chaos ch_src - 300 20000
 
 workers=()
 nworkers=0

@@ -37,17 +37,7 @@ done
     { cat "$WORK/spam2.err"; fail "bf_spam (while copying) exit code $?"; }
 grep -q '^sent [0-9]* frames' "$WORK/spam2.out" || fail "bf_spam (while copying) did not report"
 
-rc=0
-wait "$cpid" || rc=$?
-[ "$rc" -eq 0 ] || tail -n 30 "$WORK/coord.err"
-expect_eq "$rc" 0 "coordinator exit code"
-wait "$w1" || fail "worker 1 exit code $?"
-wait "$w2" || fail "worker 2 exit code $?"
-grep -q 'job complete' "$WORK/coord.out" || fail "coordinator did not report completion"
-grep -q 'joined coordinator' "$WORK/w1.err" || fail "worker 1 never joined"
-grep -q 'joined coordinator' "$WORK/w2.err" || fail "worker 2 never joined"
-"$BF" verify "$WORK/job.yaml" >/dev/null || fail "verify"
-expect_same hf_src hf_tgt
+expect_job_done hf_src hf_tgt w1="$w1" w2="$w2"
 
 # The drops were logged, but rate-limited.
 grep -q 'dropped' "$WORK/coord.err" || fail "coordinator logged no dropped frame"

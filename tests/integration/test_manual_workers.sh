@@ -23,13 +23,4 @@ done
 "$BF" worker --connect "tcp://127.0.0.1:$port" 2>"$WORK/w2.err" &
 w2=$!
 BG_PIDS+=("$w2")
-rc=0
-wait "$cpid" || rc=$?
-expect_eq "$rc" 0 "coordinator exit code"
-wait "$w1" || fail "worker 1 exit code $?"
-wait "$w2" || fail "worker 2 exit code $?"
-grep -q 'job complete' "$WORK/coord.out" || fail "coordinator did not report completion"
-grep -q 'joined coordinator' "$WORK/w1.err" || fail "worker 1 never joined"
-grep -q 'joined coordinator' "$WORK/w2.err" || fail "worker 2 never joined"
-"$BF" verify "$WORK/job.yaml" >/dev/null || fail "verify"
-expect_same mw_src mw_tgt
+expect_job_done mw_src mw_tgt w1="$w1" w2="$w2"

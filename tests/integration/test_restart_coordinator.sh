@@ -8,15 +8,13 @@ make_service rc_tgt
 forget_job rcj
 write_job "$WORK/job.yaml" rcj rc_src rc_tgt 1000 20000
 
-port=$((20000 + RANDOM % 30000))
-"$BF" coordinator "$WORK/job.yaml" --bind "tcp://127.0.0.1:$port" >"$WORK/c1.out" 2>"$WORK/c1.err" &
-c1=$!
-BG_PIDS+=("$c1")
-"$BF" worker --connect "tcp://127.0.0.1:$port" 2>"$WORK/w1.err" &
-w1=$!
-"$BF" worker --connect "tcp://127.0.0.1:$port" 2>"$WORK/w2.err" &
-w2=$!
-BG_PIDS+=("$w1" "$w2")
+start_coordinator c1 auto "$WORK/job.yaml"
+c1=$CPID
+port=$PORT
+start_worker w1
+w1=$WPID
+start_worker w2
+w2=$WPID
 for _ in $(seq 1 300); do
     [ "$(q rc_tgt 'SELECT count(*) FROM orders')" -gt 20000 ] && break
     sleep 0.1
