@@ -181,6 +181,8 @@ int bf_cmd_coordinator(int argc, char **argv)
     if (rc == BF_EXIT_OK) {
         printf("job complete\n");
         bf_coord_summary(coord, stdout);
+        fflush(stdout);
+        bf_coord_linger_done(coord, 3000, &s_stop);
     } else if (rc == BF_EXIT_INTERRUPTED) {
         log_info("interrupted; start the coordinator again to resume");
     }

@@ -490,6 +490,26 @@ static void s_show_rejects(bf_coord_t *self)
     }
 }
 
+void bf_coord_linger_done(bf_coord_t *self, int ms, volatile sig_atomic_t *stop)
+{
+    long long until = bf_now_ms() + ms;
+    while (bf_now_ms() < until && !(stop && *stop)) {
+        if (!bf_net_wait(self->router, 100))
+            continue;
+        zframe_t *identity = NULL;
+        bf_msg_t m;
+        int r = bf_net_recv(self->router, &identity, &m);
+        if (r == 0 && m.type != BF_MSG_DONE && m.type != BF_MSG_FAIL) {
+            bf_msg_t d = {.type = BF_MSG_DRAIN, .done = true, .deadline_ms = 10000};
+            d.sid = m.sid;
+            d.ep = self->epoch;
+            bf_net_send(self->router, identity, &d);
+        }
+        bf_msg_clear(&m);
+        zframe_destroy(&identity);
+    }
+}
+
 int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(void *),
                    void *tick_arg)
 {

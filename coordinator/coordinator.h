@@ -37,6 +37,11 @@ int bf_coord_bind(bf_coord_t *self, const char *endpoint);
 int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(void *),
                    void *tick_arg);
 
+/* After the job is done: for ms, any peer that speaks (a worker still joining or
+ * reconnecting) is told so, and exits instead of waiting for a coordinator that
+ * is gone. */
+void bf_coord_linger_done(bf_coord_t *self, int ms, volatile sig_atomic_t *stop);
+
 /* Prints the end-of-job summary (rows, seconds, rows/s) to stdout. */
 void bf_coord_summary(bf_coord_t *self, FILE *out);
 

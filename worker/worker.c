@@ -163,6 +163,15 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
         w->next_hello = 0;
         return true;
     }
+    if (m->type == BF_MSG_DRAIN && m->done && m->sid == 0) {
+        /* Answer to a HELLO that reached a coordinator whose job is finished. */
+        log_info("job finished (the coordinator says so); %lld ranges and %lld rows copied by "
+                 "this worker",
+                 (long long)w->ranges_done, (long long)w->rows_done);
+        w->draining = w->finished = true;
+        w->exit_code = BF_EXIT_OK;
+        return true;
+    }
     if (w->sid == 0 || m->sid != w->sid || m->ep != w->ep) {
         log_debug("dropped %s from an old session", bf_msg_type_name(m->type));
         if (m->type == BF_MSG_LEASE && w->copier) {

@@ -124,7 +124,14 @@ expect_eq "$rc" 0 "final coordinator's exit code ($(tail -2 "$WORK/c$ncoord.err"
 # Every worker exits by itself: with DRAIN from the coordinator, or, when the
 # coordinator is gone, after seeing in Redis that every range is done.
 no_workers() { [ -z "$(alive_workers)" ]; }
-wait_for 45 no_workers || fail "workers still running 45 s after the job finished: $(alive_workers)"
+if ! wait_for 45 no_workers; then
+    for i in "${!workers[@]}"; do
+        kill -0 "${workers[$i]}" 2>/dev/null || continue
+        echo "--- w$((i + 1)) (pid ${workers[$i]}), still running:"
+        tail -5 "$WORK/w$((i + 1)).err"
+    done
+    fail "workers still running 45 s after the job finished: $(alive_workers)"
+fi
 
 echo "injected ${#injected[@]} faults in ${t_chaos} s; the job finished ${t_tail} s later:"
 printf '  %s\n' "${injected[@]}"

@@ -24,3 +24,22 @@ done
 w2=$!
 BG_PIDS+=("$w2")
 expect_job_done mw_src mw_tgt w1="$w1" w2="$w2"
+
+# A worker that arrives just as the job finishes (its HELLO reaches a coordinator
+# that is done) is told so and exits 0 instead of waiting for a coordinator.
+forget_job mw
+q mw_tgt "TRUNCATE orders, users, notes, backfill_fence" >/dev/null
+start_coordinator coord auto "$WORK/job.yaml"
+"$BF" worker --connect "$ENDPOINT" 2>"$WORK/w4.err" &
+BG_PIDS+=("$!")
+for _ in $(seq 1 600); do
+    grep -q 'job complete' "$WORK/coord.out" && break
+    sleep 0.1
+done
+"$BF" worker --connect "$ENDPOINT" 2>"$WORK/w3.err" &
+w3=$!
+BG_PIDS+=("$w3")
+wait_for 10 eval '! kill -0 '"$w3"' 2>/dev/null' || fail "late worker still waiting: $(tail -3 "$WORK/w3.err")"
+wait "$w3" || fail "late worker exit code $?"
+grep -q 'job finished (the coordinator says so)' "$WORK/w3.err" || fail "late worker: $(tail -3 "$WORK/w3.err")"
+wait "$CPID" || fail "coordinator exit code $?"
