@@ -30,9 +30,21 @@ typedef struct {
     size_t cap; /* bytes allocated */
 } s_buf_t;
 
-static const char *s_top_keys[] = {"name",       "source",     "redis",  "targets",
-                                   "batch_rows", "range_rows", "tables", NULL};
-enum { S_NAME, S_SOURCE, S_REDIS, S_TARGETS, S_BATCH_ROWS, S_RANGE_ROWS, S_TABLES, S_NTOP };
+static const char *s_top_keys[] = {"name",       "source",   "redis",        "targets",
+                                   "batch_rows", "batch_ms", "batch_max_mb", "range_rows",
+                                   "tables",     NULL};
+enum {
+    S_NAME,
+    S_SOURCE,
+    S_REDIS,
+    S_TARGETS,
+    S_BATCH_ROWS,
+    S_BATCH_MS,
+    S_BATCH_MAX_MB,
+    S_RANGE_ROWS,
+    S_TABLES,
+    S_NTOP
+};
 
 static const char *s_table_keys[] = {"from", "to",      "key",   "where", "columns",
                                      "mode", "version", "route", NULL};
@@ -356,11 +368,22 @@ static const char *s_show(const char *value, const yaml_node_t *node, bool expan
     return expanded ? s_scalar(node) : value;
 }
 
+static int s_integer(s_loader_t *self, yaml_node_t *node, const char *what, bool zero_ok,
+                     int64_t *out);
+
 /* A positive integer setting. */
 static int s_positive(s_loader_t *self, yaml_node_t *node, const char *what, int64_t *out)
 {
+    return s_integer(self, node, what, false, out);
+}
+
+/* An integer setting >= 0 (zero_ok) or > 0. */
+static int s_integer(s_loader_t *self, yaml_node_t *node, const char *what, bool zero_ok,
+                     int64_t *out)
+{
+    const char *kind = zero_ok ? "0 or a positive integer" : "a positive integer";
     if (node->type != YAML_SCALAR_NODE) {
-        s_fail(self, s_line(node), "'%s' must be a positive integer, not %s", what, s_kind(node));
+        s_fail(self, s_line(node), "'%s' must be %s, not %s", what, kind, s_kind(node));
         return -1;
     }
     bool expanded;
@@ -372,12 +395,12 @@ static int s_positive(s_loader_t *self, yaml_node_t *node, const char *what, int
     int64_t n = 0;
     const char *p = value;
     if (*p == '\0' || *p == '-') {
-        s_fail(self, s_line(node), "'%s' must be a positive integer, got '%.64s'", what, shown);
+        s_fail(self, s_line(node), "'%s' must be %s, got '%.64s'", what, kind, shown);
         goto done;
     }
     for (; *p; p++) {
         if (*p < '0' || *p > '9') {
-            s_fail(self, s_line(node), "'%s' must be a positive integer, got '%.64s'", what, shown);
+            s_fail(self, s_line(node), "'%s' must be %s, got '%.64s'", what, kind, shown);
             goto done;
         }
         int digit = *p - '0';
@@ -388,7 +411,7 @@ static int s_positive(s_loader_t *self, yaml_node_t *node, const char *what, int
         }
         n = n * 10 + digit;
     }
-    if (n == 0) {
+    if (n == 0 && !zero_ok) {
         s_fail(self, s_line(node), "'%s' must be a positive integer, got 0", what);
         goto done;
     }
@@ -970,7 +993,9 @@ static int s_load_root(s_loader_t *self, yaml_node_t *root)
     /* Settings are checked in this order; a missing one is reported when its turn
      * comes, so a malformed earlier setting is reported first. */
     for (int k = 0; k < S_NTOP; k++) {
-        if (!values[k] && k != S_BATCH_ROWS && k != S_RANGE_ROWS) {
+        bool optional =
+            k == S_BATCH_ROWS || k == S_BATCH_MS || k == S_BATCH_MAX_MB || k == S_RANGE_ROWS;
+        if (!values[k] && !optional) {
             s_fail(self, s_line(root), "missing required key '%s'", s_top_keys[k]);
             return -1;
         }
@@ -1015,6 +1040,12 @@ static int s_load_setting(s_loader_t *self, int k, yaml_node_t *node)
     case S_BATCH_ROWS:
         job->batch_rows = BF_DEFAULT_BATCH_ROWS;
         return node ? s_positive(self, node, "batch_rows", &job->batch_rows) : 0;
+    case S_BATCH_MS:
+        job->batch_ms = BF_DEFAULT_BATCH_MS;
+        return node ? s_integer(self, node, "batch_ms", true, &job->batch_ms) : 0;
+    case S_BATCH_MAX_MB:
+        job->batch_max_mb = BF_DEFAULT_BATCH_MAX_MB;
+        return node ? s_positive(self, node, "batch_max_mb", &job->batch_max_mb) : 0;
     case S_RANGE_ROWS:
         job->range_rows = BF_DEFAULT_RANGE_ROWS;
         return node ? s_positive(self, node, "range_rows", &job->range_rows) : 0;

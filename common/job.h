@@ -10,6 +10,8 @@
 
 #define BF_DEFAULT_BATCH_ROWS 10000
 #define BF_DEFAULT_RANGE_ROWS 1000000
+#define BF_DEFAULT_BATCH_MS 1000
+#define BF_DEFAULT_BATCH_MAX_MB 64
 
 typedef struct {
     char *alias; /* name used in `to:` (a YAML key under targets) */
@@ -74,8 +76,10 @@ typedef struct {
     int ntargets;
     bf_table_t *tables;
     int ntables;
-    int64_t batch_rows; /* rows per batch, > 0 */
-    int64_t range_rows; /* target rows per range, > 0 */
+    int64_t batch_rows;   /* rows of a lease's first batch, > 0 */
+    int64_t batch_ms;     /* later batches are sized to take about this long; 0 = fixed */
+    int64_t batch_max_mb; /* and to carry at most this much data */
+    int64_t range_rows;   /* target rows per range, > 0 */
     /* Environment variables the file referenced, with the values used, so the
      * coordinator can ship them to workers along with the text. */
     char **env_names;

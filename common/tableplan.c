@@ -209,20 +209,25 @@ static int s_resolve_key(bf_tableplan_t *tp, const bf_job_t *job, const bf_table
     tp->nkeys = n;
     tp->key_cols = bf_xcalloc((size_t)n, sizeof *tp->key_cols);
     tp->key_types = bf_xcalloc((size_t)n, sizeof *tp->key_types);
-    bf_strbuf_t list, text;
+    bf_strbuf_t list, order, text;
     bf_strbuf_init(&list);
+    bf_strbuf_init(&order);
     bf_strbuf_init(&text);
     for (int i = 0; i < n; i++) {
         int c = s_find_col(scols, names[i]);
         tp->key_cols[i] = bf_pg_ident(src, names[i]);
         tp->key_types[i] = bf_xstrdup(c >= 0 ? PQgetvalue(scols, c, C_TYPE) : "text");
         bf_strbuf_appendf(&list, "%s%s", i ? ", " : "", tp->key_cols[i]);
+        /* Qualified: a bare name in ORDER BY means an output column of that name
+         * first (e.g. "id" of `SELECT id::text`), which would sort as text. */
+        bf_strbuf_appendf(&order, "%s%s.%s", i ? ", " : "", tp->src_qname, tp->key_cols[i]);
         bf_strbuf_appendf(&text, "%s%s::text", i ? ", " : "", tp->key_cols[i]);
     }
     tp->key_row = n == 1 ? bf_xstrdup(list.buf) : bf_xasprintf("(%s)", list.buf);
     tp->key_text =
         n == 1 ? bf_xstrdup(text.buf) : bf_xasprintf("json_build_array(%s)::text", text.buf);
-    tp->key_list = bf_strbuf_take(&list);
+    tp->key_list = bf_strbuf_take(&order);
+    bf_strbuf_free(&list);
     bf_strbuf_free(&text);
     rc = 0;
 done:

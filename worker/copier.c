@@ -26,6 +26,9 @@ struct bf_copier {
     unsigned **stage_gen;  /* per table and route: tgt_gen when its staging table was made */
     bool (*tick)(void *);  /* called during long batches; true = abandon the batch */
     void *tick_arg;
+    int64_t *batch_size; /* per table: rows of the next batch (adapted to batch_ms) */
+    char *last_key;      /* the key of the last row relayed (keyed relay) */
+    size_t last_key_cap;
     bool abandoning;      /* the tick asked to abandon the batch in flight */
     char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
 };
@@ -40,6 +43,9 @@ bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
     self->plans = bf_xcalloc((size_t)job->ntables, sizeof *self->plans);
     self->resolved = bf_xcalloc((size_t)job->ntables, sizeof *self->resolved);
     self->stage_gen = bf_xcalloc((size_t)job->ntables, sizeof *self->stage_gen);
+    self->batch_size = bf_xcalloc((size_t)job->ntables, sizeof *self->batch_size);
+    for (int t = 0; t < job->ntables; t++)
+        self->batch_size[t] = job->batch_rows;
     for (int t = 0; t < job->ntables; t++)
         self->stage_gen[t] = bf_xcalloc((size_t)job->tables[t].nroutes, sizeof *self->stage_gen[t]);
     return self;
@@ -77,6 +83,8 @@ void bf_copier_destroy(bf_copier_t **self_p)
     for (int t = 0; t < self->job->ntables; t++)
         free(self->stage_gen[t]);
     free(self->stage_gen);
+    free(self->batch_size);
+    free(self->last_key);
     free(self->tgt);
     free(self->tgt_gen);
     free(self->plans);
@@ -155,9 +163,66 @@ static int s_batch_end(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_t 
     return 0;
 }
 
-/* Streams the source COPY into the target COPY without parsing rows. */
+/* Binary COPY framing: 11-byte signature, int32 flags, int32 extension length. */
+#define COPY_BIN_HEADER 19
+
+static uint32_t s_be32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
+}
+
+/* Keyed relay: the source's first column is the row's key as text, which the
+ * target must not get. Each CopyData message of a binary COPY TO is one tuple
+ * (the first also carries the file header, the last may be the -1 trailer): the
+ * tuple goes on with its field count less one and without that first field, and
+ * the key is kept in self->last_key (the batch's new cursor). No copy of the row
+ * is made. Returns 0, or -1 when the message is not framed as expected. */
+static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n, bool first,
+                         bool *put_failed)
+{
+    const char *p = buf, *e = buf + n;
+    if (first) {
+        if (n < COPY_BIN_HEADER || memcmp(buf, "PGCOPY\n\377\r\n\0", 11) != 0)
+            return -1;
+        uint32_t ext = s_be32(buf + 15);
+        if (ext > (uint32_t)(n - COPY_BIN_HEADER))
+            return -1;
+        p += COPY_BIN_HEADER + ext;
+        if (!*put_failed && PQputCopyData(tgt->conn, buf, (int)(p - buf)) != 1)
+            *put_failed = true;
+    }
+    if (e - p < 2)
+        return -1;
+    int16_t nf = (int16_t)((unsigned char)p[0] << 8 | (unsigned char)p[1]);
+    if (nf == -1) { /* trailer */
+        if (!*put_failed && PQputCopyData(tgt->conn, p, (int)(e - p)) != 1)
+            *put_failed = true;
+        return e - p == 2 ? 0 : -1;
+    }
+    if (nf < 2 || e - p < 6)
+        return -1;
+    uint32_t klen = s_be32(p + 2);
+    if (klen == UINT32_MAX || klen > (uint32_t)(e - p - 6))
+        return -1;
+    if (klen + 1 > self->last_key_cap) {
+        self->last_key_cap = (klen + 1) * 2;
+        self->last_key = bf_xrealloc(self->last_key, self->last_key_cap);
+    }
+    memcpy(self->last_key, p + 6, klen);
+    self->last_key[klen] = '\0';
+    char count[2] = {(char)((nf - 1) >> 8), (char)((nf - 1) & 0xff)};
+    const char *rest = p + 6 + klen;
+    if (!*put_failed && (PQputCopyData(tgt->conn, count, 2) != 1 ||
+                         PQputCopyData(tgt->conn, rest, (int)(e - rest)) != 1))
+        *put_failed = true;
+    return 0;
+}
+
+/* Streams the source COPY into the target COPY without parsing rows (keyed: see
+ * s_relay_keyed; only the framing and the first field are looked at). */
 static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
-                   const char *copy_in, int64_t *rows, int64_t *bytes)
+                   const char *copy_in, bool keyed, int64_t *rows, int64_t *bytes)
 {
     PGresult *res;
     if (bf_pg_copy_start(tgt, copy_in, true) != 0)
@@ -169,7 +234,9 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         return -1;
     }
     int64_t nbytes = 0;
-    bool put_failed = false, abandoned = false;
+    bool put_failed = false, abandoned = false, bad_frame = false;
+    if (keyed && self->last_key)
+        self->last_key[0] = '\0';
     long long next_tick = bf_now_ms() + 500;
     for (unsigned chunks = 1;; chunks++) {
         char *buf = NULL;
@@ -185,8 +252,15 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
             }
             next_tick = bf_now_ms() + 500;
         }
-        if (!put_failed && PQputCopyData(tgt->conn, buf, n) != 1)
-            put_failed = true; /* keep draining the source so its connection stays usable */
+        /* On a failed put keep draining the source so its connection stays usable. */
+        if (keyed && !bad_frame) {
+            if (s_relay_keyed(self, tgt, buf, n, chunks == 1, &put_failed) != 0) {
+                bad_frame = put_failed = true;
+                bf_pg_cancel(src);
+            }
+        } else if (!keyed && !put_failed && PQputCopyData(tgt->conn, buf, n) != 1) {
+            put_failed = true;
+        }
         if (chunks == 1)
             bf_fault_point("in-copy");
         nbytes += n;
@@ -199,6 +273,16 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
             rc = -1;
         }
         PQclear(res);
+    }
+    if (bad_frame) {
+        PQputCopyEnd(tgt->conn, "unexpected COPY framing from the source");
+        while ((res = PQgetResult(tgt->conn)))
+            PQclear(res);
+        snprintf(src->errmsg, sizeof src->errmsg,
+                 "the source's binary COPY stream is not framed one row per message as "
+                 "expected (PostgreSQL version?)");
+        src->sqlstate[0] = src->detail[0] = '\0';
+        return -1;
     }
     if (abandoned) {
         PQputCopyEnd(tgt->conn, "batch abandoned: the worker is stopping");
@@ -326,19 +410,28 @@ static void s_batch_cond(bf_strbuf_t *sql, bf_pg_t *src, const bf_tableplan_t *t
 
 /* Copies route rp's rows of the batch: source rows with key in (lower, end] (lower
  * NULL = from the range's lo; end NULL = up to its hi) that pass the route's
- * filter, straight into the target table (insert) or through its staging table. */
+ * filter, straight into the target table (insert) or through its staging table.
+ * With limit > 0 (end is then NULL): the first `limit` such rows in key order,
+ * the last one's key left in self->last_key. */
 static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
                         const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
-                        const char *end, int64_t *rows, int64_t *bytes, bool *src_failed)
+                        const char *end, int64_t limit, int64_t *rows, int64_t *bytes,
+                        bool *src_failed)
 {
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
-    bf_strbuf_appendf(&sql, "COPY (SELECT %s FROM %s WHERE ", rp->select_list, tp->src_qname);
+    if (limit > 0)
+        bf_strbuf_appendf(&sql, "COPY (SELECT %s AS bf_key, %s FROM %s WHERE ", tp->key_text,
+                          rp->select_list, tp->src_qname);
+    else
+        bf_strbuf_appendf(&sql, "COPY (SELECT %s FROM %s WHERE ", rp->select_list, tp->src_qname);
     s_batch_cond(&sql, src, tp, rp, r, lower, end);
+    if (limit > 0)
+        bf_strbuf_appendf(&sql, " ORDER BY %s LIMIT %lld", tp->key_list, (long long)limit);
     bf_strbuf_append(&sql, ") TO STDOUT (FORMAT binary)");
     char *copy_in = bf_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)",
                                  rp->stage ? rp->stage : rp->qname, rp->target_cols);
-    int rc = s_relay(self, src, tgt, sql.buf, copy_in, rows, bytes);
+    int rc = s_relay(self, src, tgt, sql.buf, copy_in, limit > 0, rows, bytes);
     bf_strbuf_free(&sql);
     free(copy_in);
     *src_failed = rc == -1;
@@ -397,11 +490,13 @@ static bool s_is_row_error(const char *sqlstate)
  * and its checkpoint (ahead) or a lost unsynchronised commit (behind). Sets *done
  * when this target holds the whole range (now or already). */
 static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
-                                        const bf_tableplan_t *tp, int ti, const char *end,
-                                        bool final, int reject_route, const char *reject_error,
-                                        int64_t *rows_out, int64_t *bytes_out, bool *done,
-                                        int *failed_route)
+                                        const bf_tableplan_t *tp, int ti, char **end_p,
+                                        bool *final_p, int64_t limit, int reject_route,
+                                        const char *reject_error, int64_t *rows_out,
+                                        int64_t *bytes_out, bool *done, int *failed_route)
 {
+    const char *end = *end_p;
+    bool final = *final_p;
     const bf_job_t *job = self->job;
     bf_range_t *r = &w->range;
     bf_pg_t *src = self->src, *tgt = self->tgt[ti];
@@ -504,7 +599,7 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
             continue;
         int64_t n = 0, b = 0;
         bool src_failed = false;
-        if (s_copy_route(self, src, tgt, tp, rp, r, lower, end, &n, &b, &src_failed) != 0) {
+        if (s_copy_route(self, src, tgt, tp, rp, r, lower, end, limit, &n, &b, &src_failed) != 0) {
             bool row_error = !src_failed && !self->abandoning && !bf_pg_error_is_retryable(tgt) &&
                              s_is_row_error(tgt->sqlstate);
             result = s_fail(self, w, tp, rp->label, src_failed ? src : tgt,
@@ -521,6 +616,12 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         }
         rows += n;
         bytes += b;
+        if (limit > 0) {
+            /* Keyed batch: it ends at the last row copied, or at the range's end. */
+            final = n < limit;
+            *end_p = final ? NULL : bf_xstrdup(self->last_key);
+            end = *end_p;
+        }
     }
     if (reject_route >= 0 && !same) {
         /* The batch here is not the one row isolated from the Redis cursor (this
@@ -541,6 +642,12 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
             result = s_fail(self, w, tp, tp->routes[reject_route].label, rc == -1 ? src : tgt,
                             "recording a rejected row of");
             goto rollback;
+        }
+        if (limit > 0) {
+            /* Keyed batch: it is that one row (none: the range is done here). */
+            final = !key[0];
+            *end_p = key[0] ? bf_xstrdup(key) : NULL;
+            end = *end_p;
         }
         if (key[0]) {
             w->rejects++;
@@ -564,6 +671,7 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     PQclear(res);
     free(lower);
     bf_fault_point("after-commit");
+    *final_p = final;
     *rows_out += rows;
     *bytes_out += bytes;
     *done = final;
@@ -590,6 +698,30 @@ static char *s_first_key(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_
     return key;
 }
 
+/* Sizes the table's next batch from the one just done (n rows asked, rows and
+ * bytes copied in ms): about batch_ms long and at most batch_max_mb, changing by
+ * at most a factor of 2 at a time so one odd batch does not swing it. */
+static void s_adapt(bf_copier_t *self, const bf_job_t *job, int t, int64_t n, int64_t rows,
+                    int64_t bytes, long long ms)
+{
+    if (rows <= 0 || job->batch_ms == 0)
+        return;
+    double want = (double)rows * (double)job->batch_ms / (double)(ms > 0 ? ms : 1);
+    double cap = (double)job->batch_max_mb * 1048576.0 / ((double)bytes / (double)rows + 1.0);
+    if (want > cap)
+        want = cap;
+    if (want > 2.0 * (double)n)
+        want = 2.0 * (double)n;
+    if (want < (double)n / 2.0)
+        want = (double)n / 2.0;
+    int64_t next = want < 1.0 ? 1 : want > 1e7 ? 10000000 : (int64_t)want;
+    if (next != self->batch_size[t])
+        log_debug("table %s: next batch %lld rows (last: %lld rows, %.1f MB in %lld ms)",
+                  self->plans[t].src_label, (long long)next, (long long)rows, (double)bytes / 1e6,
+                  ms);
+    self->batch_size[t] = next;
+}
+
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
 {
     self->abandoning = false;
@@ -614,10 +746,15 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         self->resolved[r->table] = true;
     }
 
-    int64_t batch_rows = w->limit > 0 ? w->limit : job->batch_rows;
+    int64_t batch_rows = w->limit > 0 ? w->limit : self->batch_size[r->table];
     char *end = NULL;
     bool final = false;
-    if (s_batch_end(self->src, tp, r, batch_rows, &end, &final) != 0) {
+    /* One route: the batch is its first batch_rows rows after the cursor, and ends
+     * at the last one copied (keyed relay). Several routes must agree on where the
+     * batch ends before any of them copies: find that key first. */
+    int64_t limit = tp->nroutes == 1 ? batch_rows : 0;
+    long long t0 = bf_now_ms();
+    if (limit == 0 && s_batch_end(self->src, tp, r, batch_rows, &end, &final) != 0) {
         free(end);
         return s_fail(self, w, tp, tp->routes[0].label, self->src, "reading the source");
     }
@@ -635,8 +772,8 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
             continue;
         bool done = false;
         int failed_route = -1;
-        bf_batch_result_t br = s_batch_target(self, w, tp, ti, end, final, -1, NULL, &rows, &bytes,
-                                              &done, &failed_route);
+        bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL, &rows,
+                                              &bytes, &done, &failed_route);
         if (br == BF_BATCH_ROW_ERROR) {
             /* The target refused a row. Isolate it by halving the batch; then keep it
              * aside in backfill_rejects as far as --max-rejects allows, else stop the
@@ -677,8 +814,8 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
                              "with --max-rejects N");
                 return BF_BATCH_FATAL;
             }
-            br = s_batch_target(self, w, tp, ti, end, final, failed_route, self->row_error, &rows,
-                                &bytes, &done, &failed_route);
+            br = s_batch_target(self, w, tp, ti, &end, &final, limit, failed_route, self->row_error,
+                                &rows, &bytes, &done, &failed_route);
         }
         if (br != BF_BATCH_MORE) {
             free(end);
@@ -687,7 +824,9 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         all_done = all_done && done;
     }
     if (w->limit > 0) /* back to full batches once past the rejected rows */
-        w->limit = w->limit * 2 >= job->batch_rows ? 0 : w->limit * 2;
+        w->limit = w->limit * 2 >= self->batch_size[r->table] ? 0 : w->limit * 2;
+    else if (!final)
+        s_adapt(self, job, r->table, batch_rows, rows, bytes, bf_now_ms() - t0);
     if (all_done)
         final = true; /* every target holds the range already */
 

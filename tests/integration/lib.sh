@@ -106,7 +106,8 @@ make_service() {
 
 # write_job FILE NAME SRC_DB TGT_DB [batch_rows] [range_rows]: the standard
 # monolith's three tables into svc. JOB_REDIS / JOB_TARGET override the Redis URL
-# and the target DSN (servers other than the fixture's).
+# and the target DSN (servers other than the fixture's); batches keep batch_rows
+# (tests count rows per batch) unless JOB_BATCH_MS sets a target batch duration.
 write_job() {
     cat >"$1" <<YAML
 name: $2
@@ -115,6 +116,7 @@ redis: ${JOB_REDIS:-$BF_REDIS_URL}
 targets:
   svc: ${JOB_TARGET:-$(uri "$4")}
 batch_rows: ${5:-5000}
+batch_ms: ${JOB_BATCH_MS:-0}
 range_rows: ${6:-50000}
 tables:
   - from: public.orders

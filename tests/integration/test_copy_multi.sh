@@ -5,7 +5,7 @@ fresh_db cm_src cm_tgt
 make_monolith cm_src 200000
 make_service cm_tgt
 forget_job cm
-write_job "$WORK/job.yaml" cm cm_src cm_tgt 5000 20000
+JOB_BATCH_MS=200 write_job "$WORK/job.yaml" cm cm_src cm_tgt 5000 20000
 
 "$BF" plan "$WORK/job.yaml" >"$WORK/plan.out"
 ranges=$(grep -c 'public.orders' "$WORK/plan.out")

@@ -17,6 +17,7 @@ redis: $BF_REDIS_URL
 targets:
   svc: $(uri fp_tgt)
 batch_rows: 5000
+batch_ms: 0
 range_rows: 1000000
 tables:
   - from: public.orders

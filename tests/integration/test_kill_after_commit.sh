@@ -51,6 +51,7 @@ targets:
   billing: $(uri ka_b)
   ops: $(uri ka_o)
 batch_rows: 1000
+batch_ms: 0
 range_rows: 100000
 tables:
   - from: inv

@@ -92,6 +92,8 @@ static void test_valid_full(void **state)
 {
     (void)state;
     const char *text = HEAD "batch_rows: 500\n"
+                            "batch_ms: 250\n"
+                            "batch_max_mb: 8\n"
                             "range_rows: 20000\n"
                             "tables:\n"
                             "  - from: public.trading_order\n"
@@ -110,6 +112,8 @@ static void test_valid_full(void **state)
     assert_string_equal(job->redis, "redis://127.0.0.1:6379/0");
     assert_string_equal(job->text, text);
     assert_int_equal(job->batch_rows, 500);
+    assert_int_equal(job->batch_ms, 250);
+    assert_int_equal(job->batch_max_mb, 8);
     assert_int_equal(job->range_rows, 20000);
     assert_int_equal(job->nenv, 0);
 
@@ -130,21 +134,21 @@ static void test_valid_full(void **state)
     assert_string_equal(t->routes[0].alias, "trading");
     assert_string_equal(t->routes[0].schema, "public");
     assert_string_equal(t->routes[0].table, "orders");
-    assert_int_equal(t->line, 10);
+    assert_int_equal(t->line, 12);
     t = &job->tables[1];
     assert_string_equal(t->from_schema, "public");
     assert_string_equal(t->from_table, "invoices");
     assert_string_equal(t->routes[0].alias, "billing");
     assert_string_equal(t->routes[0].schema, "public");
     assert_string_equal(t->routes[0].table, "invoices");
-    assert_int_equal(t->line, 12);
+    assert_int_equal(t->line, 14);
     t = &job->tables[2];
     assert_string_equal(t->from_schema, "acct");
     assert_string_equal(t->from_table, "entries");
     assert_string_equal(t->routes[0].alias, "billing");
     assert_string_equal(t->routes[0].schema, "ledger");
     assert_string_equal(t->routes[0].table, "entries");
-    assert_int_equal(t->line, 15);
+    assert_int_equal(t->line, 17);
 
     bf_job_destroy(&job);
     assert_null(job);
@@ -158,6 +162,8 @@ static void test_defaults(void **state)
     if (!job)
         fail_msg("%s", err);
     assert_int_equal(job->batch_rows, BF_DEFAULT_BATCH_ROWS);
+    assert_int_equal(job->batch_ms, BF_DEFAULT_BATCH_MS);
+    assert_int_equal(job->batch_max_mb, BF_DEFAULT_BATCH_MAX_MB);
     assert_int_equal(job->range_rows, BF_DEFAULT_RANGE_ROWS);
     assert_int_equal(job->ntables, 1);
     bf_job_destroy(&job);
@@ -227,6 +233,8 @@ static void test_rows_options(void **state)
     s_expect_error(HEAD "batch_rows: 0\n" TABLES, 7, "'batch_rows' must be a positive integer");
     s_expect_error(HEAD "batch_rows: -5\n" TABLES, 7, "'batch_rows' must be a positive integer",
                    "-5");
+    s_expect_error(HEAD "batch_ms: -1\n" TABLES, 7, "'batch_ms' must be 0 or a positive integer");
+    s_expect_error(HEAD "batch_max_mb: 1GB\n" TABLES, 7, "'batch_max_mb' must be a positive");
     s_expect_error(HEAD "range_rows: lots\n" TABLES, 7, "'range_rows' must be a positive integer",
                    "lots");
     s_expect_error(HEAD "range_rows: 1.5\n" TABLES, 7, "'range_rows' must be a positive integer");
@@ -273,8 +281,9 @@ static void test_unknown_key_suggestion(void **state)
 static void test_unknown_key_list(void **state)
 {
     (void)state;
-    s_expect_error(HEAD "colour: blue\n" TABLES, 7, "unknown key 'colour'",
-                   "name, source, redis, targets, batch_rows, range_rows, tables");
+    s_expect_error(
+        HEAD "colour: blue\n" TABLES, 7, "unknown key 'colour'",
+        "name, source, redis, targets, batch_rows, batch_ms, batch_max_mb, range_rows, tables");
 }
 
 static void test_unknown_table_key(void **state)
