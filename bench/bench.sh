@@ -3,28 +3,39 @@
 # same run on the same throwaway PostgreSQL (absolute numbers drift on shared
 # machines; the ratios are what to compare).
 #
-#   bench/bench.sh [--rows N] [--workers "1 2 4"] [--out FILE.md]
+#   bench/bench.sh [--rows N] [--workers "1 2 4"] [--modes "insert upsert"]
+#                  [--wide-rows N] [--no-pgcopydb] [--out FILE.md]
 #
 # Creates a Django-style trading_order table (bigint id, text, numeric, jsonb,
 # timestamps; about 200 bytes a row, as in DESIGN.md), then measures:
 #   pipe        COPY (binary) TO STDOUT | COPY FROM STDIN, one stream (the ceiling)
 #   pipe-text   the same in text format
 #   staging     COPY into a staging table + INSERT ... ON CONFLICT DO UPDATE
-#   backfill    `backfill run` in insert mode with each worker count
+#   pgcopydb    `pgcopydb copy table-data`, 4 table jobs, the table split 4 ways
+#               (when installed; installed from Debian when run as root)
+#   backfill    `backfill run` in each mode with each worker count
+#   wide rows   --wide-rows rows of 1 MB jsonb with 2 workers: worker peak RSS
 # and prints a Markdown table (also written to --out) with rows/s, MB/s, the ratio
-# to the pipe, worker CPU seconds per million rows and peak RSS.
+# to the pipe, worker CPU seconds per million rows and peak RSS (worker and
+# coordinator). Upsert runs start from a target holding every row (all updates).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ROWS=3000000
 WORKERS="1 2 4"
+MODES="insert upsert"
+WIDE_ROWS=200
+PGCOPYDB=1
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --rows) ROWS=$2; shift 2 ;;
     --workers) WORKERS=$2; shift 2 ;;
+    --modes) MODES=$2; shift 2 ;;
+    --wide-rows) WIDE_ROWS=$2; shift 2 ;;
+    --no-pgcopydb) PGCOPYDB=0; shift ;;
     --out) OUT=$2; shift 2 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -59,20 +70,25 @@ q bench_src "VACUUM ANALYZE trading_order" >/dev/null
 q bench_tgt "CREATE TABLE trading_order $TABLE_DDL" >/dev/null
 BYTES=$(q bench_src "SELECT pg_table_size('trading_order')")
 
-declare -a NAMES RATES MBS RATIOS CPUS RSS
+declare -a NAMES RATES MBS RATIOS CPUS RSS CRSS
 PIPE_RATE=0
-record() { # name seconds [cpu_s] [rss_mb]
-    local rate mb ratio cpu="-" rss="-"
-    rate=$(awk -v r="$ROWS" -v s="$2" 'BEGIN { printf "%.0f", r / s }')
+STAGING_RATE=0
+PGCOPYDB_RATE=0
+record() { # name seconds [cpu_s] [worker_rss_mb] [coordinator_rss_mb] -> sets RATE
+    local mb ratio cpu="-" rss="-" crss="-"
+    RATE=$(awk -v r="$ROWS" -v s="$2" 'BEGIN { printf "%.0f", r / s }')
     mb=$(awk -v b="$BYTES" -v s="$2" 'BEGIN { printf "%.1f", b / s / 1e6 }')
-    [ "$PIPE_RATE" = 0 ] && PIPE_RATE=$rate
-    ratio=$(awk -v a="$rate" -v p="$PIPE_RATE" 'BEGIN { printf "%.2f", a / p }')
+    [ "$PIPE_RATE" = 0 ] && PIPE_RATE=$RATE
+    ratio=$(awk -v a="$RATE" -v p="$PIPE_RATE" 'BEGIN { printf "%.2f", a / p }')
     [ -n "${3:-}" ] && cpu=$(awk -v c="$3" -v r="$ROWS" 'BEGIN { printf "%.1f", c / (r / 1e6) }')
     [ -n "${4:-}" ] && rss=$4
-    NAMES+=("$1"); RATES+=("$rate"); MBS+=("$mb"); RATIOS+=("$ratio"); CPUS+=("$cpu"); RSS+=("$rss")
-    echo "bench: $1: $rate rows/s (x$ratio)" >&2
+    [ -n "${5:-}" ] && crss=$5
+    NAMES+=("$1"); RATES+=("$RATE"); MBS+=("$mb"); RATIOS+=("$ratio"); CPUS+=("$cpu")
+    RSS+=("$rss"); CRSS+=("$crss")
+    echo "bench: $1: $RATE rows/s (x$ratio)" >&2
 }
 reset_target() { q bench_tgt "TRUNCATE trading_order; CHECKPOINT" >/dev/null; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 
 PSQL=(psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER")
 for fmt in binary text; do
@@ -81,10 +97,10 @@ for fmt in binary text; do
     "${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT $fmt)" |
         "${PSQL[@]}" -d bench_tgt -c "COPY trading_order FROM STDIN (FORMAT $fmt)"
     t1=$(now)
-    record "pipe ($fmt COPY)" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+    record "pipe ($fmt COPY)" "$(elapsed "$t0" "$t1")"
 done
 
-reset_target
+# The staging pipe writes over a full target (every row an update), as upsert does.
 t0=$(now)
 "${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT binary)" |
     "${PSQL[@]}" -d bench_tgt -c "CREATE UNLOGGED TABLE staging (LIKE trading_order);" \
@@ -96,10 +112,31 @@ t0=$(now)
             created_at = excluded.created_at, updated_at = excluded.updated_at" \
         -c "DROP TABLE staging"
 t1=$(now)
-record "staging + ON CONFLICT" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')"
+record "staging + ON CONFLICT (target full)" "$(elapsed "$t0" "$t1")"
+STAGING_RATE=$RATE
 
-for w in $WORKERS; do
+if [ "$PGCOPYDB" = 1 ] && ! command -v pgcopydb >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "bench: installing pgcopydb (Debian package)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgcopydb >/dev/null 2>&1 || true
+fi
+if [ "$PGCOPYDB" = 1 ] && command -v pgcopydb >/dev/null; then
     reset_target
+    t0=$(now)
+    PGCOPYDB_SPLIT_TABLES_LARGER_THAN="$((BYTES / 4 / 1000000)) MB" pgcopydb copy table-data \
+        --source "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_src" \
+        --target "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt" \
+        --table-jobs 4 --dir "$DIR/pgcopydb" >"$DIR/pgcopydb.log" 2>&1 ||
+        { tail -5 "$DIR/pgcopydb.log" >&2; echo "bench: pgcopydb failed" >&2; exit 1; }
+    t1=$(now)
+    got=$(q bench_tgt "SELECT count(*) FROM trading_order")
+    [ "$got" = "$ROWS" ] || { echo "bench: pgcopydb copied $got rows of $ROWS" >&2; exit 1; }
+    record "pgcopydb copy table-data, 4 jobs, split $(grep -o 'split [0-9]*-ways' "$DIR/pgcopydb.log" | head -1 | tr -d -c 0-9)-ways" \
+        "$(elapsed "$t0" "$t1")"
+    PGCOPYDB_RATE=$RATE
+fi
+
+# run_backfill LABEL WORKERS MODE TABLE: one `backfill run` from a fresh job state.
+run_backfill() {
     redis-cli -p "$BF_REDIS_PORT" FLUSHALL >/dev/null
     q bench_tgt "DROP TABLE IF EXISTS backfill_fence" >/dev/null
     cat >"$DIR/job.yaml" <<YAML
@@ -109,27 +146,63 @@ redis: $BF_REDIS_URL
 targets:
   tgt: postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt
 batch_rows: 20000
-range_rows: $(((ROWS + 4 * w - 1) / (4 * w)))
+range_rows: $(((ROWS + 4 * $2 - 1) / (4 * $2)))
 tables:
-  - from: trading_order
-    to: tgt.trading_order
+  - from: $4
+    to: tgt.$4
+    mode: $3
 YAML
     t0=$(now)
-    "$BF" run "$DIR/job.yaml" --workers "$w" --log-level warn >"$DIR/run.out"
+    "$BF" run "$DIR/job.yaml" --workers "$2" --log-level warn >"$DIR/run.out"
     t1=$(now)
-    cpu=$(sed -n 's/.*workers cpu \([0-9.]*\) s.*/\1/p' "$DIR/run.out")
-    rss=$(sed -n 's/.*worker peak rss \([0-9.]*\) MB.*/\1/p' "$DIR/run.out")
-    record "backfill insert, $w workers" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
-        "$cpu" "$rss"
+    RUN_SECS=$(elapsed "$t0" "$t1")
+    RUN_CPU=$(sed -n 's/.*workers cpu \([0-9.]*\) s.*/\1/p' "$DIR/run.out")
+    RUN_RSS=$(sed -n 's/.*worker peak rss \([0-9.]*\) MB.*/\1/p' "$DIR/run.out")
+    RUN_CRSS=$(sed -n 's/.*coordinator peak rss \([0-9.]*\) MB.*/\1/p' "$DIR/run.out")
+}
+
+declare -A BEST
+for mode in $MODES; do
+    for w in $WORKERS; do
+        # insert starts from an empty target; upsert overwrites every row.
+        [ "$mode" = insert ] && reset_target
+        run_backfill "$mode" "$w" "$mode" trading_order
+        record "backfill $mode, $w workers" "$RUN_SECS" "$RUN_CPU" "$RUN_RSS" "$RUN_CRSS"
+        BEST[$mode/$w]=$RATE
+    done
 done
 "$BF" verify "$DIR/job.yaml" >/dev/null || { echo "bench: verify failed" >&2; exit 1; }
 
+WIDE=""
+if [ "$WIDE_ROWS" -gt 0 ]; then
+    # 1 MB jsonb documents (incompressible text so TOAST keeps them large).
+    q bench_src "CREATE TABLE wide (id bigint PRIMARY KEY, doc jsonb NOT NULL);
+        ALTER TABLE wide ALTER doc SET STORAGE EXTERNAL" >/dev/null
+    q bench_src "INSERT INTO wide SELECT g, jsonb_build_object('blob',
+        (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 32768) i))
+        FROM generate_series(1, $WIDE_ROWS) g" >/dev/null
+    q bench_tgt "CREATE TABLE wide (id bigint PRIMARY KEY, doc jsonb NOT NULL)" >/dev/null
+    run_backfill wide 2 insert wide
+    got=$(q bench_tgt "SELECT count(*) FROM wide")
+    [ "$got" = "$WIDE_ROWS" ] || { echo "bench: wide copied $got rows of $WIDE_ROWS" >&2; exit 1; }
+    WIDE="$WIDE_ROWS rows of $(q bench_src "SELECT round(avg(octet_length(doc::text)) / 1e6, 2) FROM wide") MB jsonb, 2 workers: $RUN_SECS s, worker peak RSS $RUN_RSS MB"
+    echo "bench: wide rows: $WIDE" >&2
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 {
-    echo "| path | rows/s | MB/s | vs. pipe | worker CPU s / M rows | worker peak RSS MB |"
-    echo "|---|---|---|---|---|---|"
+    echo "| path | rows/s | MB/s | vs. pipe | worker CPU s / M rows | worker peak RSS MB | coordinator peak RSS MB |"
+    echo "|---|---|---|---|---|---|---|"
     for i in "${!NAMES[@]}"; do
-        echo "| ${NAMES[$i]} | ${RATES[$i]} | ${MBS[$i]} | ${RATIOS[$i]} | ${CPUS[$i]} | ${RSS[$i]} |"
+        echo "| ${NAMES[$i]} | ${RATES[$i]} | ${MBS[$i]} | ${RATIOS[$i]} | ${CPUS[$i]} | ${RSS[$i]} | ${CRSS[$i]} |"
     done
     echo
-    echo "$ROWS rows, $((BYTES / 1000000)) MB; $(nproc) cores; PostgreSQL $(q postgres 'SHOW server_version'); $(date -u +%Y-%m-%d)"
+    [ -z "${BEST[insert/2]:-}" ] || echo "- insert, 2 workers vs. binary pipe: $(ratio "${BEST[insert/2]}" "$PIPE_RATE")"
+    [ -z "${BEST[upsert/2]:-}" ] || echo "- upsert, 2 workers vs. staging + ON CONFLICT: $(ratio "${BEST[upsert/2]}" "$STAGING_RATE")"
+    if [ "$PGCOPYDB_RATE" != 0 ] && [ -n "${BEST[insert/4]:-}" ]; then
+        echo "- insert, 4 workers vs. pgcopydb (4 jobs): $(ratio "${BEST[insert/4]}" "$PGCOPYDB_RATE")"
+    fi
+    [ -z "$WIDE" ] || echo "- wide rows: $WIDE"
+    echo
+    echo "$ROWS rows, $((BYTES / 1000000)) MB; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(q postgres 'SHOW server_version'); $(date -u +%Y-%m-%d)"
 } | tee "${OUT:-/dev/null}"

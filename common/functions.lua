@@ -25,10 +25,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- bf_lease(meta; owner, ttl_ms) -> nil | {id, token, tbl, lo, hi, cursor, seq}
-local function bf_lease(keys, args)
-  local p = prefix(keys[1])
-  local owner, ttl = args[1], tonumber(args[2])
+-- One lease of the next pending range to owner, or false when none is pending.
+local function lease_one(p, owner, exp)
   while true do
     local popped = redis.call('ZPOPMIN', p .. 'pending')
     if #popped == 0 then
@@ -39,7 +37,6 @@ local function bf_lease(keys, args)
     local state = redis.call('HGET', rk, 'state')
     if state == 'pending' then
       local token = redis.call('INCR', p .. 'fence')
-      local exp = now_ms() + ttl
       redis.call('HSET', rk, 'state', 'leased', 'token', token, 'owner', owner, 'expires', exp)
       redis.call('HINCRBY', rk, 'attempts', 1)
       redis.call('ZADD', p .. 'leases', exp, id)
@@ -47,6 +44,23 @@ local function bf_lease(keys, args)
       return {id, tostring(token), r[1], r[2], r[3], r[4], r[5] or '0'}
     end
   end
+end
+
+-- bf_lease(meta; ttl_ms, owner1, owner2, ...) -> {lease1, lease2, ...}
+--   one lease {id, token, tbl, lo, hi, cursor, seq} per owner, in order, fewer when
+--   the pending ranges run out (the coordinator hands many out in one call)
+local function bf_lease(keys, args)
+  local p = prefix(keys[1])
+  local exp = now_ms() + tonumber(args[1])
+  local out = {}
+  for i = 2, #args do
+    local l = lease_one(p, args[i], exp)
+    if not l then
+      break
+    end
+    out[#out + 1] = l
+  end
+  return out
 end
 
 -- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms, rejects)

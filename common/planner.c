@@ -12,6 +12,7 @@
 #define READ_ALL_KEYS_MAX 2000000.0     /* below this, read every key instead of sampling */
 #define SAMPLE_PER_RANGE 200            /* sample keys per planned range */
 #define SAMPLE_MAX 2000000
+#define COUNT_MAX_RANGES 10000 /* count each range when there are no more */
 
 size_t bf_plan_max_ranges(double total_rows, int64_t range_rows)
 {
@@ -122,6 +123,10 @@ int bf_plan_table(bf_pg_t *src, const bf_tableplan_t *tp, int64_t range_rows, bf
     if (!res)
         return -1;
     size_t n = (size_t)PQntuples(res);
+    /* Every key read: the positions give each range's exact row count. */
+    bool exact = total <= READ_ALL_KEYS_MAX;
+    if (exact)
+        total = (double)n;
     const char **keys = bf_xcalloc(n ? n : 1, sizeof *keys);
     for (size_t i = 0; i < n; i++)
         keys[i] = PQgetvalue(res, (int)i, 0);
@@ -134,8 +139,9 @@ int bf_plan_table(bf_pg_t *src, const bf_tableplan_t *tp, int64_t range_rows, bf
     free(keys);
     PQclear(res);
 
-    /* Refine the estimates by counting, where that is cheap (index range scans). */
-    if (total <= EXACT_COUNT_MAX_ROWS) {
+    /* Refine sampled estimates by counting, where that is cheap (index range scans,
+     * not too many of them). */
+    if (!exact && total <= EXACT_COUNT_MAX_ROWS && count <= COUNT_MAX_RANGES) {
         for (size_t i = 0; i < count; i++) {
             char *cond = bf_tableplan_range_cond(tp, src, picked[i].lo, NULL, picked[i].hi);
             sql = bf_xasprintf("SELECT count(*) FROM %s WHERE %s", tp->src_qname, cond);

@@ -123,7 +123,7 @@ static const s_use_t s_heartbeat[] = {{F_LEASES, false}, {F_ROWS, false}, {F_BYT
 static const s_use_t s_progress[] = {
     {F_RANGE_ID, true}, {F_TOKEN, true}, {F_ROWS, true}, {F_BYTES, false}};
 static const s_use_t s_done[] = {
-    {F_RANGE_ID, true}, {F_TOKEN, true}, {F_ROWS, true}, {F_BYTES, false}};
+    {F_RANGE_ID, true}, {F_TOKEN, true}, {F_ROWS, true}, {F_BYTES, false}, {F_CREDIT, false}};
 static const s_use_t s_fail[] = {
     {F_RANGE_ID, true}, {F_TOKEN, true}, {F_CODE, true}, {F_MESSAGE, false}, {F_RETRYABLE, false}};
 static const s_use_t s_revoke[] = {{F_RANGE_ID, true}, {F_TOKEN, true}};

@@ -40,7 +40,7 @@ typedef struct {
     uint64_t ep;  /* coordinator epoch, 0 before WELCOME */
 
     char *worker_id, *host, *version; /* HELLO */
-    int64_t pid, credit;              /* HELLO, CREDIT */
+    int64_t pid, credit;              /* HELLO, CREDIT, DONE (the next lease asked along) */
 
     int64_t heartbeat_ms, liveness, lease_ttl_ms; /* WELCOME */
     char *job;                                    /* WELCOME: job file text */

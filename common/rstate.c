@@ -219,33 +219,53 @@ static char *s_str_or_null(const redisReply *r)
     return (r && r->type == REDIS_REPLY_STRING) ? bf_xstrdup(r->str) : NULL;
 }
 
-int bf_rstate_lease(bf_rstate_t *self, const char *owner, int64_t ttl_ms, bf_range_t *out)
+int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const *owners,
+                    bf_range_t *out)
 {
-    memset(out, 0, sizeof *out);
-    redisReply *r = bf_rstate_cmd(self, "FCALL bf_lease 1 %s %s %lld", bf_rstate_key(self, "meta"),
-                                  owner, (long long)ttl_ms);
+    if (n <= 0)
+        return 0;
+    memset(out, 0, (size_t)n * sizeof *out);
+    const char **argv = bf_xcalloc((size_t)n + 5, sizeof *argv);
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    argv[0] = "FCALL";
+    argv[1] = "bf_lease";
+    argv[2] = "1";
+    argv[3] = bf_rstate_key(self, "meta");
+    argv[4] = ttl;
+    for (int i = 0; i < n; i++)
+        argv[5 + i] = owners[i];
+    redisReply *r = bf_rstate_argv(self, n + 5, argv);
+    free(argv);
     if (!r)
         return -1;
-    if (r->type == REDIS_REPLY_NIL) {
-        freeReplyObject(r);
-        return 0;
-    }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 7) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements > (size_t)n) {
         snprintf(self->errmsg, sizeof self->errmsg, "bf_lease: unexpected reply");
         freeReplyObject(r);
         return -1;
     }
-    out->id = strtoll(r->element[0]->str, NULL, 10);
-    out->token = strtoll(r->element[1]->str, NULL, 10);
-    out->table = r->element[2]->type == REDIS_REPLY_STRING ? atoi(r->element[2]->str) : 0;
-    out->lo = s_str_or_null(r->element[3]);
-    out->hi = s_str_or_null(r->element[4]);
-    out->cursor = s_str_or_null(r->element[5]);
-    out->seq =
-        r->element[6]->type == REDIS_REPLY_STRING ? strtoll(r->element[6]->str, NULL, 10) : 0;
-    snprintf(out->state, sizeof out->state, "leased");
+    int got = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 7 ||
+            e->element[0]->type != REDIS_REPLY_STRING ||
+            e->element[1]->type != REDIS_REPLY_STRING) {
+            snprintf(self->errmsg, sizeof self->errmsg, "bf_lease: unexpected reply");
+            break;
+        }
+        bf_range_t *o = &out[got++];
+        o->id = strtoll(e->element[0]->str, NULL, 10);
+        o->token = strtoll(e->element[1]->str, NULL, 10);
+        o->table = e->element[2]->type == REDIS_REPLY_STRING ? atoi(e->element[2]->str) : 0;
+        o->lo = s_str_or_null(e->element[3]);
+        o->hi = s_str_or_null(e->element[4]);
+        o->cursor = s_str_or_null(e->element[5]);
+        o->seq =
+            e->element[6]->type == REDIS_REPLY_STRING ? strtoll(e->element[6]->str, NULL, 10) : 0;
+        snprintf(o->state, sizeof o->state, "leased");
+    }
     freeReplyObject(r);
-    return 1;
+    return got;
 }
 
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,

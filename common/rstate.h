@@ -55,8 +55,11 @@ int bf_rstate_is_planned(bf_rstate_t *self);
 /* 1 when the job is planned and every range is done, 0 when not, -1 on error. */
 int bf_rstate_is_complete(bf_rstate_t *self);
 
-/* Leases the next pending range. 1 = *out filled, 0 = nothing pending, -1 error. */
-int bf_rstate_lease(bf_rstate_t *self, const char *owner, int64_t ttl_ms, bf_range_t *out);
+/* Leases the next pending ranges in one round trip, out[i] to owners[i], until
+ * none is pending. Returns how many were leased (out[0..] filled; fewer than n
+ * when the pending ranges ran out), or -1 on error. */
+int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const *owners,
+                    bf_range_t *out);
 
 typedef enum { BF_CP_OK = 0, BF_CP_DUP = 1, BF_CP_STALE = 2, BF_CP_ERROR = -1 } bf_cp_result_t;
 

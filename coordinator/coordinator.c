@@ -20,6 +20,7 @@ typedef struct {
     uint64_t sid;        /* session id given in WELCOME */
     int64_t credit;      /* leases it will still take */
     long long last_seen; /* ms of its last message */
+    long long last_sent; /* ms of the last message to it (any counts as a heartbeat) */
     bool nowork_sent;    /* told it there is nothing to do */
     int nleases;         /* leases it holds */
     int64_t lease_ids[MAX_WORKER_LEASES];
@@ -33,6 +34,10 @@ struct bf_coord {
     uint64_t epoch;       /* this coordinator's epoch (from Redis) */
     worker_t *workers;    /* connected workers */
     int nworkers, capworkers;
+    zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
+    int rr;                /* where the next lease hand-out round starts (fairness) */
+    bool recount;          /* a range ended: read the done count from Redis */
+    long long next_recount;
     int64_t nranges;       /* ranges in the plan */
     bool failed;           /* a range failed for good or a worker hit a data error */
     char fail_msg[1024];   /* why */
@@ -142,6 +147,7 @@ static bool s_has_fence_rows(bf_coord_t *self)
 bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code)
 {
     bf_coord_t *self = bf_xcalloc(1, sizeof *self);
+    self->by_identity = zhashx_new();
     self->ctx = *ctx;
     memset(ctx, 0, sizeof *ctx);
     self->opts = *opts;
@@ -214,17 +220,27 @@ void bf_coord_destroy(bf_coord_t **self_p)
     for (int i = 0; i < self->nworkers; i++)
         zframe_destroy(&self->workers[i].identity);
     free(self->workers);
+    zhashx_destroy(&self->by_identity);
     zsock_destroy(&self->router);
     bf_jobctx_close(&self->ctx);
     free(self);
     *self_p = NULL;
 }
 
+/* Ranges done and failed for good, from Redis (one round trip). */
 static int64_t s_done_total(bf_coord_t *self, int64_t *failed)
 {
     int64_t done = 0;
-    bf_rstate_hget_int(self->ctx.redis, "stats", "done_total", &done);
-    bf_rstate_hget_int(self->ctx.redis, "stats", "failed_total", failed);
+    redisReply *r = bf_rstate_cmd(self->ctx.redis, "HMGET %s done_total failed_total",
+                                  bf_rstate_key(self->ctx.redis, "stats"));
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        if (r->element[0]->type == REDIS_REPLY_STRING)
+            done = strtoll(r->element[0]->str, NULL, 10);
+        if (r->element[1]->type == REDIS_REPLY_STRING)
+            *failed = strtoll(r->element[1]->str, NULL, 10);
+    }
+    if (r)
+        freeReplyObject(r);
     return done;
 }
 
@@ -250,18 +266,34 @@ int bf_coord_bind(bf_coord_t *self, const char *endpoint)
     return 0;
 }
 
+/* The identity as a hash key (hex; ROUTER identities are at most 255 bytes). */
+static const char *s_idkey(zframe_t *identity, char key[512])
+{
+    static const char hex[] = "0123456789abcdef";
+    const byte *d = zframe_data(identity);
+    size_t n = zframe_size(identity);
+    if (n > 255)
+        n = 255;
+    for (size_t i = 0; i < n; i++) {
+        key[2 * i] = hex[d[i] >> 4];
+        key[2 * i + 1] = hex[d[i] & 15];
+    }
+    key[2 * n] = '\0';
+    return key;
+}
+
 static worker_t *s_find(bf_coord_t *self, zframe_t *identity)
 {
-    for (int i = 0; i < self->nworkers; i++)
-        if (zframe_eq(self->workers[i].identity, identity))
-            return &self->workers[i];
-    return NULL;
+    char key[512];
+    intptr_t at = (intptr_t)zhashx_lookup(self->by_identity, s_idkey(identity, key));
+    return at > 0 && at <= self->nworkers ? &self->workers[at - 1] : NULL;
 }
 
 static void s_send(bf_coord_t *self, worker_t *w, bf_msg_t *m)
 {
     m->sid = w->sid;
     m->ep = self->epoch;
+    w->last_sent = bf_now_ms();
     if (bf_net_send(self->router, w->identity, m) != 0)
         log_debug("cannot send %s to %s", bf_msg_type_name(m->type), w->id);
 }
@@ -276,8 +308,13 @@ static void s_remove_worker(bf_coord_t *self, worker_t *w, const char *why)
         log_info("range %lld of worker %s back to pending (%s)", (long long)w->lease_ids[i], w->id,
                  rc == 1 ? "attempts exhausted: failed" : why);
     }
+    char key[512];
+    zhashx_delete(self->by_identity, s_idkey(w->identity, key));
     zframe_destroy(&w->identity);
     *w = self->workers[--self->nworkers];
+    if (w != &self->workers[self->nworkers]) /* the last one moved here */
+        zhashx_update(self->by_identity, s_idkey(w->identity, key),
+                      (void *)(intptr_t)(w - self->workers + 1));
 }
 
 static void s_forget_lease(worker_t *w, int64_t id)
@@ -291,52 +328,84 @@ static void s_forget_lease(worker_t *w, int64_t id)
         }
 }
 
+/* Leases per Redis round trip at most. */
+#define LEASE_BATCH 256
+
+/* Hands pending ranges to workers with credit: one Redis call leases for many. */
 static void s_dispatch(bf_coord_t *self)
 {
     if (self->failed)
         return;
-    for (int i = 0; i < self->nworkers; i++) {
-        worker_t *w = &self->workers[i];
-        while (w->credit > 0 && w->nleases < MAX_WORKER_LEASES) {
-            bf_range_t r;
-            int got = bf_rstate_lease(self->ctx.redis, w->id, self->opts.lease_ttl_ms, &r);
-            if (got < 0) {
-                /* Redis down: keep serving, say so every 5 s, lease when it is back. */
-                long long now = bf_now_ms();
-                if (now >= self->next_redis_warn) {
-                    log_warn("cannot lease (retrying): %s", self->ctx.redis->errmsg);
-                    self->next_redis_warn = now + 5000;
-                }
-                return;
+    int who[LEASE_BATCH];
+    const char *owners[LEASE_BATCH];
+    bf_range_t got[LEASE_BATCH];
+    /* Rounds start where the last one stopped, so that every worker waits about
+     * as long as the others. */
+    int nw = self->nworkers;
+    if (self->rr >= nw)
+        self->rr = 0;
+    for (int start = 0; start < nw;) {
+        int n = 0, j = start;
+        for (; j < nw && n < LEASE_BATCH; j++) {
+            int i = (self->rr + j) % nw;
+            worker_t *w = &self->workers[i];
+            int want = w->credit;
+            if (want > MAX_WORKER_LEASES - w->nleases)
+                want = MAX_WORKER_LEASES - w->nleases;
+            for (int k = 0; k < want && n < LEASE_BATCH; k++) {
+                who[n] = i;
+                owners[n++] = w->id;
             }
-            if (got == 0) {
+        }
+        start = j;
+        if (n == 0)
+            continue;
+        int leased = bf_rstate_lease(self->ctx.redis, self->opts.lease_ttl_ms, n, owners, got);
+        if (leased < 0) {
+            /* Redis down: keep serving, say so every 5 s, lease when it is back. */
+            long long now = bf_now_ms();
+            if (now >= self->next_redis_warn) {
+                log_warn("cannot lease (retrying): %s", self->ctx.redis->errmsg);
+                self->next_redis_warn = now + 5000;
+            }
+            return;
+        }
+        if (leased > 0)
+            self->rr = (who[leased - 1] + 1) % nw;
+        for (int k = 0; k < leased; k++) {
+            worker_t *w = &self->workers[who[k]];
+            bf_range_t *r = &got[k];
+            bf_msg_t m = {.type = BF_MSG_LEASE,
+                          .range_id = r->id,
+                          .token = r->token,
+                          .table = r->table,
+                          .seq = r->seq,
+                          .lo = r->lo,
+                          .hi = r->hi,
+                          .cursor = r->cursor,
+                          .has_lo = true,
+                          .has_hi = true,
+                          .has_cursor = true};
+            s_send(self, w, &m);
+            w->lease_ids[w->nleases] = r->id;
+            w->lease_tokens[w->nleases++] = r->token;
+            w->credit--;
+            w->nowork_sent = false;
+            log_debug("leased range %lld to %s (token %lld)", (long long)r->id, w->id,
+                      (long long)r->token);
+            bf_range_clear(r);
+        }
+        if (leased < n) {
+            /* Nothing pending for anyone: say so once to those left waiting. */
+            for (int k = leased; k < n; k++) {
+                worker_t *w = &self->workers[who[k]];
                 if (!w->nowork_sent) {
                     bf_msg_t m = {.type = BF_MSG_NOWORK, .retry_after_ms = 1000};
                     s_send(self, w, &m);
                     w->nowork_sent = true;
                 }
-                bf_range_clear(&r);
-                return; /* nothing pending for anyone */
             }
-            bf_msg_t m = {.type = BF_MSG_LEASE,
-                          .range_id = r.id,
-                          .token = r.token,
-                          .table = r.table,
-                          .seq = r.seq,
-                          .lo = r.lo,
-                          .hi = r.hi,
-                          .cursor = r.cursor,
-                          .has_lo = true,
-                          .has_hi = true,
-                          .has_cursor = true};
-            s_send(self, w, &m);
-            w->lease_ids[w->nleases] = r.id;
-            w->lease_tokens[w->nleases++] = r.token;
-            w->credit--;
-            w->nowork_sent = false;
-            log_debug("leased range %lld to %s (token %lld)", (long long)r.id, w->id,
-                      (long long)r.token);
-            bf_range_clear(&r);
+            return;
         }
     }
 }
@@ -354,6 +423,8 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
         w = &self->workers[self->nworkers++];
         memset(w, 0, sizeof *w);
         w->identity = zframe_dup(identity);
+        char key[512];
+        zhashx_update(self->by_identity, s_idkey(identity, key), (void *)(intptr_t)self->nworkers);
         snprintf(w->id, sizeof w->id, "%s", m->worker_id);
         w->sid = ((uint64_t)random() << 32) ^ (uint64_t)random() ^ 1;
         w->credit = m->credit;
@@ -400,11 +471,15 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
         }
         break;
     case BF_MSG_DONE:
+        self->recount = true;
         s_forget_lease(w, m->range_id);
+        if (m->credit > 0) /* a CREDIT along with it */
+            w->credit = m->credit;
         log_debug("range %lld done by %s (%lld rows)", (long long)m->range_id, w->id,
                   (long long)m->rows);
         break;
     case BF_MSG_FAIL:
+        self->recount = true;
         s_forget_lease(w, m->range_id);
         if (!m->retryable && strcmp(m->code, "FENCED") != 0) {
             self->failed = true;
@@ -456,8 +531,10 @@ static void s_tick(bf_coord_t *self)
             s_remove_worker(self, w, "worker died");
             continue;
         }
-        bf_msg_t hb = {.type = BF_MSG_HEARTBEAT};
-        s_send(self, w, &hb);
+        if (now - w->last_sent >= self->opts.heartbeat_ms / 2) {
+            bf_msg_t hb = {.type = BF_MSG_HEARTBEAT};
+            s_send(self, w, &hb);
+        }
         i++;
     }
     int reaped = bf_rstate_reap(self->ctx.redis);
@@ -545,6 +622,16 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         if (tick)
             tick(tick_arg);
         s_dispatch(self);
+        if (self->opts.progress_ms && now >= self->next_progress) {
+            s_progress(self, false);
+            self->next_progress = now + self->opts.progress_ms;
+        }
+        /* Ranges end with a DONE, or (worker gone) by a reap or another
+         * coordinator's worker: read the count after a DONE and every second. */
+        if (!self->recount && now < self->next_recount && !self->failed)
+            continue;
+        self->recount = false;
+        self->next_recount = now + 1000;
         int64_t done = s_done_total(self, &failed);
         if (self->failed || failed > 0) {
             if (!self->failed)
@@ -560,10 +647,6 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         if (done >= self->nranges) {
             rc = BF_EXIT_OK;
             break;
-        }
-        if (self->opts.progress_ms && now >= self->next_progress) {
-            s_progress(self, false);
-            self->next_progress = now + self->opts.progress_ms;
         }
     }
     /* Tell every worker: done (exit) or drain (hand back and exit). */

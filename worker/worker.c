@@ -292,6 +292,10 @@ static void s_work(worker_t *w)
         m.type = BF_MSG_DONE;
         w->ranges_done++;
         w->rows_done += l->rows;
+        if (!s_stop && !w->draining) { /* ask for the next lease in the same message */
+            m.credit = 1;
+            w->credit_sent = true;
+        }
         s_send(w, &m);
         s_drop_lease(w);
         return;

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Coordinator at scale: a real `backfill coordinator` serving simulated workers
+# (build/bf_simworkers: ZeroMQ + Redis, no databases on the workers' side).
+#
+#   bench/coordinator.sh [--workers 1000] [--ranges 100000] [--plan-ranges 1000000] [--out F.md]
+#
+# 1. Plans a job of --plan-ranges ranges (a one-column bigint table of that many
+#    rows, range_rows 1) and reports how long the coordinator takes from start to
+#    listening: planning plus storing the plan in Redis.
+# 2. Starts a coordinator on a job of --ranges ranges, connects --workers simulated
+#    workers over TCP; each asks for one lease at a time, records it finished in
+#    Redis (bf_checkpoint, as a real worker's last batch does) and says DONE.
+#    Reports lease hand-outs per second, the CREDIT -> LEASE latency (p50, p99,
+#    max) and the coordinator's peak RSS.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+WORKERS=1000
+RANGES=100000
+PLAN_RANGES=1000000
+OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --workers) WORKERS=$2; shift 2 ;;
+    --ranges) RANGES=$2; shift 2 ;;
+    --plan-ranges) PLAN_RANGES=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "bench: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+BF=${BF:-build/backfill}
+SIM=${BF_SIMWORKERS:-build/bf_simworkers}
+for b in "$BF" "$SIM"; do
+    [ -x "$b" ] || { echo "bench: $b not built; run ./bootstrap.sh test or cmake first" >&2; exit 2; }
+done
+export PGOPTIONS="-c client_min_messages=warning"
+DIR=$(mktemp -d /tmp/bf-cbench.XXXXXX)
+rmdir "$DIR"
+CPID=""
+cleanup() {
+    [ -z "$CPID" ] || kill "$CPID" 2>/dev/null || true
+    "$BF" sandbox stop --dir "$DIR" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+"$BF" sandbox start --dir "$DIR" 2>/dev/null
+# shellcheck disable=SC1091
+. "$DIR/env"
+q() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d "$1" -c "$2"; }
+now() { date +%s.%N; }
+q postgres "CREATE DATABASE cb_src" >/dev/null
+q postgres "CREATE DATABASE cb_tgt" >/dev/null
+for n in "$RANGES" "$PLAN_RANGES"; do
+    q cb_src "CREATE TABLE r$n (id bigint PRIMARY KEY);
+        INSERT INTO r$n SELECT g FROM generate_series(1, $n) g" >/dev/null
+    q cb_src "VACUUM ANALYZE r$n" >/dev/null
+    q cb_tgt "CREATE TABLE r$n (id bigint PRIMARY KEY)" >/dev/null
+done
+job() { # job NAME TABLE
+    cat <<YAML
+name: $1
+source: postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/cb_src
+redis: $BF_REDIS_URL
+targets:
+  tgt: postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/cb_tgt
+range_rows: 1
+tables:
+  - from: $2
+    to: tgt.$2
+YAML
+}
+# start_coordinator NAME: in the background on a free port; sets CPID, PORT.
+start_coordinator() {
+    for _ in 1 2 3 4 5; do
+        PORT=$((20000 + RANDOM % 30000))
+        "$BF" coordinator "$DIR/$1.yaml" --bind "tcp://127.0.0.1:$PORT" --lease-ttl 60 \
+            --log-level warn >"$DIR/$1.out" 2>"$DIR/$1.err" &
+        CPID=$!
+        while kill -0 "$CPID" 2>/dev/null; do
+            ss -ltn 2>/dev/null | grep -q ":$PORT " && return 0
+            sleep 0.05
+        done
+        CPID=""
+        grep -q 'cannot bind' "$DIR/$1.err" || { cat "$DIR/$1.err" >&2; exit 1; }
+    done
+    echo "bench: no free port" >&2
+    exit 1
+}
+
+echo "bench: planning $PLAN_RANGES ranges" >&2
+job plan "r$PLAN_RANGES" >"$DIR/plan.yaml"
+t0=$(now)
+start_coordinator plan
+t1=$(now)
+kill "$CPID"
+wait "$CPID" 2>/dev/null || true
+CPID=""
+PLANNED=$(redis-cli -p "$BF_REDIS_PORT" HGET 'bf:{plan}:meta' nranges)
+PLAN_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
+redis-cli -p "$BF_REDIS_PORT" FLUSHALL >/dev/null
+
+echo "bench: $WORKERS simulated workers, $RANGES ranges" >&2
+job scale "r$RANGES" >"$DIR/scale.yaml"
+start_coordinator scale
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+RESULT=$("$SIM" --connect "tcp://127.0.0.1:$PORT" --workers "$WORKERS" --redis "$BF_REDIS_URL" \
+    --job scale --pid "$CPID")
+wait "$CPID" || { tail -5 "$DIR/scale.err" >&2; echo "bench: coordinator failed" >&2; exit 1; }
+CPID=""
+field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$RESULT"; }
+{
+    echo "| coordinator | value |"
+    echo "|---|---|"
+    echo "| plan + store $PLANNED ranges (start to listening) | $PLAN_S s |"
+    echo "| simulated workers connected | $(field workers) |"
+    echo "| ranges leased and finished | $(field finished) / $(field ranges) |"
+    echo "| lease hand-outs per second | $(field leases_per_s) |"
+    echo "| CREDIT to LEASE latency p50 / p99 / max | $(field p50_ms) / $(field p99_ms) / $(field max_ms) ms |"
+    echo "| coordinator peak RSS | $(field coordinator_rss_mb) MB |"
+    echo
+    echo "$(nproc) cores; Redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p'); $(date -u +%Y-%m-%d)"
+} | tee "${OUT:-/dev/null}"
