@@ -29,7 +29,6 @@ typedef struct {
     uint64_t sid, ep;
     long long credit_at; /* when its CREDIT went out (us), 0 = none outstanding */
     int64_t range_id, token, seq;
-    bool has_lease;
 } sim_t;
 
 static long long s_now_us(void)
@@ -205,7 +204,6 @@ int main(int argc, char **argv)
                     w[i].range_id = m.range_id;
                     w[i].token = m.token;
                     w[i].seq = m.seq;
-                    w[i].has_lease = true;
                     ready[nready++] = i;
                 } else if (m.type == BF_MSG_DRAIN) {
                     drained = true;
@@ -244,7 +242,6 @@ int main(int argc, char **argv)
                              .credit = 1};
             s_send(s, &done);
             s->credit_at = s_now_us();
-            s->has_lease = false;
             finished += ok;
         }
     }
