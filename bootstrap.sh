@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 PACKAGES=(build-essential cmake pkg-config libzmq3-dev libczmq-dev libpq-dev libmsgpack-dev
-    libhiredis-dev libyaml-dev libcmocka-dev postgresql redis-server)
+    libhiredis-dev libyaml-dev libcmocka-dev libmicrohttpd-dev postgresql redis-server curl
+    iproute2)
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -4,7 +4,7 @@
 # machines; the ratios are what to compare).
 #
 #   bench/bench.sh [--rows N] [--workers "1 2 4"] [--modes "insert upsert"]
-#                  [--wide-rows N] [--no-pgcopydb] [--out FILE.md]
+#                  [--wide-rows N] [--skew-rows N] [--no-pgcopydb] [--out FILE.md]
 #
 # Creates a Django-style trading_order table (bigint id, text, numeric, jsonb,
 # timestamps; about 200 bytes a row, as in DESIGN.md), then measures:
@@ -15,6 +15,9 @@
 #               (when installed; installed from Debian when run as root)
 #   backfill    `backfill run` in each mode with each worker count
 #   wide rows   --wide-rows rows of 1 MB jsonb with 2 workers: worker peak RSS
+#   skewed      --skew-rows rows (default: --rows) with 90% of them in the last 1%
+#               of the key space, 4 workers: each worker's busy time (straggler
+#               splitting keeps them all busy to the end) and the splits made
 # and prints a Markdown table (also written to --out) with rows/s, MB/s, the ratio
 # to the pipe, worker CPU seconds per million rows and peak RSS (worker and
 # coordinator). Upsert runs start from a target holding every row (all updates).
@@ -25,6 +28,7 @@ ROWS=3000000
 WORKERS="1 2 4"
 MODES="insert upsert"
 WIDE_ROWS=200
+SKEW_ROWS=""
 PGCOPYDB=1
 OUT=""
 while [ $# -gt 0 ]; do
@@ -33,13 +37,15 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift 2 ;;
     --modes) MODES=$2; shift 2 ;;
     --wide-rows) WIDE_ROWS=$2; shift 2 ;;
+    --skew-rows) SKEW_ROWS=$2; shift 2 ;;
     --no-pgcopydb) PGCOPYDB=0; shift ;;
     --out) OUT=$2; shift 2 ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
+SKEW_ROWS=${SKEW_ROWS:-$ROWS}
 BF=${BF:-build/backfill}
 export PGOPTIONS="-c client_min_messages=warning"
 [ -x "$BF" ] || { echo "bench: $BF not built; run ./bootstrap.sh test or cmake first" >&2; exit 2; }
@@ -153,7 +159,8 @@ tables:
     mode: $3
 YAML
     t0=$(now)
-    "$BF" run "$DIR/job.yaml" --workers "$2" --log-level warn >"$DIR/run.out"
+    "$BF" run "$DIR/job.yaml" --workers "$2" --log-level "${RUN_LOG:-warn}" >"$DIR/run.out" \
+        2>"$DIR/run.err" || { tail -20 "$DIR/run.err" >&2; echo "bench: run failed" >&2; exit 1; }
     t1=$(now)
     RUN_SECS=$(elapsed "$t0" "$t1")
     RUN_CPU=$(sed -n 's/.*workers cpu \([0-9.]*\) s.*/\1/p' "$DIR/run.out")
@@ -171,7 +178,9 @@ for mode in $MODES; do
         BEST[$mode/$w]=$RATE
     done
 done
-"$BF" verify "$DIR/job.yaml" >/dev/null || { echo "bench: verify failed" >&2; exit 1; }
+if [ -n "$MODES" ]; then
+    "$BF" verify "$DIR/job.yaml" >/dev/null || { echo "bench: verify failed" >&2; exit 1; }
+fi
 
 WIDE=""
 if [ "$WIDE_ROWS" -gt 0 ]; then
@@ -189,6 +198,40 @@ if [ "$WIDE_ROWS" -gt 0 ]; then
     echo "bench: wide rows: $WIDE" >&2
 fi
 
+SKEW=""
+if [ "$SKEW_ROWS" -gt 0 ]; then
+    # Keys 990, 1980, ... for the first 10% of the rows (99% of the key space),
+    # then dense: 90% of the rows in the last 1%.
+    n=$SKEW_ROWS sparse=$((SKEW_ROWS / 10))
+    echo "bench: creating $n skewed rows" >&2
+    q bench_src "CREATE TABLE skewed AS SELECT CASE WHEN id <= $sparse THEN id * 990
+        ELSE $((99 * n)) + id - $sparse END AS id, user_id, symbol, side, quantity, price,
+        status, client_order_id, metadata, created_at, updated_at
+        FROM trading_order WHERE id <= $n;
+        ALTER TABLE skewed ADD PRIMARY KEY (id)" >/dev/null
+    q bench_src "VACUUM ANALYZE skewed" >/dev/null
+    q bench_tgt "CREATE TABLE skewed $TABLE_DDL" >/dev/null
+    RUN_LOG=info run_backfill skewed 4 insert skewed
+    got=$(q bench_tgt "SELECT count(*) FROM skewed")
+    [ "$got" = "$n" ] || { echo "bench: skewed copied $got rows of $n" >&2; exit 1; }
+    splits=$(redis-cli -p "$BF_REDIS_PORT" HGET 'bf:{bench}:stats' splits)
+    # "busy B s of S s since its first lease", one line per worker: idle = 1 - B / span,
+    # span = the longest S (the copy phase).
+    SKEW=$(sed -n 's/.*busy \([0-9.]*\) s of \([0-9.]*\) s since its first lease.*/\1 \2/p' \
+        "$DIR/run.err" | awk -v n="$n" -v secs="$RUN_SECS" -v splits="${splits:-0}" '
+        { busy[NR] = $1; if ($2 > span) span = $2 }
+        END {
+            list = ""; worst = 0
+            for (i = 1; i <= NR; i++) {
+                idle = span > 0 ? 100 * (span - busy[i]) / span : 100
+                if (idle > worst) worst = idle
+                list = list (i > 1 ? ", " : "") busy[i]
+            }
+            printf "%d rows (90%% in the last 1%% of the key space), 4 workers: %.0f rows/s, %d splits; workers busy %s s of %.1f s, most idle %.0f%%", n, n / secs, splits, list, span, worst
+        }')
+    echo "bench: skewed: $SKEW" >&2
+fi
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 {
     echo "| path | rows/s | MB/s | vs. pipe | worker CPU s / M rows | worker peak RSS MB | coordinator peak RSS MB |"
@@ -203,6 +246,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         echo "- insert, 4 workers vs. pgcopydb (4 jobs): $(ratio "${BEST[insert/4]}" "$PGCOPYDB_RATE")"
     fi
     [ -z "$WIDE" ] || echo "- wide rows: $WIDE"
+    [ -z "$SKEW" ] || echo "- skewed: $SKEW"
     echo
     echo "$ROWS rows, $((BYTES / 1000000)) MB; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(q postgres 'SHOW server_version'); $(date -u +%Y-%m-%d)"
 } | tee "${OUT:-/dev/null}"

@@ -4,13 +4,19 @@ Job state transitions, loaded with FUNCTION LOAD so they survive a Redis restart
 (unlike the EVALSHA script cache). Every function takes KEYS[1] = "bf:{job}:meta";
 the other keys of the job share its "bf:{job}:" prefix (one hash slot).
 
+  bf:{job}:meta        hash: planned nranges ntables created_ms epoch max_rejects
+                             tbl:<t>:name tbl:<t>:ranges tbl:<t>:est; live control:
+                             paused cancel rate (rows/s)
   bf:{job}:range:<id>  hash: tbl lo hi state token owner expires seq cursor rows bytes
-                             attempts est last_error done_by (lo/hi/cursor absent = open)
+                             attempts est last_error done_by split_from
+                             (lo/hi/cursor absent = open)
   bf:{job}:pending     zset of range ids waiting for a lease (score = id)
   bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)
   bf:{job}:fence       counter: every lease gets a new, larger fencing token
+  bf:{job}:tat         throttle: ms at which the row budget handed out is used up
   bf:{job}:stats       hash: rows:<tbl> bytes:<tbl> done:<tbl> failed:<tbl> rejects:<tbl>
-                             done_total batches retries rejects_total
+                             done_total batches retries rejects_total splits
+                             lat:<bucket> lat_sum_ms (batch durations)
 
 Cursors and keys are opaque strings; tokens are compared as strings of digits
 (they stay below 2^53, so they round-trip exactly through Lua numbers too).
@@ -63,8 +69,13 @@ local function bf_lease(keys, args)
   return out
 end
 
--- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms, rejects)
+-- Batch duration histogram buckets (ms; the last is +Inf), for /metrics.
+local LAT_BOUNDS = {50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000}
+
+-- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms, rejects,
+--               batch_ms)
 --   -> 'OK' | 'DUP' (this seq was applied already) | 'STALE' (token superseded)
+--   batch_ms (optional, -1 = not measured) goes into the stats' lat:<bucket> counts
 local function bf_checkpoint(keys, args)
   local p = prefix(keys[1])
   local id, token, seq = args[1], args[2], tonumber(args[3])
@@ -95,6 +106,18 @@ local function bf_checkpoint(keys, args)
   redis.call('HINCRBY', st, 'rows:' .. tbl, args[6])
   redis.call('HINCRBY', st, 'bytes:' .. tbl, args[7])
   redis.call('HINCRBY', st, 'batches', 1)
+  local ms = tonumber(args[11] or '-1')
+  if ms >= 0 then
+    local b = #LAT_BOUNDS + 1
+    for i, bound in ipairs(LAT_BOUNDS) do
+      if ms <= bound then
+        b = i
+        break
+      end
+    end
+    redis.call('HINCRBY', st, 'lat:' .. b, 1)
+    redis.call('HINCRBY', st, 'lat_sum_ms', ms)
+  end
   local rejects = tonumber(args[10] or '0')
   if rejects > 0 then
     redis.call('HINCRBY', rk, 'rejects', rejects)
@@ -185,6 +208,69 @@ local function bf_reap(keys, args)
   return ids
 end
 
+-- bf_split(meta; id, token, key, est_new, est_kept) -> new range id | 'STALE'
+--   the owner of lease (id, token), between batches, gives up [key, hi) of its range:
+--   its hi becomes key and [key, old hi) is a new pending range of the same table.
+--   The owner picked key past its cursor (only the source can compare keys), so no
+--   row is in both parts and none in neither.
+local function bf_split(keys, args)
+  local p = prefix(keys[1])
+  local id, token, key = args[1], args[2], args[3]
+  local rk = p .. 'range:' .. id
+  local cur = redis.call('HMGET', rk, 'token', 'state', 'tbl', 'hi', 'rows')
+  if cur[1] ~= token or cur[2] ~= 'leased' then
+    return 'STALE'
+  end
+  local nid = redis.call('HINCRBY', keys[1], 'nranges', 1) - 1
+  local nk = p .. 'range:' .. nid
+  local left = tonumber(args[4])
+  redis.call('HSET', nk, 'tbl', cur[3], 'state', 'pending', 'seq', 0, 'rows', 0, 'bytes', 0,
+             'attempts', 0, 'est', left, 'lo', key, 'split_from', id)
+  if cur[4] then
+    redis.call('HSET', nk, 'hi', cur[4])
+  end
+  -- estimates (rows): the new part's, and what the owner has copied and has left
+  redis.call('HSET', rk, 'hi', key, 'est', tonumber(cur[5] or '0') + tonumber(args[5]))
+  redis.call('HINCRBY', keys[1], 'tbl:' .. cur[3] .. ':ranges', 1)
+  redis.call('HINCRBY', p .. 'stats', 'splits', 1)
+  redis.call('ZADD', p .. 'pending', nid, tostring(nid))
+  return nid
+end
+
+-- bf_admit(meta; rows) -> {state, rows, wait_ms}
+--   asked by a worker before each batch. state: 'run', 'paused' or 'cancel' (meta
+--   fields paused / cancel, set by `backfill pause|cancel`). With a rate (meta 'rate',
+--   rows/s over all workers, `backfill throttle`): a batch is at most a quarter
+--   second of the rate, and the worker waits wait_ms before it, so that batches
+--   start no faster than the rate allows (a shared virtual clock, bf:{job}:tat,
+--   the time at which the budget handed out so far is used up; no burst credit).
+local function bf_admit(keys, args)
+  local m = redis.call('HMGET', keys[1], 'paused', 'cancel', 'rate')
+  local rows = tonumber(args[1])
+  if m[2] == '1' then
+    return {'cancel', 0, 0}
+  end
+  if m[1] == '1' then
+    return {'paused', 0, 0}
+  end
+  local rate = tonumber(m[3] or '0')
+  if rate <= 0 then
+    return {'run', rows, 0}
+  end
+  if rows > rate / 4 then
+    rows = math.max(1, math.floor(rate / 4))
+  end
+  local p = prefix(keys[1])
+  local now = now_ms()
+  local tat = tonumber(redis.call('GET', p .. 'tat') or '0')
+  if tat < now then
+    tat = now
+  end
+  local wait = tat - now
+  redis.call('SET', p .. 'tat', string.format('%.3f', tat + rows * 1000 / rate), 'PX', 60000)
+  return {'run', rows, math.floor(wait)}
+end
+
 -- bf_retry_failed(meta) -> number of failed ranges put back to pending
 local function bf_retry_failed(keys, args)
   local p = prefix(keys[1])
@@ -210,3 +296,5 @@ redis.register_function('bf_renew', bf_renew)
 redis.register_function('bf_release', bf_release)
 redis.register_function('bf_reap', bf_reap)
 redis.register_function('bf_retry_failed', bf_retry_failed)
+redis.register_function('bf_split', bf_split)
+redis.register_function('bf_admit', bf_admit)

@@ -25,7 +25,7 @@ typedef enum {
     BF_MSG_DONE,      /* worker: range_id, token, rows, bytes */
     BF_MSG_FAIL,      /* worker: range_id, token, code, message, retryable */
     BF_MSG_REVOKE,    /* coord: range_id, token */
-    BF_MSG_SHRINK,    /* coord: range_id, token, hi */
+    BF_MSG_SHRINK,    /* coord: range_id, token: split off the far part of your range */
     BF_MSG_DRAIN,     /* coord: deadline_ms, done (job finished: exit) */
     BF_MSG_ERR,       /* coord: code (UNKNOWN_SESSION, STALE_EPOCH, BAD_PROTO), message */
     BF_MSG__COUNT
@@ -48,7 +48,7 @@ typedef struct {
     int nenv;
 
     int64_t range_id, token, table, seq; /* LEASE, DONE, FAIL, PROGRESS, REVOKE, SHRINK */
-    char *lo, *hi, *cursor;              /* LEASE, SHRINK (hi); NULL = open end / start */
+    char *lo, *hi, *cursor;              /* LEASE; NULL = open end / start */
     bool has_lo, has_hi, has_cursor;     /* distinguishes NULL (open) from absent */
 
     int64_t retry_after_ms;      /* NOWORK */

@@ -206,10 +206,12 @@ int bf_rstate_is_planned(bf_rstate_t *self)
 
 int bf_rstate_is_complete(bf_rstate_t *self)
 {
+    /* done before nranges: a split adds a range (nranges first, then the owner's
+     * part may end), so a count read before it never covers the new range. */
     int64_t planned = 0, nranges = 0, done = 0;
     if (bf_rstate_hget_int(self, "meta", "planned", &planned) != 0 ||
-        bf_rstate_hget_int(self, "meta", "nranges", &nranges) != 0 ||
-        bf_rstate_hget_int(self, "stats", "done_total", &done) != 0)
+        bf_rstate_hget_int(self, "stats", "done_total", &done) != 0 ||
+        bf_rstate_hget_int(self, "meta", "nranges", &nranges) != 0)
         return -1;
     return planned == 1 && done >= nranges;
 }
@@ -270,9 +272,10 @@ int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const 
 
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
                                     const char *cursor, int64_t rows, int64_t bytes,
-                                    int64_t rejects, bool final, int64_t ttl_ms)
+                                    int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms)
 {
-    char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24];
+    char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24], mss[24];
+    snprintf(mss, sizeof mss, "%lld", (long long)batch_ms);
     snprintf(rejs, sizeof rejs, "%lld", (long long)rejects);
     snprintf(ids, sizeof ids, "%lld", (long long)id);
     snprintf(toks, sizeof toks, "%lld", (long long)token);
@@ -293,8 +296,9 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
                           bytess,
                           final ? "1" : "0",
                           ttls,
-                          rejs};
-    redisReply *r = bf_rstate_argv(self, 14, argv);
+                          rejs,
+                          mss};
+    redisReply *r = bf_rstate_argv(self, 15, argv);
     if (!r)
         return BF_CP_ERROR;
     bf_cp_result_t res = BF_CP_ERROR;
@@ -308,6 +312,58 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
     }
     freeReplyObject(r);
     return res;
+}
+
+int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,
+                    int64_t est_kept, int64_t *new_id)
+{
+    char ids[24], toks[24], en[24], ek[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)id);
+    snprintf(toks, sizeof toks, "%lld", (long long)token);
+    snprintf(en, sizeof en, "%lld", (long long)est_new);
+    snprintf(ek, sizeof ek, "%lld", (long long)est_kept);
+    const char *argv[] = {"FCALL", "bf_split", "1", bf_rstate_key(self, "meta"), ids, toks,
+                          key,     en,         ek};
+    redisReply *r = bf_rstate_argv(self, 9, argv);
+    if (!r)
+        return -1;
+    int res = -1;
+    if (r->type == REDIS_REPLY_INTEGER) {
+        *new_id = r->integer;
+        res = 0;
+    } else if ((r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_STRING) &&
+               strcmp(r->str, "STALE") == 0) {
+        res = 1;
+    } else {
+        snprintf(self->errmsg, sizeof self->errmsg, "bf_split: unexpected reply");
+    }
+    freeReplyObject(r);
+    return res;
+}
+
+int bf_rstate_admit(bf_rstate_t *self, int64_t rows, bf_admit_t *state, int64_t *granted,
+                    int64_t *wait_ms)
+{
+    redisReply *r = bf_rstate_cmd(self, "FCALL bf_admit 1 %s %lld", bf_rstate_key(self, "meta"),
+                                  (long long)rows);
+    if (!r)
+        return -1;
+    int rc = -1;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+        r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_INTEGER &&
+        r->element[2]->type == REDIS_REPLY_INTEGER) {
+        const char *st = r->element[0]->str;
+        *state = strcmp(st, "paused") == 0   ? BF_ADMIT_PAUSED
+                 : strcmp(st, "cancel") == 0 ? BF_ADMIT_CANCEL
+                                             : BF_ADMIT_RUN;
+        *granted = r->element[1]->integer;
+        *wait_ms = r->element[2]->integer;
+        rc = 0;
+    } else {
+        snprintf(self->errmsg, sizeof self->errmsg, "bf_admit: unexpected reply");
+    }
+    freeReplyObject(r);
+    return rc;
 }
 
 int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *reason,

@@ -63,14 +63,35 @@ int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const 
 
 typedef enum { BF_CP_OK = 0, BF_CP_DUP = 1, BF_CP_STALE = 2, BF_CP_ERROR = -1 } bf_cp_result_t;
 
+/* Records batch `seq` of lease (id, token): cursor, rows, bytes, rejects, and its
+ * duration batch_ms (-1: not measured) for the latency histogram; final ends the
+ * range, else the lease is extended by ttl_ms. */
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
                                     const char *cursor, int64_t rows, int64_t bytes,
-                                    int64_t rejects, bool final, int64_t ttl_ms);
+                                    int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms);
 
 /* Puts a leased range back. counts_as_attempt: a failure (else a clean hand-back).
  * Returns 0 pending again, 1 failed for good (attempts exhausted), 2 stale, -1 error. */
 int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *reason,
                       bool counts_as_attempt, int max_attempts);
+
+/* The owner of lease (id, token) gives up [key, hi) of its range (key is past its
+ * cursor, below hi): its hi becomes key, and [key, old hi) a new pending range,
+ * *new_id. est_new / est_kept: estimated rows of the new part and left in the
+ * owner's. Returns 0, 1 when the lease is no longer held, -1 on error (the split
+ * may or may not have happened: the caller must not copy past key before it
+ * knows). */
+int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,
+                    int64_t est_kept, int64_t *new_id);
+
+/* Live control (`backfill pause|resume|cancel|throttle`), asked before each batch. */
+typedef enum { BF_ADMIT_RUN = 0, BF_ADMIT_PAUSED, BF_ADMIT_CANCEL } bf_admit_t;
+
+/* Asks to copy a batch of up to `rows` rows. Returns 0 with *state; when it is
+ * BF_ADMIT_RUN, *granted rows (fewer under a throttle) may be copied after
+ * waiting *wait_ms. -1 on error. */
+int bf_rstate_admit(bf_rstate_t *self, int64_t rows, bf_admit_t *state, int64_t *granted,
+                    int64_t *wait_ms);
 
 /* Extends the given leases; writes up to *nlost ids no longer held into lost.
  * Returns 0 or -1. */

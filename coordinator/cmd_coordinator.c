@@ -4,6 +4,7 @@
 #include "coordinator.h"
 #include "exitcodes.h"
 #include "log.h"
+#include "metrics.h"
 #include "strbuf.h"
 
 #include <czmq.h>
@@ -51,6 +52,7 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
                                          {"max-rejects", required_argument, NULL, 'm'},
                                          {"log-level", required_argument, NULL, 'l'},
                                          {"log-format", required_argument, NULL, 'f'},
+                                         {"metrics", required_argument, NULL, 'M'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int c;
@@ -94,6 +96,16 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
         case 'r':
             a->opts.replan = true;
             break;
+        case 'M': {
+            char host[256], err[300];
+            int port;
+            if (bf_metrics_parse_addr(optarg, host, sizeof host, &port, err, sizeof err) != 0) {
+                fprintf(stderr, "backfill: --metrics: %s\n", err);
+                return BF_EXIT_USAGE;
+            }
+            a->opts.metrics = optarg;
+            break;
+        }
         case 'm': {
             char *end = NULL;
             long long v = strtoll(optarg, &end, 10);
@@ -146,8 +158,8 @@ static void s_coordinator_usage(FILE *f)
     fprintf(
         f,
         "usage: backfill coordinator JOB.yaml [--bind ENDPOINT] [--lease-ttl SECONDS] [--replan]\n"
-        "                            [--max-rejects N] [--log-level LEVEL] [--log-format "
-        "text|json]\n\n"
+        "                            [--max-rejects N] [--metrics ADDR] [--log-level LEVEL]\n"
+        "                            [--log-format text|json]\n\n"
         "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
         "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
         "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable).\n"
@@ -158,7 +170,9 @@ static void s_coordinator_usage(FILE *f)
         "                     while redis has none (after emptying the target tables)\n"
         "  --max-rejects N    rows the targets may refuse (constraint, value too long) before\n"
         "                     the job stops; they are kept in public.backfill_rejects on the\n"
-        "                     target. Default 0: the first refused row stops the job\n",
+        "                     target. Default 0: the first refused row stops the job\n"
+        "  --metrics ADDR     serve Prometheus metrics at http://ADDR/metrics, e.g.\n"
+        "                     tcp://0.0.0.0:9570 (rows, bytes, ranges, batch latency...)\n",
         BF_EXIT_DATA, BF_EXIT_INTERRUPTED);
 }
 
@@ -296,18 +310,21 @@ static void s_reap_all(supervisor_t *s, int ms)
 static void s_run_usage(FILE *f)
 {
     fprintf(
-        f, "usage: backfill run JOB.yaml [--workers N] [--lease-ttl SECONDS] [--replan]\n"
-           "                    [--max-rejects N] [--log-level LEVEL] [--log-format text|json]\n\n"
-           "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
-           "on stderr. Interrupted (Ctrl-C), it hands every range back at its last checkpoint;\n"
-           "run it again to resume. On a finished job it says so and exits 0.\n"
-           "  --workers N     local worker processes (default 4)\n"
-           "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
-           "  --replan        plan afresh although the targets hold progress of this job while\n"
-           "                  redis has none (after emptying the target tables)\n"
-           "  --max-rejects N rows the targets may refuse (constraint, value too long) before the\n"
-           "                  job stops; they are kept in public.backfill_rejects on the target.\n"
-           "                  Default 0: the first refused row stops the job\n");
+        f,
+        "usage: backfill run JOB.yaml [--workers N] [--lease-ttl SECONDS] [--replan]\n"
+        "                    [--max-rejects N] [--metrics ADDR] [--log-level LEVEL]\n"
+        "                    [--log-format text|json]\n\n"
+        "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
+        "on stderr. Interrupted (Ctrl-C), it hands every range back at its last checkpoint;\n"
+        "run it again to resume. On a finished job it says so and exits 0.\n"
+        "  --workers N     local worker processes (default 4)\n"
+        "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
+        "  --replan        plan afresh although the targets hold progress of this job while\n"
+        "                  redis has none (after emptying the target tables)\n"
+        "  --max-rejects N rows the targets may refuse (constraint, value too long) before the\n"
+        "                  job stops; they are kept in public.backfill_rejects on the target.\n"
+        "                  Default 0: the first refused row stops the job\n"
+        "  --metrics ADDR  serve Prometheus metrics at http://ADDR/metrics (tcp://0.0.0.0:9570)\n");
 }
 
 static int s_run(coord_args_t *ap)

@@ -140,10 +140,27 @@ int bf_cmd_status(int argc, char **argv)
         rate_ms = bf_now_ms() - t0;
     }
     double rate = rate_ms > 0 ? 1000.0 * (double)rate_rows / (double)rate_ms : 0;
+    /* Live control: pause, cancel, throttle. */
+    bool paused = false, cancelled = false;
+    long long limit = 0;
+    redisReply *ctl =
+        bf_rstate_cmd(ctx.redis, "HMGET %s paused cancel rate", bf_rstate_key(ctx.redis, "meta"));
+    if (ctl && ctl->type == REDIS_REPLY_ARRAY && ctl->elements == 3) {
+        paused =
+            ctl->element[0]->type == REDIS_REPLY_STRING && strcmp(ctl->element[0]->str, "1") == 0;
+        cancelled =
+            ctl->element[1]->type == REDIS_REPLY_STRING && strcmp(ctl->element[1]->str, "1") == 0;
+        if (ctl->element[2]->type == REDIS_REPLY_STRING)
+            limit = atoll(ctl->element[2]->str);
+    }
+    if (ctl)
+        freeReplyObject(ctl);
     if (json)
         printf("{\"job\":\"%s\",\"planned\":true,\"rows_per_second\":%.0f,\"batches\":%lld,"
-               "\"retries\":%lld,\"tables\":[",
-               ctx.job->name, rate, (long long)batches, (long long)retries);
+               "\"retries\":%lld,\"paused\":%s,\"cancelled\":%s,\"rows_per_second_limit\":%lld,"
+               "\"tables\":[",
+               ctx.job->name, rate, (long long)batches, (long long)retries,
+               paused ? "true" : "false", cancelled ? "true" : "false", limit);
     else
         printf("%-32s %7s %7s %7s %7s %12s %12s %6s %8s %8s\n", "table", "done", "leased",
                "pending", "failed", "rows", "est_rows", "pct", "eta_s", "rejects");
@@ -173,6 +190,16 @@ int bf_cmd_status(int argc, char **argv)
     else
         printf("rate: %.0f rows/s, %lld batches, %lld retries%s\n", rate, (long long)batches,
                (long long)retries, done_ranges == all_ranges ? ", job complete" : "");
+    if (!json && (paused || cancelled || limit > 0)) {
+        printf("control:");
+        if (cancelled)
+            printf(" cancelled (the coordinator is stopping; run the job again to resume)");
+        if (paused)
+            printf(" paused (backfill resume continues)");
+        if (limit > 0)
+            printf(" throttled to %lld rows/s", limit);
+        printf("\n");
+    }
     free(p);
     bf_jobctx_close(&ctx);
     return BF_EXIT_OK;

@@ -11,6 +11,10 @@ int bf_cmd_status(int argc, char **argv);
 int bf_cmd_verify(int argc, char **argv);
 int bf_cmd_demo(int argc, char **argv);
 int bf_cmd_sandbox(int argc, char **argv);
+int bf_cmd_pause(int argc, char **argv);
+int bf_cmd_resume(int argc, char **argv);
+int bf_cmd_cancel(int argc, char **argv);
+int bf_cmd_throttle(int argc, char **argv);
 
 /* The body of `run`, also used by `demo`. */
 int bf_run_job(const char *job_path, int workers, const char *log_level);

@@ -2,6 +2,7 @@
 
 #include "exitcodes.h"
 #include "log.h"
+#include "metrics.h"
 #include "net.h"
 #include "strbuf.h"
 
@@ -25,20 +26,32 @@ typedef struct {
     int nleases;         /* leases it holds */
     int64_t lease_ids[MAX_WORKER_LEASES];
     int64_t lease_tokens[MAX_WORKER_LEASES];
+    long long lease_since[MAX_WORKER_LEASES]; /* ms when leased */
+    long long split_asked[MAX_WORKER_LEASES]; /* ms of the last SHRINK for it, 0 = none */
 } worker_t;
 
+/* Straggler splitting: a lease is asked to split (SHRINK) once it is this old, and
+ * again at most this often, while workers are idle with nothing pending. */
+#define SPLIT_MIN_AGE_MS 500
+#define SPLIT_EVERY_MS 1000
+/* At most this many SHRINKs per dispatch round. */
+#define SPLIT_MAX_ASKS 16
+
 struct bf_coord {
-    bf_jobctx_t ctx;      /* job, connections, resolved tables */
-    bf_coord_opts_t opts; /* timing */
-    zsock_t *router;      /* bound ROUTER */
-    uint64_t epoch;       /* this coordinator's epoch (from Redis) */
-    worker_t *workers;    /* connected workers */
+    bf_jobctx_t ctx;       /* job, connections, resolved tables */
+    bf_coord_opts_t opts;  /* timing */
+    zsock_t *router;       /* bound ROUTER */
+    bf_metrics_t *metrics; /* Prometheus endpoint, or NULL */
+    uint64_t epoch;        /* this coordinator's epoch (from Redis) */
+    worker_t *workers;     /* connected workers */
     int nworkers, capworkers;
     zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
     int rr;                /* where the next lease hand-out round starts (fairness) */
     bool recount;          /* a range ended: read the done count from Redis */
     long long next_recount;
-    int64_t nranges;       /* ranges in the plan */
+    int64_t nranges;       /* ranges in the plan (grows when ranges are split) */
+    long long next_split;  /* no SHRINK round before this (ms) */
+    bool cancelled;        /* `backfill cancel`: drain the workers and stop, resumable */
     bool failed;           /* a range failed for good or a worker hit a data error */
     char fail_msg[1024];   /* why */
     long long started_ms;  /* when serving started (monotonic) */
@@ -184,6 +197,17 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         *exit_code = BF_EXIT_CONNECT;
         goto fail;
     }
+    /* A cancel ended the last run; this one resumes. Pause and throttle stay. */
+    redisReply *ctl = bf_rstate_cmd(r, "HMGET %s paused rate", bf_rstate_key(r, "meta"));
+    if (ctl && ctl->type == REDIS_REPLY_ARRAY && ctl->elements == 2) {
+        if (ctl->element[0]->type == REDIS_REPLY_STRING && strcmp(ctl->element[0]->str, "1") == 0)
+            log_warn("job %s is paused: no rows move until `backfill resume`", self->ctx.job->name);
+        if (ctl->element[1]->type == REDIS_REPLY_STRING)
+            log_info("job %s is throttled to %s rows/s (`backfill throttle` changes it)",
+                     self->ctx.job->name, ctl->element[1]->str);
+    }
+    freeReplyObject(ctl);
+    freeReplyObject(bf_rstate_cmd(r, "HDEL %s cancel", bf_rstate_key(r, "meta")));
     /* The workers read the reject allowance from here (it may change on a restart). */
     redisReply *mr = bf_rstate_cmd(r, "HSET %s max_rejects %lld", bf_rstate_key(r, "meta"),
                                    (long long)self->opts.max_rejects);
@@ -221,6 +245,7 @@ void bf_coord_destroy(bf_coord_t **self_p)
         zframe_destroy(&self->workers[i].identity);
     free(self->workers);
     zhashx_destroy(&self->by_identity);
+    bf_metrics_stop(&self->metrics);
     zsock_destroy(&self->router);
     bf_jobctx_close(&self->ctx);
     free(self);
@@ -238,6 +263,21 @@ static int64_t s_done_total(bf_coord_t *self, int64_t *failed)
             done = strtoll(r->element[0]->str, NULL, 10);
         if (r->element[1]->type == REDIS_REPLY_STRING)
             *failed = strtoll(r->element[1]->str, NULL, 10);
+    }
+    if (r)
+        freeReplyObject(r);
+    /* After the done count: a split adds its range before the part it left can
+     * end, so done >= nranges read in this order means every range is done. */
+    r = bf_rstate_cmd(self->ctx.redis, "HMGET %s nranges cancel",
+                      bf_rstate_key(self->ctx.redis, "meta"));
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        if (r->element[0]->type == REDIS_REPLY_STRING) {
+            int64_t n = strtoll(r->element[0]->str, NULL, 10);
+            if (n > self->nranges)
+                self->nranges = n;
+        }
+        self->cancelled =
+            r->element[1]->type == REDIS_REPLY_STRING && strcmp(r->element[1]->str, "1") == 0;
     }
     if (r)
         freeReplyObject(r);
@@ -263,6 +303,14 @@ int bf_coord_bind(bf_coord_t *self, const char *endpoint)
     }
     log_info("coordinator listening on %s (epoch %" PRIu64 ", %lld ranges)", endpoint, self->epoch,
              (long long)self->nranges);
+    if (self->opts.metrics) {
+        char err[400];
+        self->metrics = bf_metrics_start(self->opts.metrics, self->ctx.job, err, sizeof err);
+        if (!self->metrics) {
+            log_error("%s", err);
+            return -1;
+        }
+    }
     return 0;
 }
 
@@ -312,6 +360,7 @@ static void s_remove_worker(bf_coord_t *self, worker_t *w, const char *why)
     zhashx_delete(self->by_identity, s_idkey(w->identity, key));
     zframe_destroy(&w->identity);
     *w = self->workers[--self->nworkers];
+    bf_metrics_set_workers(self->metrics, self->nworkers);
     if (w != &self->workers[self->nworkers]) /* the last one moved here */
         zhashx_update(self->by_identity, s_idkey(w->identity, key),
                       (void *)(intptr_t)(w - self->workers + 1));
@@ -323,9 +372,49 @@ static void s_forget_lease(worker_t *w, int64_t id)
         if (w->lease_ids[i] == id) {
             w->lease_ids[i] = w->lease_ids[w->nleases - 1];
             w->lease_tokens[i] = w->lease_tokens[w->nleases - 1];
+            w->lease_since[i] = w->lease_since[w->nleases - 1];
+            w->split_asked[i] = w->split_asked[w->nleases - 1];
             w->nleases--;
             return;
         }
+}
+
+/* Workers are idle and nothing is pending: ask the owners of the oldest leases
+ * (one per idle worker) to split their ranges. An owner splits between batches,
+ * past its cursor, and the new range is leased out like any other. */
+static void s_ask_splits(bf_coord_t *self, int idle)
+{
+    long long now = bf_now_ms();
+    if (now < self->next_split)
+        return;
+    self->next_split = now + 250;
+    if (idle > SPLIT_MAX_ASKS)
+        idle = SPLIT_MAX_ASKS;
+    for (int asked = 0; asked < idle; asked++) {
+        worker_t *best = NULL;
+        int best_i = 0;
+        for (int i = 0; i < self->nworkers; i++) {
+            worker_t *w = &self->workers[i];
+            for (int k = 0; k < w->nleases; k++) {
+                if (now - w->lease_since[k] < SPLIT_MIN_AGE_MS ||
+                    (w->split_asked[k] && now - w->split_asked[k] < SPLIT_EVERY_MS))
+                    continue;
+                if (!best || w->lease_since[k] < best->lease_since[best_i]) {
+                    best = w;
+                    best_i = k;
+                }
+            }
+        }
+        if (!best)
+            return;
+        best->split_asked[best_i] = now;
+        bf_msg_t m = {.type = BF_MSG_SHRINK,
+                      .range_id = best->lease_ids[best_i],
+                      .token = best->lease_tokens[best_i]};
+        s_send(self, best, &m);
+        log_debug("asked %s to split range %lld (%d workers idle)", best->id, (long long)m.range_id,
+                  idle);
+    }
 }
 
 /* Leases per Redis round trip at most. */
@@ -388,7 +477,9 @@ static void s_dispatch(bf_coord_t *self)
                           .has_cursor = true};
             s_send(self, w, &m);
             w->lease_ids[w->nleases] = r->id;
-            w->lease_tokens[w->nleases++] = r->token;
+            w->lease_tokens[w->nleases] = r->token;
+            w->lease_since[w->nleases] = bf_now_ms();
+            w->split_asked[w->nleases++] = 0;
             w->credit--;
             w->nowork_sent = false;
             log_debug("leased range %lld to %s (token %lld)", (long long)r->id, w->id,
@@ -396,15 +487,20 @@ static void s_dispatch(bf_coord_t *self)
             bf_range_clear(r);
         }
         if (leased < n) {
-            /* Nothing pending for anyone: say so once to those left waiting. */
+            /* Nothing pending for anyone: say so once to those left waiting, and
+             * find them work by splitting the ranges of others. */
+            int idle = 0;
             for (int k = leased; k < n; k++) {
                 worker_t *w = &self->workers[who[k]];
+                idle += w->nleases == 0;
                 if (!w->nowork_sent) {
                     bf_msg_t m = {.type = BF_MSG_NOWORK, .retry_after_ms = 1000};
                     s_send(self, w, &m);
                     w->nowork_sent = true;
                 }
             }
+            if (idle > 0)
+                s_ask_splits(self, idle);
             return;
         }
     }
@@ -439,6 +535,7 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
                             .nenv = self->ctx.job->nenv};
         s_send(self, w, &welcome);
         log_info("worker %s joined (%d connected)", w->id, self->nworkers);
+        bf_metrics_set_workers(self->metrics, self->nworkers);
         return;
     }
     if (!w || m->sid != w->sid || m->ep != self->epoch) {
@@ -646,6 +743,12 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         }
         if (done >= self->nranges) {
             rc = BF_EXIT_OK;
+            break;
+        }
+        if (self->cancelled) {
+            log_warn("job cancelled (backfill cancel): workers hand their ranges back at their "
+                     "last checkpoints; run the job again to resume it");
+            rc = BF_EXIT_INTERRUPTED;
             break;
         }
     }

@@ -18,6 +18,7 @@ typedef struct {
     int progress_ms;     /* progress line interval on stderr, 0 = none */
     bool replan;         /* plan afresh even if targets hold fence rows of this job */
     int64_t max_rejects; /* rows the targets may refuse (kept in backfill_rejects), default 0 */
+    const char *metrics; /* serve Prometheus metrics on this address (HOST:PORT), or NULL */
 } bf_coord_opts_t;
 
 /* Prepares the job: resolves every table (errors before any row moves), plans
@@ -29,6 +30,8 @@ void bf_coord_destroy(bf_coord_t **self_p);
 /* True when every range is done already. */
 bool bf_coord_complete(bf_coord_t *self);
 
+/* Binds the ROUTER to endpoint, and starts the metrics server when asked. 0 or
+ * -1 (logged). */
 int bf_coord_bind(bf_coord_t *self, const char *endpoint);
 
 /* Serves workers until the job is done (BF_EXIT_OK), fails, or *stop is set

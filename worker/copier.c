@@ -746,12 +746,35 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         self->resolved[r->table] = true;
     }
 
-    int64_t batch_rows = w->limit > 0 ? w->limit : self->batch_size[r->table];
+    /* Once workers wait for work (the coordinator asked for a split), a batch is a
+     * quarter of the usual: the range can be split again sooner and its last
+     * batch, which nobody can share, ends sooner. */
+    int64_t batch_rows = w->limit > 0       ? w->limit
+                         : w->short_batches ? (self->batch_size[r->table] + 3) / 4
+                                            : self->batch_size[r->table];
     char *end = NULL;
     bool final = false;
     /* One route: the batch is its first batch_rows rows after the cursor, and ends
      * at the last one copied (keyed relay). Several routes must agree on where the
      * batch ends before any of them copies: find that key first. */
+    /* Live control: paused, cancelled, or throttled (fewer rows, and a wait). */
+    int64_t granted = 0, wait_ms = 0;
+    if (bf_rstate_admit(self->redis, batch_rows, &w->control, &granted, &wait_ms) != 0) {
+        snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
+        return BF_BATCH_RETRY;
+    }
+    if (w->control != BF_ADMIT_RUN)
+        return BF_BATCH_PAUSED;
+    for (long long until = bf_now_ms() + wait_ms; bf_now_ms() < until;) {
+        long long left = until - bf_now_ms();
+        usleep((useconds_t)(left > 100 ? 100 : left) * 1000);
+        if (self->tick && s_tick(self)) {
+            snprintf(w->error, sizeof w->error, "stopped while throttled");
+            return BF_BATCH_RETRY;
+        }
+    }
+    bool throttled = granted < batch_rows;
+    batch_rows = granted;
     int64_t limit = tp->nroutes == 1 ? batch_rows : 0;
     long long t0 = bf_now_ms();
     if (limit == 0 && s_batch_end(self->src, tp, r, batch_rows, &end, &final) != 0) {
@@ -825,7 +848,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     }
     if (w->limit > 0) /* back to full batches once past the rejected rows */
         w->limit = w->limit * 2 >= self->batch_size[r->table] ? 0 : w->limit * 2;
-    else if (!final)
+    else if (!final && !w->short_batches && !throttled)
         s_adapt(self, job, r->table, batch_rows, rows, bytes, bf_now_ms() - t0);
     if (all_done)
         final = true; /* every target holds the range already */
@@ -836,7 +859,8 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     bf_cp_result_t cp = BF_CP_ERROR;
     for (int attempt = 0; attempt < 3 && cp == BF_CP_ERROR; attempt++) {
         cp = bf_rstate_checkpoint(self->redis, r->id, r->token, r->seq + 1, new_cursor, rows, bytes,
-                                  w->rejects - rejects_before, final, self->lease_ttl_ms);
+                                  w->rejects - rejects_before, final, self->lease_ttl_ms,
+                                  bf_now_ms() - t0);
         if (cp == BF_CP_ERROR)
             usleep(200000 * (attempt + 1));
     }
@@ -857,6 +881,80 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         return BF_BATCH_FENCED;
     }
     return final ? BF_BATCH_FINAL : BF_BATCH_MORE;
+}
+
+/* The planner's estimate of the rows matching cond (EXPLAIN, no rows read), or -1. */
+static int64_t s_estimate_rows(bf_pg_t *src, const bf_tableplan_t *tp, const char *cond)
+{
+    char *sql =
+        bf_xasprintf("EXPLAIN (FORMAT JSON) SELECT 1 FROM %s WHERE %s", tp->src_qname, cond);
+    PGresult *res = bf_pg_query(src, sql, 0, NULL);
+    free(sql);
+    if (!res)
+        return -1;
+    const char *plan = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "";
+    const char *at = strstr(plan, "\"Plan Rows\":"); /* the top node's */
+    int64_t est = at ? strtoll(at + strlen("\"Plan Rows\":"), NULL, 10) : -1;
+    PQclear(res);
+    return est;
+}
+
+/* Fewest rows left in a range for a split to be worth its queries. */
+#define SPLIT_MIN_ROWS 1000
+/* The split key is found by reading this many keys at most (an index-only scan). */
+#define SPLIT_MAX_OFFSET 5000000
+
+int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int64_t *new_id)
+{
+    bf_range_t *r = &w->range;
+    if (r->table < 0 || r->table >= self->job->ntables || !self->resolved[r->table] ||
+        !bf_pg_is_alive(self->src) || !s_redis(self))
+        return 1; /* no batch yet: nothing known about the range */
+    const bf_tableplan_t *tp = &self->plans[r->table];
+    char *cond = bf_tableplan_range_cond(tp, self->src, r->lo, r->cursor, r->hi);
+    int64_t left = s_estimate_rows(self->src, tp, cond);
+    w->short_batches = true;
+    int64_t batch = (self->batch_size[r->table] + 3) / 4;
+    if (left < SPLIT_MIN_ROWS || left < batch) {
+        log_debug("range %lld: not split (about %lld rows left)", (long long)r->id,
+                  (long long)left);
+        free(cond);
+        return 1;
+    }
+    /* The key about halfway through what is left; fewer rows than estimated: try
+     * nearer the cursor. */
+    char *key = NULL;
+    int64_t skip = left / 2 > SPLIT_MAX_OFFSET ? SPLIT_MAX_OFFSET : left / 2;
+    for (int attempt = 0; attempt < 3 && !key && skip >= SPLIT_MIN_ROWS / 2; attempt++) {
+        char *sql = bf_xasprintf("SELECT %s FROM %s WHERE %s ORDER BY %s OFFSET %lld LIMIT 1",
+                                 tp->key_text, tp->src_qname, cond, tp->key_list, (long long)skip);
+        PGresult *res = bf_pg_query(self->src, sql, 0, NULL);
+        free(sql);
+        if (!res)
+            break;
+        if (PQntuples(res) == 1)
+            key = bf_xstrdup(PQgetvalue(res, 0, 0));
+        else
+            skip /= 4;
+        PQclear(res);
+    }
+    free(cond);
+    if (!key)
+        return 1;
+    int64_t est_new = left > skip ? left - skip : 0;
+    int rc = bf_rstate_split(self->redis, r->id, r->token, key, est_new, skip, new_id);
+    if (rc == 0) {
+        log_info("range %lld split at key %s for idle workers: range %lld takes the rest (about "
+                 "%lld rows; %lld left here)",
+                 (long long)r->id, key, (long long)*new_id, (long long)est_new, (long long)skip);
+        free(r->hi);
+        r->hi = key;
+        return 0;
+    }
+    free(key);
+    if (rc < 0)
+        snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
+    return rc == 1 ? 2 : -1;
 }
 
 /* The Redis connection, opened when first needed; NULL when Redis is unreachable. */

@@ -19,16 +19,19 @@ typedef enum {
     BF_BATCH_RETRY,     /* transient failure (connection, Redis): retry later */
     BF_BATCH_FATAL,     /* data or schema problem: needs a person */
     BF_BATCH_ROW_ERROR, /* internal to the copier: the target refused a row */
+    BF_BATCH_PAUSED,    /* `backfill pause` (or cancel): nothing copied, ask again later */
 } bf_batch_result_t;
 
 /* A lease being worked on. */
 typedef struct {
-    bf_range_t range; /* id, table, lo, hi, cursor (advances), token, seq (advances) */
-    int64_t rows;     /* rows copied under this lease */
-    int64_t bytes;    /* bytes copied under this lease */
-    int64_t limit;    /* rows per batch while isolating a rejected row; 0 = the job's */
-    int64_t rejects;  /* rows written to backfill_rejects under this lease */
-    char error[1024]; /* for BF_BATCH_FATAL / RETRY: what went wrong */
+    bf_range_t range;   /* id, table, lo, hi, cursor (advances), token, seq (advances) */
+    int64_t rows;       /* rows copied under this lease */
+    int64_t bytes;      /* bytes copied under this lease */
+    int64_t limit;      /* rows per batch while isolating a rejected row; 0 = the job's */
+    int64_t rejects;    /* rows written to backfill_rejects under this lease */
+    bool short_batches; /* workers are idle (SHRINK seen): quarter batches, finer splits */
+    bf_admit_t control; /* the job's live control state at the last batch */
+    char error[1024];   /* for BF_BATCH_FATAL / RETRY: what went wrong */
 } bf_lease_work_t;
 
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms);
@@ -42,6 +45,17 @@ void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg);
 
 /* Copies the next batch of the lease. */
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
+
+/* Between batches, gives up the far half of what is left of the lease's range
+ * (coordinator's SHRINK: workers are idle): finds a real key about halfway
+ * between the cursor and hi on the source and splits the range there in Redis;
+ * the lease's hi becomes that key, and its batches from now on are a quarter
+ * of the usual size (short_batches). Returns 0 split (*new_id is the new range),
+ * 1 not split (too little left, or nothing known yet), 2 the lease is no longer
+ * held, -1 Redis failed (w->error says how) and the split may or may not have
+ * happened: the caller must stop copying this lease (its expiry returns it to
+ * pending). */
+int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int64_t *new_id);
 
 /* Hands a lease back to pending in Redis (clean stop or failure). Returns the
  * bf_rstate_release() result. */

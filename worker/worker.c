@@ -55,12 +55,15 @@ typedef struct {
     bool credit_sent;       /* asked for work and not answered yet */
     bool draining;          /* coordinator asked us to stop */
     bool revoked;           /* the lease in hand was revoked: drop it */
+    bool split_asked;       /* SHRINK for the lease in hand: split it between batches */
+    bool paused;            /* `backfill pause` or cancel seen (logged once) */
     int exit_code;          /* set when the loop should end */
     long long stop_asked;   /* ms when a stop was first seen during a batch */
     bool finished;          /* loop ends */
     int64_t ranges_done, rows_done;
-    long long retry_until;      /* no new lease before this (after a transient failure) */
-    long long retry_backoff_ms; /* doubles on each transient failure, up to 10 s */
+    long long first_lease_ms, busy_ms; /* when it got its first lease; time spent copying */
+    long long retry_until;             /* no new lease before this (after a transient failure) */
+    long long retry_backoff_ms;        /* doubles on each transient failure, up to 10 s */
 } worker_t;
 
 static bool s_tick(void *arg);
@@ -139,12 +142,21 @@ static void s_on_welcome(worker_t *w, bf_msg_t *m)
 
 static void s_drop_lease(worker_t *w)
 {
-    w->revoked = false;
+    w->revoked = w->split_asked = false;
     if (!w->lease)
         return;
     bf_range_clear(&w->lease->range);
     free(w->lease);
     w->lease = NULL;
+}
+
+/* The last line of a worker whose job is finished; bench/ reads the busy time. */
+static void s_log_finished(worker_t *w, const char *why)
+{
+    log_info("%s; %lld ranges and %lld rows copied by this worker, busy %.1f s of %.1f s since "
+             "its first lease",
+             why, (long long)w->ranges_done, (long long)w->rows_done, (double)w->busy_ms / 1000.0,
+             w->first_lease_ms ? (double)(bf_now_ms() - w->first_lease_ms) / 1000.0 : 0.0);
 }
 
 /* Handles one message; returns false when it was from another session or epoch
@@ -165,9 +177,7 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
     }
     if (m->type == BF_MSG_DRAIN && m->done && m->sid == 0) {
         /* Answer to a HELLO that reached a coordinator whose job is finished. */
-        log_info("job finished (the coordinator says so); %lld ranges and %lld rows copied by "
-                 "this worker",
-                 (long long)w->ranges_done, (long long)w->rows_done);
+        s_log_finished(w, "job finished (the coordinator says so)");
         w->draining = w->finished = true;
         w->exit_code = BF_EXIT_OK;
         return true;
@@ -192,6 +202,8 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
             break;
         }
         w->lease = bf_xcalloc(1, sizeof *w->lease);
+        if (!w->first_lease_ms)
+            w->first_lease_ms = bf_now_ms();
         w->lease->range.id = m->range_id;
         w->lease->range.token = m->token;
         w->lease->range.table = (int)m->table;
@@ -209,11 +221,15 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
         if (w->lease && w->lease->range.id == m->range_id)
             w->revoked = true;
         break;
+    case BF_MSG_SHRINK:
+        /* Also acted on between batches: the split key must lie past the cursor. */
+        if (w->lease && w->lease->range.id == m->range_id && w->lease->range.token == m->token)
+            w->split_asked = true;
+        break;
     case BF_MSG_DRAIN:
         w->draining = true;
         if (m->done) {
-            log_info("job finished; %lld ranges and %lld rows copied by this worker",
-                     (long long)w->ranges_done, (long long)w->rows_done);
+            s_log_finished(w, "job finished");
             w->finished = true;
             w->exit_code = BF_EXIT_OK;
         }
@@ -283,7 +299,25 @@ static void s_work(worker_t *w)
     bf_batch_result_t r = bf_copier_batch(w->copier, l);
     bf_msg_t m = {
         .range_id = l->range.id, .token = l->range.token, .rows = l->rows, .bytes = l->bytes};
+    if (r == BF_BATCH_PAUSED) {
+        if (!w->paused)
+            log_info(l->control == BF_ADMIT_CANCEL
+                         ? "job cancelled (backfill cancel): range %lld waits at its checkpoint "
+                           "for the coordinator to end the job"
+                         : "paused (backfill pause): range %lld waits at its checkpoint; `backfill "
+                           "resume` continues",
+                     (long long)l->range.id);
+        w->paused = true;
+        s_service(w, 500);
+        return;
+    }
+    if (w->paused) {
+        log_info("resumed");
+        w->paused = false;
+    }
     switch (r) {
+    case BF_BATCH_PAUSED:
+        return; /* handled above */
     case BF_BATCH_MORE:
         w->retry_backoff_ms = 1000;
         return;
@@ -340,6 +374,40 @@ static void s_work(worker_t *w)
         return;
     }
     }
+}
+
+/* The coordinator saw idle workers and asked us (SHRINK) to split the range in hand. */
+static void s_split(worker_t *w)
+{
+    w->split_asked = false;
+    if (w->draining)
+        return;
+    bf_lease_work_t *l = w->lease;
+    int64_t new_id = -1;
+    long long t0 = bf_now_ms();
+    int rc = bf_copier_split(w->copier, l, &new_id);
+    w->busy_ms += bf_now_ms() - t0;
+    if (rc == 0 || rc == 1)
+        return;
+    bf_msg_t m = {.range_id = l->range.id, .token = l->range.token, .rows = l->rows};
+    if (rc == 2) {
+        snprintf(l->error, sizeof l->error, "range %lld was leased to another worker",
+                 (long long)l->range.id);
+        log_warn("fenced: %s; dropping the range", l->error);
+        s_send_fenced(w, &m);
+        return;
+    }
+    /* Unknown whether Redis split the range: copying on could overlap the new
+     * range or stop short of it. Leave the lease; it expires back to pending
+     * with whatever bounds Redis holds. */
+    log_warn("range %lld: cannot split it (%s); leaving it to expire and be leased again",
+             (long long)l->range.id, l->error);
+    m.type = BF_MSG_FAIL;
+    m.code = (char *)"RETRY";
+    m.message = (char *)"split failed";
+    m.retryable = true;
+    s_send(w, &m);
+    s_drop_lease(w);
 }
 
 static void s_usage(FILE *f)
@@ -433,9 +501,8 @@ int bf_cmd_worker(int argc, char **argv)
             if (w.sid)
                 log_warn("coordinator silent for %lld ms; reconnecting", now - w.last_heard);
             if (!w.lease && w.copier && bf_copier_job_complete(w.copier) == 1) {
-                log_info("job finished (every range is done in redis; the coordinator is gone); "
-                         "%lld ranges and %lld rows copied by this worker",
-                         (long long)w.ranges_done, (long long)w.rows_done);
+                s_log_finished(&w, "job finished (every range is done in redis; the "
+                                   "coordinator is gone)");
                 break;
             }
             s_socket_new(&w);
@@ -455,8 +522,14 @@ int bf_cmd_worker(int argc, char **argv)
             log_warn("range %lld revoked by the coordinator", (long long)w.lease->range.id);
             s_drop_lease(&w);
         }
-        if (w.lease)
+        if (w.lease && w.split_asked)
+            s_split(&w);
+        if (w.lease) {
+            long long t0 = bf_now_ms();
             s_work(&w);
+            if (!w.paused) /* waiting while paused is not work */
+                w.busy_ms += bf_now_ms() - t0;
+        }
     }
     s_drop_lease(&w);
     bf_copier_destroy(&w.copier);

@@ -121,10 +121,6 @@ static void s_frame_valid(frame_t *f, bf_msg_type_t type)
         m.token = (int64_t)(s_rand() >> 1);
         m.rows = 1000;
         m.bytes = 100000;
-        if (type == BF_MSG_SHRINK) {
-            m.hi = (char *)"10";
-            m.has_hi = true;
-        }
         break;
     case BF_MSG_FAIL:
         /* a non-retryable failure: accepted, it would stop the whole job */

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Prometheus metrics: `run --metrics` serves /metrics during the run; the text is
+# valid exposition format (checked line by line here, and by promtool when it is
+# installed) and its row counters match `backfill status`.
+. "$(dirname "$0")/lib.sh"
+fresh_db mt_src mt_tgt
+make_monolith mt_src 300000
+make_service mt_tgt
+forget_job mt
+JOB_BATCH_MS=1000 write_job "$WORK/job.yaml" mt mt_src mt_tgt 5000 50000
+
+# A bad address is refused before anything starts.
+if "$BF" run "$WORK/job.yaml" --metrics nonsense 2>"$WORK/bad.err"; then fail "bad --metrics accepted"; fi
+grep -q 'expected HOST:PORT' "$WORK/bad.err" || { cat "$WORK/bad.err"; fail "unclear --metrics error"; }
+
+copied() { redis_cmd HGET 'bf:{mt}:stats' rows:0; }
+has_rows() { [ "$(copied)" -gt 0 ] 2>/dev/null; }
+PORT=$((20000 + RANDOM % 30000))
+"$BF" run "$WORK/job.yaml" --workers 2 --metrics "tcp://127.0.0.1:$PORT" >"$WORK/run.out" 2>"$WORK/run.err" &
+RUN=$!
+BG_PIDS+=("$RUN")
+wait_for 60 has_rows || { tail "$WORK/run.err"; fail "no rows copied"; }
+"$BF" throttle "$WORK/job.yaml" --rows-per-second 30000 >/dev/null
+URL="http://127.0.0.1:$PORT/metrics"
+curl -fsS "$URL" >"$WORK/m1.txt" || { tail "$WORK/run.err"; fail "GET /metrics"; }
+
+# Exposition format: HELP/TYPE lines, then samples name{label="value",...} number,
+# every sample of a declared family; histogram buckets cumulative, +Inf = _count.
+awk '
+/^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* / { next }
+/^# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|histogram|summary|untyped)$/ { type[$3] = $4; next }
+/^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*")(,[a-zA-Z_][a-zA-Z0-9_]*="([^"\\]|\\.)*")*\})? -?[0-9.e+]+$/ {
+    name = $1; sub(/\{.*/, "", name); fam = name
+    if (!(fam in type)) { sub(/_(bucket|sum|count)$/, "", fam) }
+    if (!(fam in type)) { print "undeclared family: " $0; bad = 1 }
+    if (name ~ /_bucket$/) { if ($2 < last) { print "bucket not cumulative: " $0; bad = 1 }; last = $2 }
+    if (name ~ /_count$/ && fam != name && $2 != last) { print "count != +Inf bucket: " $0; bad = 1 }
+    n++; next
+}
+{ print "bad line: " $0; bad = 1 }
+END { if (n < 20) { print "only " n " samples"; bad = 1 }; exit bad }' "$WORK/m1.txt" ||
+    fail "invalid exposition format"
+if command -v promtool >/dev/null; then
+    promtool check metrics <"$WORK/m1.txt" || fail "promtool rejects /metrics"
+fi
+grep -q '^backfill_workers_connected{job="mt"} 2$' "$WORK/m1.txt" || fail "workers_connected is not 2"
+grep -q '^backfill_throttle_rows_per_second{job="mt"} 30000$' "$WORK/m1.txt" || fail "throttle gauge"
+grep -q '^backfill_batch_duration_seconds_count{job="mt"} [1-9]' "$WORK/m1.txt" || fail "no batch latency"
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/nothing")
+expect_eq "$code" 404 "status of another path"
+
+# Paused, the counters hold still: /metrics and status must agree exactly.
+"$BF" pause "$WORK/job.yaml" >/dev/null
+sleep 3
+curl -fsS "$URL" >"$WORK/m2.txt"
+"$BF" status "$WORK/job.yaml" --json >"$WORK/status.json"
+for t in public.orders public.users public.notes; do
+    m=$(sed -n "s/^backfill_rows_copied_total{job=\"mt\",table=\"$t\"} \([0-9]*\)$/\1/p" "$WORK/m2.txt")
+    s=$(sed -n "s/.*\"table\":\"$t\",[^}]*\"rows\":\([0-9]*\).*/\1/p" "$WORK/status.json")
+    [ -n "$m" ] || fail "no rows counter for $t"
+    expect_eq "$m" "$s" "rows of $t in /metrics and status"
+done
+grep -q '^backfill_paused{job="mt"} 1$' "$WORK/m2.txt" || fail "paused gauge"
+grep '^backfill_rows_copied_total{job="mt",table="public.orders"}' "$WORK/m2.txt" | grep -qv ' 0$' ||
+    fail "no orders rows counted"
+
+"$BF" throttle "$WORK/job.yaml" --rows-per-second 0 >/dev/null
+"$BF" resume "$WORK/job.yaml" >/dev/null
+wait "$RUN" || { tail "$WORK/run.err"; fail "run exited $?"; }
+grep -q 'job complete' "$WORK/run.out" || fail "run did not complete"
+expect_same mt_src mt_tgt
