@@ -13,6 +13,14 @@ static char s_role[32] = "backfill";
 static char s_job[128] = "";
 static bool s_json = false;
 static const char *s_level_names[] = {"debug", "info", "warn", "error"};
+static void (*s_hook)(void *);
+static void *s_hook_arg;
+
+void bf_log_set_hook(void (*before_line)(void *arg), void *arg)
+{
+    s_hook = before_line;
+    s_hook_arg = arg;
+}
 
 void bf_log_set_role(const char *role)
 {
@@ -96,5 +104,7 @@ void bf_log_write(bf_log_level_t level, const char *fmt, ...)
         snprintf(line, sizeof line, "%s %-5s %s[%d]%s%s: %s\n", ts, s_level_names[level], s_role,
                  (int)getpid(), s_job[0] ? " " : "", s_job, msg);
     }
+    if (s_hook)
+        s_hook(s_hook_arg);
     fputs(line, stderr);
 }

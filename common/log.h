@@ -16,6 +16,8 @@ void bf_log_set_level(bf_log_level_t level);
 void bf_log_set_json(bool json);
 /* Parses "debug", "info", "warn", "error"; returns -1 when unknown. */
 int bf_log_level_parse(const char *name);
+/* Called before each line is written (a live progress display erases itself). */
+void bf_log_set_hook(void (*before_line)(void *arg), void *arg);
 void bf_log_write(bf_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define bf_log(level, ...)                                                                         \

@@ -315,8 +315,10 @@ static void s_run_usage(FILE *f)
         "                    [--max-rejects N] [--metrics ADDR] [--log-level LEVEL]\n"
         "                    [--log-format text|json]\n\n"
         "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
-        "on stderr. Interrupted (Ctrl-C), it hands every range back at its last checkpoint;\n"
-        "run it again to resume. On a finished job it says so and exits 0.\n"
+        "on stderr: a live display per table on a terminal (workers then log warnings\n"
+        "only), a line every 2 s otherwise. Interrupted (Ctrl-C), it hands every range back\n"
+        "at its last checkpoint; run it again to resume. On a finished job it says so and\n"
+        "exits 0.\n"
         "  --workers N     local worker processes (default 4)\n"
         "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
         "  --replan        plan afresh although the targets hold progress of this job while\n"
@@ -331,11 +333,19 @@ static int s_run(coord_args_t *ap)
 {
     coord_args_t a = *ap;
     int rc;
+    const char *term = getenv("TERM");
+    a.opts.progress_tty = isatty(STDERR_FILENO) &&
+                          !(a.log_format && strcmp(a.log_format, "json") == 0) &&
+                          !(term && strcmp(term, "dumb") == 0);
     bf_log_set_role("run");
     s_signals();
     bf_coord_t *coord = s_prepare(&a, &rc);
     if (!coord)
         return rc;
+    /* On a terminal: a live progress display, and the workers' info lines off so
+     * they do not scroll it away (--log-level sets them back). */
+    if (!a.log_level && a.opts.progress_tty)
+        a.log_level = "warn";
     supervisor_t s = {.args = &a, .n = a.workers};
     snprintf(s.endpoint, sizeof s.endpoint, "ipc:///tmp/backfill-run-%d.sock", (int)getpid());
     ssize_t len = readlink("/proc/self/exe", s.self_exe, sizeof s.self_exe - 1);

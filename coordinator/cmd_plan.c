@@ -1,13 +1,15 @@
-/* `backfill plan JOB.yaml` and `backfill status JOB.yaml [--json]`. */
+/* `backfill plan JOB.yaml` and `backfill status JOB.yaml [--json | --watch]`. */
 #include "commands.h"
 #include "coordinator.h"
 #include "exitcodes.h"
 #include "jobctx.h"
 #include "log.h"
 #include "planner.h"
+#include "progress.h"
 #include "strbuf.h"
 
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,18 +79,131 @@ int bf_cmd_plan(int argc, char **argv)
     return rc;
 }
 
+static volatile sig_atomic_t s_stop = 0;
+
+static void s_on_signal(int sig)
+{
+    (void)sig;
+    s_stop = 1;
+}
+
+/* Rate window of `status --watch`: rows/s over about the last 5 s. */
+#define WATCH_WINDOW_MS 5000
+
+/* `status --watch`: redraws the progress display every interval_ms until the job
+ * is complete (exit 0) or Ctrl-C. */
+static int s_watch(bf_jobctx_t *ctx, int interval_ms)
+{
+    struct sigaction sa = {.sa_handler = s_on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int n = ctx->job->ntables;
+    bf_table_progress_t *p = bf_xcalloc((size_t)n, sizeof *p);
+    bf_progress_view_t view = {.out = stdout, .tty = isatty(STDOUT_FILENO)};
+    bf_rate_window_t win = {0};
+    long long start = bf_now_ms();
+    bool warned = false;
+    int rc = BF_EXIT_INTERRUPTED;
+    while (!s_stop) {
+        if (bf_progress_read(ctx->redis, n, p, NULL, NULL) != 0) {
+            if (!warned)
+                log_warn("%s (retrying)", ctx->redis->errmsg);
+            warned = true;
+        } else {
+            warned = false;
+            int64_t rows = 0, done = 0, ranges = 0;
+            for (int t = 0; t < n; t++) {
+                rows += p[t].rows;
+                done += p[t].done;
+                ranges += p[t].ranges;
+            }
+            long long now = bf_now_ms();
+            int64_t est = 0;
+            for (int t = 0; t < n; t++)
+                est += p[t].est;
+            bf_progress_info_t info = {.elapsed_s = (double)(now - start) / 1000.0,
+                                       .rate =
+                                           bf_rate_window_add(&win, now, rows, WATCH_WINDOW_MS)};
+            info.eta_s = bf_rate_window_eta(&win, now, est, rows, info.rate);
+            redisReply *c = bf_rstate_cmd(ctx->redis, "HMGET %s paused cancel rate",
+                                          bf_rstate_key(ctx->redis, "meta"));
+            if (c && c->type == REDIS_REPLY_ARRAY && c->elements == 3) {
+                info.paused = c->element[0]->type == REDIS_REPLY_STRING &&
+                              strcmp(c->element[0]->str, "1") == 0;
+                info.cancelled = c->element[1]->type == REDIS_REPLY_STRING &&
+                                 strcmp(c->element[1]->str, "1") == 0;
+                info.throttle =
+                    c->element[2]->type == REDIS_REPLY_STRING ? atoll(c->element[2]->str) : 0;
+            }
+            if (c)
+                freeReplyObject(c);
+            if (!view.tty && win.n > 1)
+                fputc('\n', stdout); /* plain frames, one after the other */
+            bf_progress_draw(&view, ctx->job->name, p, n, &info);
+            if (done == ranges) {
+                rc = BF_EXIT_OK;
+                break;
+            }
+        }
+        for (long long until = bf_now_ms() + interval_ms; !s_stop && bf_now_ms() < until;)
+            usleep(50000);
+    }
+    free(p);
+    return rc;
+}
+
 int bf_cmd_status(int argc, char **argv)
 {
+    static const char *usage =
+        "usage: backfill status JOB.yaml [--json] [--watch [--interval SECONDS]]\n\n"
+        "Per table: ranges done/leased/pending/failed, rows copied, rate and ETA, read\n"
+        "from the job's checkpoints in Redis. Works while the job runs and after.\n"
+        "  --json          one JSON object (for scripts)\n"
+        "  --watch         redraw a progress bar per table (rows, bytes, rate over the last\n"
+        "                  5 s, ETA, workers, rejects, stuck ranges) until the job is\n"
+        "                  complete or Ctrl-C; plain frames when stdout is not a terminal\n"
+        "  --interval S    seconds between redraws (default 2)\n";
+    static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
+                                         {"watch", no_argument, NULL, 'w'},
+                                         {"interval", required_argument, NULL, 'i'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    bool json = false, watch = false;
+    double interval = 2;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        char *end = NULL;
+        switch (c) {
+        case 'j':
+            json = true;
+            break;
+        case 'w':
+            watch = true;
+            break;
+        case 'i':
+            interval = strtod(optarg, &end);
+            if (end == optarg || *end || interval < 0.1 || interval > 3600) {
+                fprintf(stderr, "backfill status: --interval takes seconds, 0.1 to 3600\n");
+                return BF_EXIT_USAGE;
+            }
+            break;
+        case 'h':
+            fputs(usage, stdout);
+            return BF_EXIT_OK;
+        default:
+            fputs(usage, stderr);
+            return BF_EXIT_USAGE;
+        }
+    }
+    if (optind + 1 != argc || (json && watch)) {
+        if (json && watch)
+            fprintf(stderr, "backfill status: --json and --watch do not go together\n");
+        fputs(usage, stderr);
+        return BF_EXIT_USAGE;
+    }
+    const char *path = argv[optind];
     int rc;
-    bool json = false;
-    const char *path =
-        s_args(argc, argv, &json,
-               "usage: backfill status JOB.yaml [--json]\n\n"
-               "Per table: ranges done/leased/pending/failed, rows copied, rate and ETA, read\n"
-               "from the job's checkpoints in Redis. Works while the job runs and after.\n",
-               &rc);
-    if (!path)
-        return rc;
     bf_log_set_role("status");
     bf_jobctx_t ctx;
     rc = bf_jobctx_open(&ctx, path, BF_NEED_REDIS);
@@ -106,6 +221,11 @@ int bf_cmd_status(int argc, char **argv)
             printf("job %s has not started (no plan in redis)\n", ctx.job->name);
         bf_jobctx_close(&ctx);
         return planned < 0 ? BF_EXIT_CONNECT : BF_EXIT_OK;
+    }
+    if (watch) {
+        rc = s_watch(&ctx, (int)(interval * 1000));
+        bf_jobctx_close(&ctx);
+        return rc;
     }
     int n = ctx.job->ntables;
     bf_table_progress_t *p = bf_xcalloc((size_t)n, sizeof *p);

@@ -3,6 +3,7 @@
 #include "exitcodes.h"
 #include "log.h"
 #include "metrics.h"
+#include "progress.h"
 #include "net.h"
 #include "strbuf.h"
 
@@ -38,12 +39,14 @@ typedef struct {
 #define SPLIT_MAX_ASKS 16
 
 struct bf_coord {
-    bf_jobctx_t ctx;       /* job, connections, resolved tables */
-    bf_coord_opts_t opts;  /* timing */
-    zsock_t *router;       /* bound ROUTER */
-    bf_metrics_t *metrics; /* Prometheus endpoint, or NULL */
-    uint64_t epoch;        /* this coordinator's epoch (from Redis) */
-    worker_t *workers;     /* connected workers */
+    bf_jobctx_t ctx;         /* job, connections, resolved tables */
+    bf_coord_opts_t opts;    /* timing */
+    zsock_t *router;         /* bound ROUTER */
+    bf_metrics_t *metrics;   /* Prometheus endpoint, or NULL */
+    bf_progress_view_t view; /* the live progress display (opts.progress_tty) */
+    bf_rate_window_t rate;   /* its rate: over the last few seconds */
+    uint64_t epoch;          /* this coordinator's epoch (from Redis) */
+    worker_t *workers;       /* connected workers */
     int nworkers, capworkers;
     zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
     int rr;                /* where the next lease hand-out round starts (fairness) */
@@ -110,16 +113,28 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
     freeReplyObject(meta);
     freeReplyObject(st);
 
-    /* Leased ranges per table: the lease set is small (one or two per worker). */
-    redisReply *ls = bf_rstate_cmd(redis, "ZRANGE %s 0 -1", bf_rstate_key(redis, "leases"));
+    /* Leased ranges per table: the lease set is small (one per worker). A lease
+     * past its expiry (the reaper has not run yet) is stuck: its worker is silent. */
+    redisReply *now = bf_rstate_cmd(redis, "TIME");
+    if (!now)
+        return -1;
+    long long now_ms = now->type == REDIS_REPLY_ARRAY && now->elements == 2
+                           ? atoll(now->element[0]->str) * 1000 + atoll(now->element[1]->str) / 1000
+                           : 0;
+    freeReplyObject(now);
+    redisReply *ls =
+        bf_rstate_cmd(redis, "ZRANGE %s 0 -1 WITHSCORES", bf_rstate_key(redis, "leases"));
     if (!ls)
         return -1;
-    for (size_t i = 0; i < ls->elements; i++) {
+    for (size_t i = 0; i + 1 < ls->elements; i += 2) {
         char suffix[64];
         snprintf(suffix, sizeof suffix, "range:%s", ls->element[i]->str);
         int64_t t = -1;
-        if (bf_rstate_hget_int(redis, suffix, "tbl", &t) == 0 && t >= 0 && t < ntables)
+        if (bf_rstate_hget_int(redis, suffix, "tbl", &t) == 0 && t >= 0 && t < ntables) {
             out[t].leased++;
+            if (atoll(ls->element[i + 1]->str) < now_ms)
+                out[t].stuck++;
+        }
     }
     freeReplyObject(ls);
     return 0;
@@ -591,11 +606,55 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
     }
 }
 
+/* Reads the job's live control state (pause, cancel, throttle) into info. */
+static void s_control_info(bf_rstate_t *r, bf_progress_info_t *info)
+{
+    redisReply *c = bf_rstate_cmd(r, "HMGET %s paused cancel rate", bf_rstate_key(r, "meta"));
+    if (c && c->type == REDIS_REPLY_ARRAY && c->elements == 3) {
+        info->paused =
+            c->element[0]->type == REDIS_REPLY_STRING && strcmp(c->element[0]->str, "1") == 0;
+        info->cancelled =
+            c->element[1]->type == REDIS_REPLY_STRING && strcmp(c->element[1]->str, "1") == 0;
+        info->throttle = c->element[2]->type == REDIS_REPLY_STRING ? atoll(c->element[2]->str) : 0;
+    }
+    if (c)
+        freeReplyObject(c);
+}
+
+static void s_erase_progress(void *arg)
+{
+    bf_progress_erase(arg);
+}
+
+/* final: at the start (reads the rows copied before this run) or the end of serving
+ * (the last frame of a live display stays on screen). */
 static void s_progress(bf_coord_t *self, bool final)
 {
     int n = self->ctx.job->ntables;
     bf_table_progress_t *p = bf_xcalloc((size_t)n, sizeof *p);
-    if (bf_progress_read(self->ctx.redis, n, p, NULL, NULL) == 0) {
+    if (bf_progress_read(self->ctx.redis, n, p, NULL, NULL) != 0) {
+        free(p);
+        return;
+    }
+    if (self->opts.progress_tty && self->started_ms) {
+        int64_t rows = 0;
+        for (int t = 0; t < n; t++)
+            rows += p[t].rows;
+        double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
+        int64_t est = 0;
+        for (int t = 0; t < n; t++)
+            est += p[t].est;
+        long long now = bf_now_ms();
+        bf_progress_info_t info = {.elapsed_s = secs,
+                                   .rate = bf_rate_window_add(&self->rate, now, rows, 5000)};
+        info.eta_s = bf_rate_window_eta(&self->rate, now, est, rows, info.rate);
+        s_control_info(self->ctx.redis, &info);
+        bf_progress_draw(&self->view, self->ctx.job->name, p, n, &info);
+        if (final) { /* leave it on screen */
+            bf_log_set_hook(NULL, NULL);
+            self->view.lines = 0;
+        }
+    } else {
         int64_t rows = 0, est = 0, done = 0, ranges = 0;
         for (int t = 0; t < n; t++) {
             rows += p[t].rows;
@@ -687,10 +746,15 @@ void bf_coord_linger_done(bf_coord_t *self, int ms, volatile sig_atomic_t *stop)
 int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(void *),
                    void *tick_arg)
 {
-    self->started_ms = bf_now_ms();
     s_progress(self, true);
+    self->started_ms = bf_now_ms();
     self->rows_at_start = self->rows_now;
-    self->next_progress = self->started_ms + self->opts.progress_ms;
+    int progress_ms = self->opts.progress_tty ? 500 : self->opts.progress_ms;
+    self->next_progress = self->started_ms + progress_ms;
+    if (self->opts.progress_tty) {
+        self->view = (bf_progress_view_t){.out = stderr, .tty = true};
+        bf_log_set_hook(s_erase_progress, &self->view);
+    }
     int rc = BF_EXIT_OK;
     int64_t failed = 0;
     for (;;) {
@@ -719,9 +783,9 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         if (tick)
             tick(tick_arg);
         s_dispatch(self);
-        if (self->opts.progress_ms && now >= self->next_progress) {
+        if (progress_ms && now >= self->next_progress) {
             s_progress(self, false);
-            self->next_progress = now + self->opts.progress_ms;
+            self->next_progress = now + progress_ms;
         }
         /* Ranges end with a DONE, or (worker gone) by a reap or another
          * coordinator's worker: read the count after a DONE and every second. */
@@ -752,6 +816,8 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             break;
         }
     }
+    if (self->opts.progress_tty)
+        s_progress(self, true);
     /* Tell every worker: done (exit) or drain (hand back and exit). */
     for (int i = 0; i < self->nworkers; i++) {
         bf_msg_t m = {.type = BF_MSG_DRAIN, .done = rc == BF_EXIT_OK, .deadline_ms = 10000};

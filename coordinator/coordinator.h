@@ -16,6 +16,7 @@ typedef struct {
     int liveness;        /* missed heartbeats before a peer is dead, default 3 */
     int lease_ttl_ms;    /* default 30000 */
     int progress_ms;     /* progress line interval on stderr, 0 = none */
+    bool progress_tty;   /* stderr is a terminal: a live progress display instead of lines */
     bool replan;         /* plan afresh even if targets hold fence rows of this job */
     int64_t max_rejects; /* rows the targets may refuse (kept in backfill_rejects), default 0 */
     const char *metrics; /* serve Prometheus metrics on this address (HOST:PORT), or NULL */
@@ -52,6 +53,7 @@ void bf_coord_summary(bf_coord_t *self, FILE *out);
 typedef struct {
     char name[256];
     int64_t ranges, done, failed, leased, est, rows, bytes, rejects;
+    int64_t stuck; /* leased ranges past their lease's expiry (worker silent) */
 } bf_table_progress_t;
 
 /* Fills n entries (n = job->ntables) and the retries and batches totals.

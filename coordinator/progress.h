@@ -1,0 +1,61 @@
+/* The progress display of `backfill run` (on a terminal) and `backfill status
+ * --watch`: one bar per table and a total line with rows, bytes, rate, ETA,
+ * workers, rejects and stuck ranges. On a terminal it redraws in place; elsewhere
+ * it prints plain lines. */
+#ifndef BF_PROGRESS_H
+#define BF_PROGRESS_H
+
+#include "coordinator.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+typedef struct {
+    double elapsed_s; /* since this run (or watch) started */
+    double rate;      /* rows/s */
+    double eta_s;     /* seconds left, -1 = unknown */
+    bool paused, cancelled;
+    long long throttle; /* rows/s limit, 0 = none */
+} bf_progress_info_t;
+
+typedef struct {
+    FILE *out;
+    bool tty;  /* redraw in place with ANSI sequences */
+    int lines; /* lines of the frame on screen (tty) */
+} bf_progress_view_t;
+
+/* Rows/s over a sliding window of samples. */
+#define BF_RATE_SAMPLES 64
+typedef struct {
+    long long t[BF_RATE_SAMPLES]; /* ms */
+    int64_t rows[BF_RATE_SAMPLES];
+    int n;
+    int64_t eta_rows; /* rows when the ETA was last computed */
+    long long eta_t;  /* ms then */
+    double eta_s;     /* the ETA then */
+} bf_rate_window_t;
+
+/* Adds a sample and returns the rate over the last window_ms (0 until there are
+ * two samples). Pure. */
+double bf_rate_window_add(bf_rate_window_t *w, long long now_ms, int64_t rows, long long window_ms);
+
+/* The seconds left: (est - rows) / rate when rows moved since the last call;
+ * between two checkpoints (rows counted batch by batch) the last ETA counts down
+ * instead of jumping back up. -1 when unknown. Pure. */
+double bf_rate_window_eta(bf_rate_window_t *w, long long now_ms, int64_t est, int64_t rows,
+                          double rate);
+
+/* The seconds left at this rate, or -1 when unknown. Pure. */
+double bf_progress_eta(int64_t est, int64_t rows, double rate);
+
+/* Formats n (>= 0) with thousands separators into buf. Pure. */
+const char *bf_progress_count(long long n, char *buf, size_t len);
+
+/* Draws one frame: replaces the previous one on a terminal. */
+void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_progress_t *p, int n,
+                      const bf_progress_info_t *info);
+
+/* Removes the frame from a terminal (before other output). */
+void bf_progress_erase(bf_progress_view_t *v);
+
+#endif

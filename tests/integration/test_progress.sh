@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The live progress display, through a pseudo-terminal (script(1)):
+# - `backfill demo` (the demo dataset) on a terminal redraws one bar per table and
+#   a total line in place; at mid-run its ETA is within 25% of the time that was
+#   actually left (median over the frames between 35% and 65%);
+# - `status --watch` redraws the same display while a job runs and exits 0 when
+#   it is complete; without a terminal it prints plain frames, and `run` without
+#   a terminal prints plain progress lines (no escape sequences).
+. "$(dirname "$0")/lib.sh"
+command -v script >/dev/null || fail "script(1) (bsdutils) is needed"
+
+script -qfec "$BF demo --workers 3" "$WORK/demo.tty" >/dev/null 2>&1 ||
+    { tail -c 2000 "$WORK/demo.tty"; fail "demo exited $?"; }
+grep -aq 'verify: OK' "$WORK/demo.tty" || fail "demo did not verify"
+# The terminal's text without escape sequences (grep reads a file: grep -q in a
+# pipeline would end it early, and pipefail would call that a failure).
+clean() { tr '\r' '\n' <"$1" | sed 's/\x1b\[[0-9;?]*[a-zA-Z]//g' >"$2"; }
+clean "$WORK/demo.tty" "$WORK/demo.txt"
+# Frames: the total line starts with the job name, then the bar.
+grep -a '^demo-split  *\[[#-]*\] ' "$WORK/demo.txt" >"$WORK/frames.txt" || fail "no progress frames"
+grep -aq '^public.trading_order  *\[[#-]*\] ' "$WORK/demo.txt" || fail "no per-table bar"
+grep -aq $'\x1b\\[4A' "$WORK/demo.tty" || fail "frames are not redrawn in place"
+[ "$(wc -l <"$WORK/frames.txt")" -ge 4 ] || { cat "$WORK/frames.txt"; fail "too few frames"; }
+tail -1 "$WORK/frames.txt" | grep -q ' 100.0% ' || fail "last frame is not 100%"
+awk '
+function secs(s) { # 4.1s, 2m05s, 1h02m
+    if (s ~ /h/) { split(s, a, "h"); return a[1] * 3600 + a[2] * 60 }
+    if (s ~ /m/) { split(s, a, "m"); return a[1] * 60 + a[2] }
+    return s + 0
+}
+{
+    pct = $3; sub(/%/, "", pct)
+    for (i = 1; i < NF; i++) {
+        if ($i == "elapsed") e[NR] = secs($(i + 1))
+        if ($i == "ETA") eta[NR] = $(i + 1)
+    }
+    p[NR] = pct; last = e[NR]
+}
+END {
+    n = 0
+    for (i = 1; i <= NR; i++) {
+        if (p[i] < 35 || p[i] > 65 || eta[i] == "?") continue
+        left = last - e[i]
+        if (left <= 0) continue
+        err[++n] = (secs(eta[i]) - left) / left
+        printf "at %s%%: ETA %s, actually %.1fs left (%+.0f%%)\n", p[i], eta[i], left, 100 * err[n]
+    }
+    if (n == 0) { print "no frame between 35% and 65%"; exit 1 }
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (err[j] < err[i]) { t = err[i]; err[i] = err[j]; err[j] = t }
+    med = n % 2 ? err[(n + 1) / 2] : (err[n / 2] + err[n / 2 + 1]) / 2
+    printf "median ETA error at mid-run: %+.0f%%\n", 100 * med
+    exit (med > 0.25 || med < -0.25)
+}' "$WORK/frames.txt" || { cat "$WORK/frames.txt"; fail "ETA off by more than 25% at mid-run"; }
+
+# status --watch on a terminal while a (throttled) job runs.
+fresh_db pg_src pg_tgt
+make_monolith pg_src 200000
+make_service pg_tgt
+forget_job pg
+JOB_BATCH_MS=250 write_job "$WORK/job.yaml" pg pg_src pg_tgt 5000 50000
+copied() { redis_cmd HGET 'bf:{pg}:stats' rows:0; }
+has_rows() { [ "$(copied)" -gt 0 ] 2>/dev/null; }
+"$BF" run "$WORK/job.yaml" --workers 2 >"$WORK/run.out" 2>"$WORK/run.err" &
+RUN=$!
+BG_PIDS+=("$RUN")
+wait_for 60 has_rows || fail "no rows copied"
+"$BF" throttle "$WORK/job.yaml" --rows-per-second 60000 >/dev/null
+script -qfec "$BF status $WORK/job.yaml --watch --interval 0.5" "$WORK/watch.tty" >/dev/null 2>&1 ||
+    { tail -c 2000 "$WORK/watch.tty"; fail "status --watch exited $?"; }
+wait "$RUN" || fail "run exited $?"
+clean "$WORK/watch.tty" "$WORK/watch.txt"
+for t in public.orders public.users public.notes; do
+    grep -aq "^$t  *\[[#-]*\] " "$WORK/watch.txt" || fail "no bar for $t in status --watch"
+done
+grep -a '^pg  *\[' "$WORK/watch.txt" >"$WORK/wframes.txt"
+[ "$(wc -l <"$WORK/wframes.txt")" -ge 3 ] || { cat "$WORK/wframes.txt"; fail "status --watch drew too few frames"; }
+grep -q 'throttled to 60,000 rows/s' "$WORK/wframes.txt" || fail "watch does not show the throttle"
+tail -1 "$WORK/wframes.txt" | grep -q ' 100.0% ' || fail "watch did not end at 100%"
+grep -aq $'\x1b\\[' "$WORK/watch.tty" || fail "no redraw sequences on a terminal"
+
+# No terminal: plain text only.
+"$BF" status "$WORK/job.yaml" --watch >"$WORK/plain.txt" || fail "status --watch (plain) exit $?"
+grep -q '^pg  *\[#*\] 100.0% ' "$WORK/plain.txt" || { cat "$WORK/plain.txt"; fail "plain frame"; }
+if grep -q $'\x1b' "$WORK/plain.txt" "$WORK/run.err"; then fail "escape sequences without a terminal"; fi
+grep -q 'progress: ' "$WORK/run.err" || fail "run without a terminal printed no progress lines"
