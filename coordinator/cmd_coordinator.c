@@ -53,6 +53,8 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
                                          {"log-level", required_argument, NULL, 'l'},
                                          {"log-format", required_argument, NULL, 'f'},
                                          {"metrics", required_argument, NULL, 'M'},
+                                         {"curve-cert", required_argument, NULL, 'C'},
+                                         {"curve-allow", required_argument, NULL, 'A'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     int c;
@@ -96,6 +98,12 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
         case 'r':
             a->opts.replan = true;
             break;
+        case 'C':
+            a->opts.curve_cert = optarg;
+            break;
+        case 'A':
+            a->opts.curve_allow = optarg;
+            break;
         case 'M': {
             char host[256], err[300];
             int port;
@@ -126,6 +134,12 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
     }
     if (optind + 1 != argc) {
         usage(stderr);
+        return BF_EXIT_USAGE;
+    }
+    if ((a->opts.curve_cert != NULL) != (a->opts.curve_allow != NULL) ||
+        (run && a->opts.curve_cert)) {
+        fprintf(stderr, "backfill: CURVE needs both --curve-cert and --curve-allow (coordinator "
+                        "only: `run` talks to its own workers over a local socket)\n");
         return BF_EXIT_USAGE;
     }
     a->job_path = argv[optind];
@@ -159,7 +173,8 @@ static void s_coordinator_usage(FILE *f)
         f,
         "usage: backfill coordinator JOB.yaml [--bind ENDPOINT] [--lease-ttl SECONDS] [--replan]\n"
         "                            [--max-rejects N] [--metrics ADDR] [--log-level LEVEL]\n"
-        "                            [--log-format text|json]\n\n"
+        "                            [--log-format text|json] [--curve-cert FILE --curve-allow "
+        "DIR]\n\n"
         "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
         "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
         "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable).\n"
@@ -172,7 +187,11 @@ static void s_coordinator_usage(FILE *f)
         "                     the job stops; they are kept in public.backfill_rejects on the\n"
         "                     target. Default 0: the first refused row stops the job\n"
         "  --metrics ADDR     serve Prometheus metrics at http://ADDR/metrics, e.g.\n"
-        "                     tcp://0.0.0.0:9570 (rows, bytes, ranges, batch latency...)\n",
+        "                     tcp://0.0.0.0:9570 (rows, bytes, ranges, batch latency...)\n"
+        "  --curve-cert FILE  encrypt and authenticate with CURVE: the coordinator's\n"
+        "                     certificate (FILE and FILE_secret, from `backfill keygen`)\n"
+        "  --curve-allow DIR  with --curve-cert: accept only workers whose public\n"
+        "                     certificate is in DIR (others are refused and logged)\n",
         BF_EXIT_DATA, BF_EXIT_INTERRUPTED);
 }
 

@@ -15,6 +15,7 @@ int bf_cmd_pause(int argc, char **argv);
 int bf_cmd_resume(int argc, char **argv);
 int bf_cmd_cancel(int argc, char **argv);
 int bf_cmd_throttle(int argc, char **argv);
+int bf_cmd_keygen(int argc, char **argv);
 
 /* The body of `run`, also used by `demo`. */
 int bf_run_job(const char *job_path, int workers, const char *log_level);

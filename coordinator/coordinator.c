@@ -1,5 +1,6 @@
 #include "coordinator.h"
 
+#include "curve.h"
 #include "exitcodes.h"
 #include "log.h"
 #include "metrics.h"
@@ -39,14 +40,15 @@ typedef struct {
 #define SPLIT_MAX_ASKS 16
 
 struct bf_coord {
-    bf_jobctx_t ctx;         /* job, connections, resolved tables */
-    bf_coord_opts_t opts;    /* timing */
-    zsock_t *router;         /* bound ROUTER */
-    bf_metrics_t *metrics;   /* Prometheus endpoint, or NULL */
-    bf_progress_view_t view; /* the live progress display (opts.progress_tty) */
-    bf_rate_window_t rate;   /* its rate: over the last few seconds */
-    uint64_t epoch;          /* this coordinator's epoch (from Redis) */
-    worker_t *workers;       /* connected workers */
+    bf_jobctx_t ctx;          /* job, connections, resolved tables */
+    bf_coord_opts_t opts;     /* timing */
+    zsock_t *router;          /* bound ROUTER */
+    bf_metrics_t *metrics;    /* Prometheus endpoint, or NULL */
+    bf_curve_server_t *curve; /* CURVE authentication, or NULL */
+    bf_progress_view_t view;  /* the live progress display (opts.progress_tty) */
+    bf_rate_window_t rate;    /* its rate: over the last few seconds */
+    uint64_t epoch;           /* this coordinator's epoch (from Redis) */
+    worker_t *workers;        /* connected workers */
     int nworkers, capworkers;
     zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
     int rr;                /* where the next lease hand-out round starts (fairness) */
@@ -262,6 +264,7 @@ void bf_coord_destroy(bf_coord_t **self_p)
     zhashx_destroy(&self->by_identity);
     bf_metrics_stop(&self->metrics);
     zsock_destroy(&self->router);
+    bf_curve_server_destroy(&self->curve);
     bf_jobctx_close(&self->ctx);
     free(self);
     *self_p = NULL;
@@ -312,6 +315,15 @@ int bf_coord_bind(bf_coord_t *self, const char *endpoint)
     zsock_set_linger(self->router, 1000);
     zsock_set_sndhwm(self->router, 10000);
     zsock_set_rcvhwm(self->router, 10000);
+    if (self->opts.curve_cert) {
+        char err[1200];
+        self->curve = bf_curve_server_new(self->router, self->opts.curve_cert,
+                                          self->opts.curve_allow, err, sizeof err);
+        if (!self->curve) {
+            log_error("%s", err);
+            return -1;
+        }
+    }
     if (zsock_bind(self->router, "%s", endpoint) < 0) {
         log_error("cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
         return -1;
@@ -775,6 +787,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
                     break;
             }
         }
+        bf_curve_server_poll(self->curve);
         long long now = bf_now_ms();
         if (now >= self->next_tick) {
             s_tick(self);

@@ -12,14 +12,16 @@
 typedef struct bf_coord bf_coord_t;
 
 typedef struct {
-    int heartbeat_ms;    /* default 2500 */
-    int liveness;        /* missed heartbeats before a peer is dead, default 3 */
-    int lease_ttl_ms;    /* default 30000 */
-    int progress_ms;     /* progress line interval on stderr, 0 = none */
-    bool progress_tty;   /* stderr is a terminal: a live progress display instead of lines */
-    bool replan;         /* plan afresh even if targets hold fence rows of this job */
-    int64_t max_rejects; /* rows the targets may refuse (kept in backfill_rejects), default 0 */
-    const char *metrics; /* serve Prometheus metrics on this address (HOST:PORT), or NULL */
+    int heartbeat_ms;        /* default 2500 */
+    int liveness;            /* missed heartbeats before a peer is dead, default 3 */
+    int lease_ttl_ms;        /* default 30000 */
+    int progress_ms;         /* progress line interval on stderr, 0 = none */
+    bool progress_tty;       /* stderr is a terminal: a live progress display instead of lines */
+    bool replan;             /* plan afresh even if targets hold fence rows of this job */
+    int64_t max_rejects;     /* rows the targets may refuse (kept in backfill_rejects), default 0 */
+    const char *metrics;     /* serve Prometheus metrics on this address (HOST:PORT), or NULL */
+    const char *curve_cert;  /* CURVE: the coordinator's certificate (with its _secret) */
+    const char *curve_allow; /* CURVE: folder of the public certificates of allowed workers */
 } bf_coord_opts_t;
 
 /* Prepares the job: resolves every table (errors before any row moves), plans

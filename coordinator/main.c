@@ -22,6 +22,7 @@ static const command_t s_commands[] = {
     {"cancel", bf_cmd_cancel, "stop a running job; its ranges go back, run it again to resume"},
     {"throttle", bf_cmd_throttle, "limit a job to N rows/s over all workers, while it runs"},
     {"verify", bf_cmd_verify, "compare source and target range by range (count + hash)"},
+    {"keygen", bf_cmd_keygen, "write a CURVE key pair for a coordinator or a worker"},
     {"demo", bf_cmd_demo, "throwaway PostgreSQL + Redis, sample monolith, full backfill"},
     {"sandbox", bf_cmd_sandbox, "start/stop throwaway PostgreSQL + Redis (tests, demos)"},
 };

@@ -6,6 +6,7 @@
  * back, exit 0. */
 #include "commands.h"
 #include "copier.h"
+#include "curve.h"
 #include "exitcodes.h"
 #include "fault.h"
 #include "job.h"
@@ -37,8 +38,10 @@ static void s_on_signal(int sig)
 }
 
 typedef struct {
-    const char *endpoint; /* coordinator endpoint */
-    char worker_id[128];  /* host:pid:random */
+    const char *endpoint;     /* coordinator endpoint */
+    const char *curve_cert;   /* CURVE: this worker's certificate (with its _secret), or NULL */
+    const char *curve_server; /* CURVE: the coordinator's public certificate */
+    char worker_id[128];      /* host:pid:random */
     char host[64];
     zsock_t *sock;          /* DEALER, recreated on reconnect */
     uint64_t sid, ep;       /* session from WELCOME; 0 = not welcomed */
@@ -76,6 +79,15 @@ static void s_socket_new(worker_t *w)
     zsock_set_immediate(w->sock, 1);
     zsock_set_maxmsgsize(w->sock, BF_PROTO_MAX_FRAME);
     zsock_set_sndhwm(w->sock, 1000);
+    if (w->curve_cert) {
+        char err[1200];
+        if (bf_curve_client_apply(w->sock, w->curve_cert, w->curve_server, err, sizeof err) != 0) {
+            log_error("%s", err);
+            w->exit_code = BF_EXIT_USAGE;
+            w->finished = true;
+            return;
+        }
+    }
     if (zsock_connect(w->sock, "%s", w->endpoint) != 0)
         log_error("cannot connect to %s: %s", w->endpoint, zmq_strerror(zmq_errno()));
     w->sid = w->ep = 0;
@@ -413,11 +425,16 @@ static void s_split(worker_t *w)
 static void s_usage(FILE *f)
 {
     fprintf(f, "usage: backfill worker --connect ENDPOINT [--log-level LEVEL] [--log-format "
-               "text|json]\n\n"
+               "text|json]\n"
+               "                      [--curve-cert FILE --curve-server FILE]\n\n"
                "Joins a coordinator (e.g. tcp://coord-host:5570), receives the job from it and\n"
                "copies the ranges it leases. Run one per core, on as many machines as the\n"
                "source and targets can bear. Exits 0 when the job is finished or on\n"
-               "SIGINT/SIGTERM after handing its range back.\n");
+               "SIGINT/SIGTERM after handing its range back.\n"
+               "  --curve-cert FILE    encrypt with CURVE: this worker's certificate (FILE and\n"
+               "                       FILE_secret, from `backfill keygen`); its public part\n"
+               "                       must be in the coordinator's --curve-allow folder\n"
+               "  --curve-server FILE  the coordinator's public certificate\n");
 }
 
 int bf_cmd_worker(int argc, char **argv)
@@ -425,6 +442,8 @@ int bf_cmd_worker(int argc, char **argv)
     static const struct option opts[] = {{"connect", required_argument, NULL, 'c'},
                                          {"log-level", required_argument, NULL, 'l'},
                                          {"log-format", required_argument, NULL, 'f'},
+                                         {"curve-cert", required_argument, NULL, 'C'},
+                                         {"curve-server", required_argument, NULL, 'S'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
     worker_t w = {.exit_code = BF_EXIT_OK};
@@ -445,6 +464,12 @@ int bf_cmd_worker(int argc, char **argv)
         case 'f':
             bf_log_set_json(strcmp(optarg, "json") == 0);
             break;
+        case 'C':
+            w.curve_cert = optarg;
+            break;
+        case 'S':
+            w.curve_server = optarg;
+            break;
         case 'h':
             s_usage(stdout);
             return BF_EXIT_OK;
@@ -455,6 +480,10 @@ int bf_cmd_worker(int argc, char **argv)
     }
     if (!w.endpoint || optind != argc) {
         s_usage(stderr);
+        return BF_EXIT_USAGE;
+    }
+    if ((w.curve_cert != NULL) != (w.curve_server != NULL)) {
+        fprintf(stderr, "backfill worker: CURVE needs both --curve-cert and --curve-server\n");
         return BF_EXIT_USAGE;
     }
     bf_log_set_role("worker");
@@ -473,6 +502,10 @@ int bf_cmd_worker(int argc, char **argv)
     w.backoff_ms = 1000;
     w.retry_backoff_ms = 1000;
     s_socket_new(&w);
+    if (w.finished) { /* a bad certificate: said so */
+        zsock_destroy(&w.sock);
+        return w.exit_code;
+    }
     w.last_heard = bf_now_ms();
 
     while (!w.finished) {

@@ -13,23 +13,37 @@ WORK=$(mktemp -d "/tmp/bf-${TEST_NAME}.XXXXXX")
 CREATED_DBS=()
 BG_PIDS=()
 SANDBOXES=() # private sandboxes (start_sandbox), stopped at exit
+CLEANUP_CMDS=() # more to undo at exit (shell commands, run last to first)
 
 cleanup() {
-    local rc=$?
+    local rc=$? i
     for pid in "${BG_PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
     for sb in "${SANDBOXES[@]}"; do "$BF" sandbox stop --dir "$sb" >/dev/null 2>&1 || true; done
+    for ((i = ${#CLEANUP_CMDS[@]} - 1; i >= 0; i--)); do eval "${CLEANUP_CMDS[$i]}" >/dev/null 2>&1 || true; done
     for db in "${CREATED_DBS[@]}"; do
         psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d postgres \
             -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     done
     if [ "${BF_KEEP_WORK:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
-    if [ "$rc" -eq 0 ]; then echo "PASS: $TEST_NAME"; else echo "FAIL: $TEST_NAME (exit $rc)"; fi
+    if [ "$rc" -eq 0 ]; then
+        echo "PASS: $TEST_NAME"
+    elif [ "$rc" -eq 77 ]; then
+        echo "SKIP: $TEST_NAME"
+    else
+        echo "FAIL: $TEST_NAME (exit $rc)"
+    fi
 }
 trap cleanup EXIT
 
 fail() {
     echo "FAIL: $*" >&2
     exit 1
+}
+
+# skip REASON: this machine cannot run the test (CTest counts exit 77 as skipped).
+skip() {
+    echo "SKIP: $*" >&2
+    exit 77
 }
 
 # q DB SQL: runs SQL, prints unaligned tuples (on port $QPORT when set, else the
