@@ -6,7 +6,7 @@ the other keys of the job share its "bf:{job}:" prefix (one hash slot).
 
   bf:{job}:meta        hash: planned nranges ntables created_ms epoch max_rejects
                              tbl:<t>:name tbl:<t>:ranges tbl:<t>:est; live control:
-                             paused cancel rate (rows/s)
+                             paused cancel rate (rows/s) backoff
   bf:{job}:range:<id>  hash: tbl lo hi state token owner expires seq cursor rows bytes
                              attempts est last_error done_by split_from
                              (lo/hi/cursor absent = open)
@@ -239,19 +239,23 @@ end
 
 -- bf_admit(meta; rows) -> {state, rows, wait_ms}
 --   asked by a worker before each batch. state: 'run', 'paused' or 'cancel' (meta
---   fields paused / cancel, set by `backfill pause|cancel`). With a rate (meta 'rate',
+--   fields paused / cancel, set by `backfill pause|cancel`), or 'backoff' (meta
+--   field backoff: the coordinator's throttle_query is above throttle_max). With a rate (meta 'rate',
 --   rows/s over all workers, `backfill throttle`): a batch is at most a quarter
 --   second of the rate, and the worker waits wait_ms before it, so that batches
 --   start no faster than the rate allows (a shared virtual clock, bf:{job}:tat,
 --   the time at which the budget handed out so far is used up; no burst credit).
 local function bf_admit(keys, args)
-  local m = redis.call('HMGET', keys[1], 'paused', 'cancel', 'rate')
+  local m = redis.call('HMGET', keys[1], 'paused', 'cancel', 'rate', 'backoff')
   local rows = tonumber(args[1])
   if m[2] == '1' then
     return {'cancel', 0, 0}
   end
   if m[1] == '1' then
     return {'paused', 0, 0}
+  end
+  if m[4] then
+    return {'backoff', 0, 0}
   end
   local rate = tonumber(m[3] or '0')
   if rate <= 0 then

@@ -30,9 +30,10 @@ typedef struct {
     size_t cap; /* bytes allocated */
 } s_buf_t;
 
-static const char *s_top_keys[] = {"name",       "source",   "redis",        "targets",
-                                   "batch_rows", "batch_ms", "batch_max_mb", "range_rows",
-                                   "tables",     NULL};
+static const char *s_top_keys[] = {
+    "name",         "source",       "redis",      "targets",        "batch_rows",
+    "batch_ms",     "batch_max_mb", "range_rows", "throttle_query", "throttle_on",
+    "throttle_max", "tables",       NULL};
 enum {
     S_NAME,
     S_SOURCE,
@@ -42,6 +43,9 @@ enum {
     S_BATCH_MS,
     S_BATCH_MAX_MB,
     S_RANGE_ROWS,
+    S_THROTTLE_QUERY,
+    S_THROTTLE_ON,
+    S_THROTTLE_MAX,
     S_TABLES,
     S_NTOP
 };
@@ -993,8 +997,9 @@ static int s_load_root(s_loader_t *self, yaml_node_t *root)
     /* Settings are checked in this order; a missing one is reported when its turn
      * comes, so a malformed earlier setting is reported first. */
     for (int k = 0; k < S_NTOP; k++) {
-        bool optional =
-            k == S_BATCH_ROWS || k == S_BATCH_MS || k == S_BATCH_MAX_MB || k == S_RANGE_ROWS;
+        bool optional = k == S_BATCH_ROWS || k == S_BATCH_MS || k == S_BATCH_MAX_MB ||
+                        k == S_RANGE_ROWS || k == S_THROTTLE_QUERY || k == S_THROTTLE_ON ||
+                        k == S_THROTTLE_MAX;
         if (!values[k] && !optional) {
             s_fail(self, s_line(root), "missing required key '%s'", s_top_keys[k]);
             return -1;
@@ -1049,6 +1054,54 @@ static int s_load_setting(s_loader_t *self, int k, yaml_node_t *node)
     case S_RANGE_ROWS:
         job->range_rows = BF_DEFAULT_RANGE_ROWS;
         return node ? s_positive(self, node, "range_rows", &job->range_rows) : 0;
+    case S_THROTTLE_QUERY:
+        if (!node)
+            return 0;
+        job->throttle_query = s_required(self, node, "throttle_query");
+        job->throttle_line = s_line(node);
+        return job->throttle_query ? 0 : -1;
+    case S_THROTTLE_ON:
+        if (!node)
+            return 0;
+        job->throttle_on = s_required(self, node, "throttle_on");
+        if (!job->throttle_on)
+            return -1;
+        if (strcmp(job->throttle_on, "source") != 0 && !bf_job_target(job, job->throttle_on)) {
+            s_fail(self, s_line(node), "'throttle_on' must be 'source' or a target alias, not '%s'",
+                   job->throttle_on);
+            return -1;
+        }
+        if (!job->throttle_query) {
+            s_fail(self, s_line(node), "'throttle_on' without 'throttle_query'");
+            return -1;
+        }
+        return 0;
+    case S_THROTTLE_MAX: {
+        if (!node) {
+            if (job->throttle_query) {
+                s_fail(self, job->throttle_line,
+                       "'throttle_query' needs 'throttle_max': above it, workers back off");
+                return -1;
+            }
+            return 0;
+        }
+        char *v = s_required(self, node, "throttle_max");
+        if (!v)
+            return -1;
+        char *end = NULL;
+        job->throttle_max = strtod(v, &end);
+        bool ok = end != v && *end == '\0';
+        free(v);
+        if (!ok) {
+            s_fail(self, s_line(node), "'throttle_max' must be a number");
+            return -1;
+        }
+        if (!job->throttle_query) {
+            s_fail(self, s_line(node), "'throttle_max' without 'throttle_query'");
+            return -1;
+        }
+        return 0;
+    }
     case S_TABLES:
         return s_load_tables(self, node);
     default:
@@ -1228,6 +1281,8 @@ void bf_job_destroy(bf_job_t **self_p)
     free(self->name);
     free(self->source);
     free(self->redis);
+    free(self->throttle_query);
+    free(self->throttle_on);
     if (self->targets) {
         for (int i = 0; i < self->ntargets; i++) {
             free(self->targets[i].alias);

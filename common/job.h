@@ -80,6 +80,13 @@ typedef struct {
     int64_t batch_ms;     /* later batches are sized to take about this long; 0 = fixed */
     int64_t batch_max_mb; /* and to carry at most this much data */
     int64_t range_rows;   /* target rows per range, > 0 */
+    /* Automatic throttle: the coordinator runs throttle_query (one number, e.g.
+     * replication lag in seconds) on throttle_on ("source" or a target alias)
+     * every 2 s; above throttle_max the workers back off until it is below. */
+    char *throttle_query; /* NULL = none */
+    char *throttle_on;    /* NULL = "source" */
+    double throttle_max;
+    int throttle_line; /* of throttle_query, for messages */
     /* Environment variables the file referenced, with the values used, so the
      * coordinator can ship them to workers along with the text. */
     char **env_names;

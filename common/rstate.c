@@ -353,9 +353,10 @@ int bf_rstate_admit(bf_rstate_t *self, int64_t rows, bf_admit_t *state, int64_t 
         r->element[0]->type == REDIS_REPLY_STRING && r->element[1]->type == REDIS_REPLY_INTEGER &&
         r->element[2]->type == REDIS_REPLY_INTEGER) {
         const char *st = r->element[0]->str;
-        *state = strcmp(st, "paused") == 0   ? BF_ADMIT_PAUSED
-                 : strcmp(st, "cancel") == 0 ? BF_ADMIT_CANCEL
-                                             : BF_ADMIT_RUN;
+        *state = strcmp(st, "paused") == 0    ? BF_ADMIT_PAUSED
+                 : strcmp(st, "cancel") == 0  ? BF_ADMIT_CANCEL
+                 : strcmp(st, "backoff") == 0 ? BF_ADMIT_BACKOFF
+                                              : BF_ADMIT_RUN;
         *granted = r->element[1]->integer;
         *wait_ms = r->element[2]->integer;
         rc = 0;

@@ -85,7 +85,7 @@ int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *ke
                     int64_t est_kept, int64_t *new_id);
 
 /* Live control (`backfill pause|resume|cancel|throttle`), asked before each batch. */
-typedef enum { BF_ADMIT_RUN = 0, BF_ADMIT_PAUSED, BF_ADMIT_CANCEL } bf_admit_t;
+typedef enum { BF_ADMIT_RUN = 0, BF_ADMIT_PAUSED, BF_ADMIT_CANCEL, BF_ADMIT_BACKOFF } bf_admit_t;
 
 /* Asks to copy a batch of up to `rows` rows. Returns 0 with *state; when it is
  * BF_ADMIT_RUN, *granted rows (fewer under a throttle) may be copied after

@@ -125,18 +125,7 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
                                        .rate =
                                            bf_rate_window_add(&win, now, rows, WATCH_WINDOW_MS)};
             info.eta_s = bf_rate_window_eta(&win, now, est, rows, info.rate);
-            redisReply *c = bf_rstate_cmd(ctx->redis, "HMGET %s paused cancel rate",
-                                          bf_rstate_key(ctx->redis, "meta"));
-            if (c && c->type == REDIS_REPLY_ARRAY && c->elements == 3) {
-                info.paused = c->element[0]->type == REDIS_REPLY_STRING &&
-                              strcmp(c->element[0]->str, "1") == 0;
-                info.cancelled = c->element[1]->type == REDIS_REPLY_STRING &&
-                                 strcmp(c->element[1]->str, "1") == 0;
-                info.throttle =
-                    c->element[2]->type == REDIS_REPLY_STRING ? atoll(c->element[2]->str) : 0;
-            }
-            if (c)
-                freeReplyObject(c);
+            bf_progress_control(ctx->redis, &info);
             if (!view.tty && win.n > 1)
                 fputc('\n', stdout); /* plain frames, one after the other */
             bf_progress_draw(&view, ctx->job->name, p, n, &info);
@@ -260,27 +249,17 @@ int bf_cmd_status(int argc, char **argv)
         rate_ms = bf_now_ms() - t0;
     }
     double rate = rate_ms > 0 ? 1000.0 * (double)rate_rows / (double)rate_ms : 0;
-    /* Live control: pause, cancel, throttle. */
-    bool paused = false, cancelled = false;
-    long long limit = 0;
-    redisReply *ctl =
-        bf_rstate_cmd(ctx.redis, "HMGET %s paused cancel rate", bf_rstate_key(ctx.redis, "meta"));
-    if (ctl && ctl->type == REDIS_REPLY_ARRAY && ctl->elements == 3) {
-        paused =
-            ctl->element[0]->type == REDIS_REPLY_STRING && strcmp(ctl->element[0]->str, "1") == 0;
-        cancelled =
-            ctl->element[1]->type == REDIS_REPLY_STRING && strcmp(ctl->element[1]->str, "1") == 0;
-        if (ctl->element[2]->type == REDIS_REPLY_STRING)
-            limit = atoll(ctl->element[2]->str);
-    }
-    if (ctl)
-        freeReplyObject(ctl);
+    /* Live control: pause, cancel, throttle, backoff. */
+    bf_progress_info_t ctl = {0};
+    bf_progress_control(ctx.redis, &ctl);
     if (json)
         printf("{\"job\":\"%s\",\"planned\":true,\"rows_per_second\":%.0f,\"batches\":%lld,"
-               "\"retries\":%lld,\"paused\":%s,\"cancelled\":%s,\"rows_per_second_limit\":%lld,"
+               "\"retries\":%lld,\"paused\":%s,\"cancelled\":%s,\"backoff\":%s,"
+               "\"rows_per_second_limit\":%lld,"
                "\"tables\":[",
                ctx.job->name, rate, (long long)batches, (long long)retries,
-               paused ? "true" : "false", cancelled ? "true" : "false", limit);
+               ctl.paused ? "true" : "false", ctl.cancelled ? "true" : "false",
+               ctl.backoff ? "true" : "false", ctl.throttle);
     else
         printf("%-32s %7s %7s %7s %7s %12s %12s %6s %8s %8s\n", "table", "done", "leased",
                "pending", "failed", "rows", "est_rows", "pct", "eta_s", "rejects");
@@ -310,14 +289,16 @@ int bf_cmd_status(int argc, char **argv)
     else
         printf("rate: %.0f rows/s, %lld batches, %lld retries%s\n", rate, (long long)batches,
                (long long)retries, done_ranges == all_ranges ? ", job complete" : "");
-    if (!json && (paused || cancelled || limit > 0)) {
+    if (!json && (ctl.paused || ctl.cancelled || ctl.throttle > 0 || ctl.backoff)) {
         printf("control:");
-        if (cancelled)
+        if (ctl.cancelled)
             printf(" cancelled (the coordinator is stopping; run the job again to resume)");
-        if (paused)
+        if (ctl.paused)
             printf(" paused (backfill resume continues)");
-        if (limit > 0)
-            printf(" throttled to %lld rows/s", limit);
+        if (ctl.backoff)
+            printf(" backing off (throttle_query above throttle_max)");
+        if (ctl.throttle > 0)
+            printf(" throttled to %lld rows/s", ctl.throttle);
         printf("\n");
     }
     free(p);

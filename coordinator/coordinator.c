@@ -54,9 +54,12 @@ struct bf_coord {
     int rr;                /* where the next lease hand-out round starts (fairness) */
     bool recount;          /* a range ended: read the done count from Redis */
     long long next_recount;
-    int64_t nranges;       /* ranges in the plan (grows when ranges are split) */
-    long long next_split;  /* no SHRINK round before this (ms) */
-    bool cancelled;        /* `backfill cancel`: drain the workers and stop, resumable */
+    int64_t nranges;               /* ranges in the plan (grows when ranges are split) */
+    long long next_split;          /* no SHRINK round before this (ms) */
+    bool cancelled;                /* `backfill cancel`: drain the workers and stop, resumable */
+    long long next_throttle_check; /* throttle_query: when it runs next (ms) */
+    int backoff;                   /* throttle_query above throttle_max: 1, below: 0, -1 unknown */
+    long long next_throttle_warn;
     bool failed;           /* a range failed for good or a worker hit a data error */
     char fail_msg[1024];   /* why */
     long long started_ms;  /* when serving started (monotonic) */
@@ -174,6 +177,8 @@ static bool s_has_fence_rows(bf_coord_t *self)
     return false;
 }
 
+static int s_throttle_value(bf_coord_t *self, double *value, char *err, size_t errlen);
+
 bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code)
 {
     bf_coord_t *self = bf_xcalloc(1, sizeof *self);
@@ -189,6 +194,20 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         self->opts.lease_ttl_ms = 30000;
     bf_rstate_t *r = self->ctx.redis;
 
+    /* Before planning (which may take long): a throttle_query that cannot run. */
+    if (self->ctx.job->throttle_query) {
+        double v = 0;
+        char err[1100];
+        if (s_throttle_value(self, &v, err, sizeof err) != 0) {
+            log_error("%s:%d: throttle_query cannot be used: %s", self->ctx.job->path,
+                      self->ctx.job->throttle_line, err);
+            *exit_code = BF_EXIT_USAGE;
+            goto fail;
+        }
+        log_info("throttle_query returns %g now; workers back off above %g", v,
+                 self->ctx.job->throttle_max);
+        self->backoff = -1;
+    }
     int planned = bf_rstate_is_planned(r);
     if (planned < 0) {
         log_error("%s", r->errmsg);
@@ -371,6 +390,99 @@ static void s_send(bf_coord_t *self, worker_t *w, bf_msg_t *m)
     w->last_sent = bf_now_ms();
     if (bf_net_send(self->router, w->identity, m) != 0)
         log_debug("cannot send %s to %s", bf_msg_type_name(m->type), w->id);
+}
+
+/* The connection throttle_query runs on: the source or one target (reopened when
+ * lost). */
+static bf_pg_t *s_throttle_conn(bf_coord_t *self)
+{
+    const bf_job_t *job = self->ctx.job;
+    bf_pg_t **conn = &self->ctx.src;
+    const char *dsn = job->source, *what = "source";
+    if (job->throttle_on && strcmp(job->throttle_on, "source") != 0) {
+        const bf_target_t *t = bf_job_target(job, job->throttle_on);
+        int i = (int)(t - job->targets);
+        conn = &self->ctx.tgt[i];
+        dsn = t->dsn;
+        what = t->alias;
+    }
+    if (!bf_pg_is_alive(*conn)) {
+        bf_pg_destroy(conn);
+        *conn = bf_pg_connect(dsn, what);
+    }
+    return *conn;
+}
+
+/* Runs throttle_query: 0 with *value (NULL counts as 0), or -1 with err set. */
+static int s_throttle_value(bf_coord_t *self, double *value, char *err, size_t errlen)
+{
+    bf_pg_t *conn = s_throttle_conn(self);
+    if (!conn) {
+        snprintf(err, errlen, "cannot connect to run throttle_query");
+        return -1;
+    }
+    PGresult *res = bf_pg_query_quiet(conn, self->ctx.job->throttle_query, 0, NULL);
+    if (!res) {
+        snprintf(err, errlen, "%s", conn->errmsg);
+        return -1;
+    }
+    int rc = 0;
+    if (PQntuples(res) != 1 || PQnfields(res) != 1) {
+        snprintf(err, errlen,
+                 "throttle_query returned %d rows of %d columns; it must return one "
+                 "number",
+                 PQntuples(res), PQnfields(res));
+        rc = -1;
+    } else if (PQgetisnull(res, 0, 0)) {
+        *value = 0;
+    } else {
+        char *end = NULL;
+        *value = strtod(PQgetvalue(res, 0, 0), &end);
+        if (end == PQgetvalue(res, 0, 0) || *end) {
+            snprintf(err, errlen, "throttle_query returned '%.40s', not a number",
+                     PQgetvalue(res, 0, 0));
+            rc = -1;
+        }
+    }
+    PQclear(res);
+    return rc;
+}
+
+/* Every 2 s: throttle_query above throttle_max makes the workers back off (meta
+ * field `backoff`, read by bf_admit before each batch) until it is not. */
+static void s_throttle_check(bf_coord_t *self)
+{
+    const bf_job_t *job = self->ctx.job;
+    long long now = bf_now_ms();
+    if (!job->throttle_query || now < self->next_throttle_check)
+        return;
+    self->next_throttle_check = now + 2000;
+    double v = 0;
+    char err[1100];
+    if (s_throttle_value(self, &v, err, sizeof err) != 0) {
+        if (now >= self->next_throttle_warn) {
+            log_warn("throttle_query (%s:%d): %s; the workers keep their current pace", job->path,
+                     job->throttle_line, err);
+            self->next_throttle_warn = now + 30000;
+        }
+        return;
+    }
+    int backoff = v > job->throttle_max;
+    bf_rstate_t *r = self->ctx.redis;
+    redisReply *rep = backoff ? bf_rstate_cmd(r, "HSET %s backoff %g", bf_rstate_key(r, "meta"), v)
+                              : bf_rstate_cmd(r, "HDEL %s backoff", bf_rstate_key(r, "meta"));
+    if (!rep)
+        return; /* Redis down: retried in 2 s */
+    freeReplyObject(rep);
+    if (backoff != self->backoff) {
+        if (backoff)
+            log_warn("throttle_query returned %g, above throttle_max %g: workers back off", v,
+                     job->throttle_max);
+        else if (self->backoff == 1)
+            log_info("throttle_query returned %g, not above throttle_max %g: workers go on", v,
+                     job->throttle_max);
+        self->backoff = backoff;
+    }
 }
 
 /* Hands a worker's leases back (it is gone) and forgets it. */
@@ -618,21 +730,6 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
     }
 }
 
-/* Reads the job's live control state (pause, cancel, throttle) into info. */
-static void s_control_info(bf_rstate_t *r, bf_progress_info_t *info)
-{
-    redisReply *c = bf_rstate_cmd(r, "HMGET %s paused cancel rate", bf_rstate_key(r, "meta"));
-    if (c && c->type == REDIS_REPLY_ARRAY && c->elements == 3) {
-        info->paused =
-            c->element[0]->type == REDIS_REPLY_STRING && strcmp(c->element[0]->str, "1") == 0;
-        info->cancelled =
-            c->element[1]->type == REDIS_REPLY_STRING && strcmp(c->element[1]->str, "1") == 0;
-        info->throttle = c->element[2]->type == REDIS_REPLY_STRING ? atoll(c->element[2]->str) : 0;
-    }
-    if (c)
-        freeReplyObject(c);
-}
-
 static void s_erase_progress(void *arg)
 {
     bf_progress_erase(arg);
@@ -660,7 +757,7 @@ static void s_progress(bf_coord_t *self, bool final)
         bf_progress_info_t info = {.elapsed_s = secs,
                                    .rate = bf_rate_window_add(&self->rate, now, rows, 5000)};
         info.eta_s = bf_rate_window_eta(&self->rate, now, est, rows, info.rate);
-        s_control_info(self->ctx.redis, &info);
+        bf_progress_control(self->ctx.redis, &info);
         bf_progress_draw(&self->view, self->ctx.job->name, p, n, &info);
         if (final) { /* leave it on screen */
             bf_log_set_hook(NULL, NULL);
@@ -795,6 +892,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         }
         if (tick)
             tick(tick_arg);
+        s_throttle_check(self);
         s_dispatch(self);
         if (progress_ms && now >= self->next_progress) {
             s_progress(self, false);

@@ -89,6 +89,14 @@ static long long s_field(redisReply *h, const char *field)
     return 0;
 }
 
+static bool s_has(redisReply *h, const char *field)
+{
+    for (size_t i = 0; h && h->type == REDIS_REPLY_ARRAY && i + 1 < h->elements; i += 2)
+        if (strcmp(h->element[i]->str, field) == 0)
+            return true;
+    return false;
+}
+
 /* Bucket bounds in ms, as bf_checkpoint in functions.lua counts them. */
 static const int s_lat_bounds[] = {50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000};
 #define NBOUNDS (int)(sizeof s_lat_bounds / sizeof s_lat_bounds[0])
@@ -166,6 +174,9 @@ static char *s_render(bf_metrics_t *self)
     s_sample(&b, "backfill_workers_connected", j, NULL, NULL, atomic_load(&self->workers));
     s_head(&b, "backfill_paused", "gauge", "1 while the job is paused (backfill pause).");
     s_sample(&b, "backfill_paused", j, NULL, NULL, s_field(meta, "paused"));
+    s_head(&b, "backfill_backoff", "gauge",
+           "1 while the workers back off (throttle_query above throttle_max).");
+    s_sample(&b, "backfill_backoff", j, NULL, NULL, s_has(meta, "backoff"));
     s_head(&b, "backfill_throttle_rows_per_second", "gauge",
            "Rate limit over all workers (backfill throttle), 0 = none.");
     s_sample(&b, "backfill_throttle_rows_per_second", j, NULL, NULL, s_field(meta, "rate"));

@@ -1,6 +1,7 @@
 #include "progress.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define BAR_WIDTH 24
@@ -56,6 +57,25 @@ const char *bf_progress_count(long long n, char *buf, size_t len)
     }
     buf[o] = '\0';
     return buf;
+}
+
+static bool s_is(const redisReply *r, const char *v)
+{
+    return r->type == REDIS_REPLY_STRING && strcmp(r->str, v) == 0;
+}
+
+void bf_progress_control(bf_rstate_t *redis, bf_progress_info_t *info)
+{
+    redisReply *c =
+        bf_rstate_cmd(redis, "HMGET %s paused cancel rate backoff", bf_rstate_key(redis, "meta"));
+    if (c && c->type == REDIS_REPLY_ARRAY && c->elements == 4) {
+        info->paused = s_is(c->element[0], "1");
+        info->cancelled = s_is(c->element[1], "1");
+        info->throttle = c->element[2]->type == REDIS_REPLY_STRING ? atoll(c->element[2]->str) : 0;
+        info->backoff = c->element[3]->type == REDIS_REPLY_STRING;
+    }
+    if (c)
+        freeReplyObject(c);
 }
 
 static void s_duration(double s, char *buf, size_t len)
@@ -143,6 +163,8 @@ void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_pro
         fputs("  PAUSED", f);
     if (info->cancelled)
         fputs("  CANCELLED", f);
+    if (info->backoff)
+        fputs("  BACKING OFF (throttle_query)", f);
     if (info->throttle > 0)
         fprintf(f, "  throttled to %s rows/s", bf_progress_count(info->throttle, b, sizeof b));
     fputc('\n', f);

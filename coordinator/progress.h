@@ -16,6 +16,7 @@ typedef struct {
     double eta_s;     /* seconds left, -1 = unknown */
     bool paused, cancelled;
     long long throttle; /* rows/s limit, 0 = none */
+    bool backoff;       /* throttle_query above throttle_max: workers wait */
 } bf_progress_info_t;
 
 typedef struct {
@@ -50,6 +51,10 @@ double bf_progress_eta(int64_t est, int64_t rows, double rate);
 
 /* Formats n (>= 0) with thousands separators into buf. Pure. */
 const char *bf_progress_count(long long n, char *buf, size_t len);
+
+/* Reads the job's live control state (pause, cancel, throttle, backoff) from
+ * Redis into info; leaves it unchanged when Redis cannot be read. */
+void bf_progress_control(bf_rstate_t *redis, bf_progress_info_t *info);
 
 /* Draws one frame: replaces the previous one on a terminal. */
 void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_progress_t *p, int n,

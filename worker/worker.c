@@ -316,6 +316,9 @@ static void s_work(worker_t *w)
             log_info(l->control == BF_ADMIT_CANCEL
                          ? "job cancelled (backfill cancel): range %lld waits at its checkpoint "
                            "for the coordinator to end the job"
+                     : l->control == BF_ADMIT_BACKOFF
+                         ? "backing off (the job's throttle_query is above throttle_max): range "
+                           "%lld waits at its checkpoint"
                          : "paused (backfill pause): range %lld waits at its checkpoint; `backfill "
                            "resume` continues",
                      (long long)l->range.id);

@@ -255,6 +255,33 @@ static void test_rows_options(void **state)
     bf_job_destroy(&job);
 }
 
+static void test_throttle_options(void **state)
+{
+    (void)state;
+    char err[512];
+    bf_job_t *job = bf_job_load_string(HEAD "throttle_query: SELECT 1.5\nthrottle_on: billing\n"
+                                            "throttle_max: 2.5\n" TABLES,
+                                       "job.yaml", NULL, NULL, err, sizeof err);
+    assert_non_null(job);
+    assert_string_equal(job->throttle_query, "SELECT 1.5");
+    assert_string_equal(job->throttle_on, "billing");
+    assert_true(job->throttle_max == 2.5);
+    assert_int_equal(job->throttle_line, 7);
+    bf_job_destroy(&job);
+    job = bf_job_load_string(HEAD TABLES, "job.yaml", NULL, NULL, err, sizeof err);
+    assert_non_null(job);
+    assert_null(job->throttle_query);
+    bf_job_destroy(&job);
+    s_expect_error(HEAD "throttle_query: SELECT 1\n" TABLES, 7,
+                   "'throttle_query' needs "
+                   "'throttle_max'");
+    s_expect_error(HEAD "throttle_max: 5\n" TABLES, 7, "'throttle_max' without 'throttle_query'");
+    s_expect_error(HEAD "throttle_query: SELECT 1\nthrottle_max: lots\n" TABLES, 8,
+                   "'throttle_max' must be a number");
+    s_expect_error(HEAD "throttle_query: SELECT 1\nthrottle_on: replica\nthrottle_max: 1\n" TABLES,
+                   8, "'throttle_on' must be 'source' or a target alias, not 'replica'");
+}
+
 static void test_unknown_key_suggestion(void **state)
 {
     (void)state;
@@ -281,9 +308,9 @@ static void test_unknown_key_suggestion(void **state)
 static void test_unknown_key_list(void **state)
 {
     (void)state;
-    s_expect_error(
-        HEAD "colour: blue\n" TABLES, 7, "unknown key 'colour'",
-        "name, source, redis, targets, batch_rows, batch_ms, batch_max_mb, range_rows, tables");
+    s_expect_error(HEAD "colour: blue\n" TABLES, 7, "unknown key 'colour'",
+                   "name, source, redis, targets, batch_rows, batch_ms, batch_max_mb, range_rows, "
+                   "throttle_query, throttle_on, throttle_max, tables");
 }
 
 static void test_unknown_table_key(void **state)
@@ -823,6 +850,7 @@ int main(void)
         cmocka_unit_test(test_flow_style_and_quotes),
         cmocka_unit_test(test_name_rules),
         cmocka_unit_test(test_rows_options),
+        cmocka_unit_test(test_throttle_options),
         cmocka_unit_test(test_unknown_key_suggestion),
         cmocka_unit_test(test_unknown_key_list),
         cmocka_unit_test(test_unknown_table_key),
