@@ -13,6 +13,11 @@ double bf_rate_window_add(bf_rate_window_t *w, long long now_ms, int64_t rows, l
         memmove(w->rows, w->rows + 1, (BF_RATE_SAMPLES - 1) * sizeof *w->rows);
         w->n--;
     }
+    /* Until the count first moves (start-up: connecting, planning, the first
+     * batches in flight), keep only the latest sample: the rate is the copy's,
+     * not diluted by the time before it. */
+    if (w->n == 1 && rows == w->rows[0])
+        w->n = 0;
     w->t[w->n] = now_ms;
     w->rows[w->n++] = rows;
     int first = 0;

@@ -36,8 +36,8 @@ typedef struct {
     double eta_s;     /* the ETA then */
 } bf_rate_window_t;
 
-/* Adds a sample and returns the rate over the last window_ms (0 until there are
- * two samples). Pure. */
+/* Adds a sample and returns the rate over the last window_ms, counted from the
+ * first sample after which rows moved (0 until they have). Pure. */
 double bf_rate_window_add(bf_rate_window_t *w, long long now_ms, int64_t rows, long long window_ms);
 
 /* The seconds left: (est - rows) / rate when rows moved since the last call;
