@@ -73,16 +73,26 @@ end
 local LAT_BOUNDS = {50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000}
 
 -- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms, rejects,
---               batch_ms)
+--               batch_ms, hi)
 --   -> 'OK' | 'DUP' (this seq was applied already) | 'STALE' (token superseded)
---   batch_ms (optional, -1 = not measured) goes into the stats' lat:<bucket> counts
+--   batch_ms (optional, -1 = not measured) goes into the stats' lat:<bucket> counts.
+--   hi (optional): the range's end as the worker knows it, '=' .. key or '-' (open).
+--   A final checkpoint whose hi differs from the stored one is refused (STALE): the
+--   range was split by its owner and Redis lost that split (a restart without
+--   it); marking the range done would skip the split-off part.
 local function bf_checkpoint(keys, args)
   local p = prefix(keys[1])
   local id, token, seq = args[1], args[2], tonumber(args[3])
   local rk = p .. 'range:' .. id
-  local cur = redis.call('HMGET', rk, 'token', 'seq', 'state', 'tbl', 'owner')
+  local cur = redis.call('HMGET', rk, 'token', 'seq', 'state', 'tbl', 'owner', 'hi')
   if not cur[3] then
     return redis.error_reply('NORANGE range ' .. id .. ' does not exist')
+  end
+  if args[8] == '1' and args[12] and args[12] ~= '' then
+    local stored = cur[6] and ('=' .. cur[6]) or '-'
+    if stored ~= args[12] then
+      return 'STALE'
+    end
   end
   if cur[1] ~= token then
     return 'STALE'
@@ -271,7 +281,10 @@ local function bf_admit(keys, args)
     tat = now
   end
   local wait = tat - now
-  redis.call('SET', p .. 'tat', string.format('%.3f', tat + rows * 1000 / rate), 'PX', 60000)
+  local next_tat = tat + rows * 1000 / rate
+  -- kept a minute past the time it stands for, so that a long queue is not forgotten
+  redis.call('SET', p .. 'tat', string.format('%.3f', next_tat), 'PX',
+             math.floor(next_tat - now) + 60000)
   return {'run', rows, math.floor(wait)}
 end
 

@@ -1,5 +1,6 @@
 #include "log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,11 +16,13 @@ static bool s_json = false;
 static const char *s_level_names[] = {"debug", "info", "warn", "error"};
 static void (*s_hook)(void *);
 static void *s_hook_arg;
+static pthread_t s_hook_thread; /* the hook runs only for lines of this thread */
 
 void bf_log_set_hook(void (*before_line)(void *arg), void *arg)
 {
     s_hook = before_line;
     s_hook_arg = arg;
+    s_hook_thread = pthread_self();
 }
 
 void bf_log_set_role(const char *role)
@@ -104,7 +107,7 @@ void bf_log_write(bf_log_level_t level, const char *fmt, ...)
         snprintf(line, sizeof line, "%s %-5s %s[%d]%s%s: %s\n", ts, s_level_names[level], s_role,
                  (int)getpid(), s_job[0] ? " " : "", s_job, msg);
     }
-    if (s_hook)
+    if (s_hook && pthread_equal(pthread_self(), s_hook_thread))
         s_hook(s_hook_arg);
     fputs(line, stderr);
 }

@@ -16,7 +16,9 @@ void bf_log_set_level(bf_log_level_t level);
 void bf_log_set_json(bool json);
 /* Parses "debug", "info", "warn", "error"; returns -1 when unknown. */
 int bf_log_level_parse(const char *name);
-/* Called before each line is written (a live progress display erases itself). */
+/* Called before each line the calling thread writes (a live progress display
+ * erases itself; lines of other threads, e.g. the metrics server's, do not call
+ * it: they would race the display). */
 void bf_log_set_hook(void (*before_line)(void *arg), void *arg);
 void bf_log_write(bf_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -272,8 +272,10 @@ int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const 
 
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
                                     const char *cursor, int64_t rows, int64_t bytes,
-                                    int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms)
+                                    int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms,
+                                    const char *hi)
 {
+    char *his = hi ? bf_xasprintf("=%s", hi) : bf_xstrdup("-");
     char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24], mss[24];
     snprintf(mss, sizeof mss, "%lld", (long long)batch_ms);
     snprintf(rejs, sizeof rejs, "%lld", (long long)rejects);
@@ -297,8 +299,10 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
                           final ? "1" : "0",
                           ttls,
                           rejs,
-                          mss};
-    redisReply *r = bf_rstate_argv(self, 15, argv);
+                          mss,
+                          his};
+    redisReply *r = bf_rstate_argv(self, 16, argv);
+    free(his);
     if (!r)
         return BF_CP_ERROR;
     bf_cp_result_t res = BF_CP_ERROR;

@@ -91,7 +91,7 @@ static void s_on_signal(int sig)
 #define WATCH_WINDOW_MS 5000
 
 /* `status --watch`: redraws the progress display every interval_ms until the job
- * is complete (exit 0) or Ctrl-C. */
+ * is complete (exit 0), ranges failed for good (exit 1), or Ctrl-C. */
 static int s_watch(bf_jobctx_t *ctx, int interval_ms)
 {
     struct sigaction sa = {.sa_handler = s_on_signal};
@@ -111,11 +111,13 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
             warned = true;
         } else {
             warned = false;
-            int64_t rows = 0, done = 0, ranges = 0;
+            int64_t rows = 0, done = 0, ranges = 0, failed = 0, leased = 0;
             for (int t = 0; t < n; t++) {
                 rows += p[t].rows;
                 done += p[t].done;
                 ranges += p[t].ranges;
+                failed += p[t].failed;
+                leased += p[t].leased;
             }
             long long now = bf_now_ms();
             int64_t est = 0;
@@ -131,6 +133,12 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
             bf_progress_draw(&view, ctx->job->name, p, n, &info);
             if (done == ranges) {
                 rc = BF_EXIT_OK;
+                break;
+            }
+            if (failed > 0 && done + failed == ranges && leased == 0) {
+                fprintf(stderr, "%lld ranges failed for good; `backfill status %s` shows them\n",
+                        (long long)failed, ctx->job->path);
+                rc = BF_EXIT_FAILED;
                 break;
             }
         }
@@ -150,7 +158,8 @@ int bf_cmd_status(int argc, char **argv)
         "  --json          one JSON object (for scripts)\n"
         "  --watch         redraw a progress bar per table (rows, bytes, rate over the last\n"
         "                  5 s, ETA, workers, rejects, stuck ranges) until the job is\n"
-        "                  complete or Ctrl-C; plain frames when stdout is not a terminal\n"
+        "                  complete (exit 0), ranges failed for good (exit 1) or Ctrl-C;\n"
+        "                  plain frames when stdout is not a terminal\n"
         "  --interval S    seconds between redraws (default 2)\n";
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
                                          {"watch", no_argument, NULL, 'w'},

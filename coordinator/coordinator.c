@@ -80,12 +80,14 @@ static const char *s_stats_field(redisReply *r, const char *field)
 int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, int64_t *retries,
                      int64_t *batches)
 {
-    redisReply *meta = bf_rstate_cmd(redis, "HGETALL %s", bf_rstate_key(redis, "meta"));
-    if (!meta)
-        return -1;
+    /* Counts before range totals: a split adds its range before the part it left
+     * can be done, so done == ranges read in this order means all are done. */
     redisReply *st = bf_rstate_cmd(redis, "HGETALL %s", bf_rstate_key(redis, "stats"));
-    if (!st) {
-        freeReplyObject(meta);
+    if (!st)
+        return -1;
+    redisReply *meta = bf_rstate_cmd(redis, "HGETALL %s", bf_rstate_key(redis, "meta"));
+    if (!meta) {
+        freeReplyObject(st);
         return -1;
     }
     char f[64];
@@ -243,7 +245,8 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
                      self->ctx.job->name, ctl->element[1]->str);
     }
     freeReplyObject(ctl);
-    freeReplyObject(bf_rstate_cmd(r, "HDEL %s cancel", bf_rstate_key(r, "meta")));
+    /* backoff is this coordinator's to set (throttle_query), within 2 s. */
+    freeReplyObject(bf_rstate_cmd(r, "HDEL %s cancel backoff", bf_rstate_key(r, "meta")));
     /* The workers read the reject allowance from here (it may change on a restart). */
     redisReply *mr = bf_rstate_cmd(r, "HSET %s max_rejects %lld", bf_rstate_key(r, "meta"),
                                    (long long)self->opts.max_rejects);
@@ -289,35 +292,40 @@ void bf_coord_destroy(bf_coord_t **self_p)
     *self_p = NULL;
 }
 
-/* Ranges done and failed for good, from Redis (one round trip). */
+/* Ranges done and failed for good, from Redis, then the number of ranges (it
+ * grows with splits) and the cancel flag. Returns -1 when any of it could not be
+ * read (nothing is decided on a half-read state). */
 static int64_t s_done_total(bf_coord_t *self, int64_t *failed)
 {
-    int64_t done = 0;
+    int64_t done = -1;
     redisReply *r = bf_rstate_cmd(self->ctx.redis, "HMGET %s done_total failed_total",
                                   bf_rstate_key(self->ctx.redis, "stats"));
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-        if (r->element[0]->type == REDIS_REPLY_STRING)
-            done = strtoll(r->element[0]->str, NULL, 10);
+        done =
+            r->element[0]->type == REDIS_REPLY_STRING ? strtoll(r->element[0]->str, NULL, 10) : 0;
         if (r->element[1]->type == REDIS_REPLY_STRING)
             *failed = strtoll(r->element[1]->str, NULL, 10);
     }
     if (r)
         freeReplyObject(r);
+    if (done < 0)
+        return -1;
     /* After the done count: a split adds its range before the part it left can
      * end, so done >= nranges read in this order means every range is done. */
     r = bf_rstate_cmd(self->ctx.redis, "HMGET %s nranges cancel",
                       bf_rstate_key(self->ctx.redis, "meta"));
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-        if (r->element[0]->type == REDIS_REPLY_STRING) {
-            int64_t n = strtoll(r->element[0]->str, NULL, 10);
-            if (n > self->nranges)
-                self->nranges = n;
-        }
-        self->cancelled =
-            r->element[1]->type == REDIS_REPLY_STRING && strcmp(r->element[1]->str, "1") == 0;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        if (r)
+            freeReplyObject(r);
+        return -1;
     }
-    if (r)
-        freeReplyObject(r);
+    int64_t n = strtoll(r->element[0]->str, NULL, 10);
+    if (n > self->nranges)
+        self->nranges = n;
+    self->cancelled =
+        r->element[1]->type == REDIS_REPLY_STRING && strcmp(r->element[1]->str, "1") == 0;
+    freeReplyObject(r);
     return done;
 }
 
@@ -421,11 +429,18 @@ static int s_throttle_value(bf_coord_t *self, double *value, char *err, size_t e
         snprintf(err, errlen, "cannot connect to run throttle_query");
         return -1;
     }
-    PGresult *res = bf_pg_query_quiet(conn, self->ctx.job->throttle_query, 0, NULL);
-    if (!res) {
+    /* Bounded: the coordinator's loop waits for it (heartbeats, leases). The setting
+     * is undone at once: the connection also plans and checks fences. */
+    if (bf_pg_exec_quiet(conn, "SET statement_timeout = 2000") != 0) {
         snprintf(err, errlen, "%s", conn->errmsg);
         return -1;
     }
+    PGresult *res = bf_pg_query_quiet(conn, self->ctx.job->throttle_query, 0, NULL);
+    if (!res)
+        snprintf(err, errlen, "%s", conn->errmsg);
+    bf_pg_exec_quiet(conn, "RESET statement_timeout");
+    if (!res)
+        return -1;
     int rc = 0;
     if (PQntuples(res) != 1 || PQnfields(res) != 1) {
         snprintf(err, errlen,
@@ -759,10 +774,6 @@ static void s_progress(bf_coord_t *self, bool final)
         info.eta_s = bf_rate_window_eta(&self->rate, now, est, rows, info.rate);
         bf_progress_control(self->ctx.redis, &info);
         bf_progress_draw(&self->view, self->ctx.job->name, p, n, &info);
-        if (final) { /* leave it on screen */
-            bf_log_set_hook(NULL, NULL);
-            self->view.lines = 0;
-        }
     } else {
         int64_t rows = 0, est = 0, done = 0, ranges = 0;
         for (int t = 0; t < n; t++) {
@@ -905,6 +916,8 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         self->recount = false;
         self->next_recount = now + 1000;
         int64_t done = s_done_total(self, &failed);
+        if (done < 0 && !self->failed)
+            continue; /* Redis unreachable: read again in a second */
         if (self->failed || failed > 0) {
             if (!self->failed)
                 snprintf(self->fail_msg, sizeof self->fail_msg,
@@ -927,8 +940,11 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             break;
         }
     }
-    if (self->opts.progress_tty)
-        s_progress(self, true);
+    if (self->opts.progress_tty) {
+        s_progress(self, true); /* the last frame stays on screen */
+        bf_log_set_hook(NULL, NULL);
+        self->view.lines = 0;
+    }
     /* Tell every worker: done (exit) or drain (hand back and exit). */
     for (int i = 0; i < self->nworkers; i++) {
         bf_msg_t m = {.type = BF_MSG_DRAIN, .done = rc == BF_EXIT_OK, .deadline_ms = 10000};

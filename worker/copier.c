@@ -860,7 +860,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     for (int attempt = 0; attempt < 3 && cp == BF_CP_ERROR; attempt++) {
         cp = bf_rstate_checkpoint(self->redis, r->id, r->token, r->seq + 1, new_cursor, rows, bytes,
                                   w->rejects - rejects_before, final, self->lease_ttl_ms,
-                                  bf_now_ms() - t0);
+                                  bf_now_ms() - t0, r->hi);
         if (cp == BF_CP_ERROR)
             usleep(200000 * (attempt + 1));
     }
@@ -869,6 +869,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         r->cursor = end;
     }
     r->seq++;
+    w->batches++;
     w->rows += rows;
     w->bytes += bytes;
     if (cp == BF_CP_ERROR) {
@@ -876,7 +877,8 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         return BF_BATCH_RETRY;
     }
     if (cp == BF_CP_STALE) {
-        snprintf(w->error, sizeof w->error, "range %lld was leased to another worker",
+        snprintf(w->error, sizeof w->error,
+                 "range %lld was leased to another worker (or Redis lost a split of it)",
                  (long long)r->id);
         return BF_BATCH_FENCED;
     }
@@ -907,9 +909,9 @@ static int64_t s_estimate_rows(bf_pg_t *src, const bf_tableplan_t *tp, const cha
 int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int64_t *new_id)
 {
     bf_range_t *r = &w->range;
-    if (r->table < 0 || r->table >= self->job->ntables || !self->resolved[r->table] ||
-        !bf_pg_is_alive(self->src) || !s_redis(self))
-        return 1; /* no batch yet: nothing known about the range */
+    if (w->batches == 0 || r->table < 0 || r->table >= self->job->ntables ||
+        !self->resolved[r->table] || !bf_pg_is_alive(self->src) || !s_redis(self))
+        return 1; /* no batch yet: the fences may be ahead of the cursor */
     const bf_tableplan_t *tp = &self->plans[r->table];
     char *cond = bf_tableplan_range_cond(tp, self->src, r->lo, r->cursor, r->hi);
     int64_t left = s_estimate_rows(self->src, tp, cond);

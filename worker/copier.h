@@ -30,6 +30,8 @@ typedef struct {
     int64_t limit;      /* rows per batch while isolating a rejected row; 0 = the job's */
     int64_t rejects;    /* rows written to backfill_rejects under this lease */
     bool short_batches; /* workers are idle (SHRINK seen): quarter batches, finer splits */
+    int64_t batches;    /* batches committed under this lease (the first one also brings the
+                         * cursor up to the targets' fences) */
     bf_admit_t control; /* the job's live control state at the last batch */
     char error[1024];   /* for BF_BATCH_FATAL / RETRY: what went wrong */
 } bf_lease_work_t;
@@ -47,7 +49,10 @@ void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg);
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
 
 /* Between batches, gives up the far half of what is left of the lease's range
- * (coordinator's SHRINK: workers are idle): finds a real key about halfway
+ * (coordinator's SHRINK: workers are idle). Only after a batch of this lease: until
+ * then a target's fence row may be ahead of the cursor from Redis (a batch
+ * committed, its checkpoint lost), and a key picked past that cursor could give
+ * the new range rows a target holds already. Finds a real key about halfway
  * between the cursor and hi on the source and splits the range there in Redis;
  * the lease's hi becomes that key, and its batches from now on are a quarter
  * of the usual size (short_batches). Returns 0 split (*new_id is the new range),

@@ -395,7 +395,7 @@ static void s_work(worker_t *w)
 static void s_split(worker_t *w)
 {
     w->split_asked = false;
-    if (w->draining)
+    if (w->draining || w->paused) /* the coordinator asks again while workers idle */
         return;
     bf_lease_work_t *l = w->lease;
     int64_t new_id = -1;

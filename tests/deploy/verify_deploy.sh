@@ -28,15 +28,18 @@ help=$(for c in coordinator worker run status throttle keygen; do "$BF" "$c" --h
 files=("$D"/Dockerfile "$D"/compose/compose.yaml "$D"/k8s/*.yaml "$D"/systemd/*.service)
 for opt in $(grep -ho -- '--[a-z][a-z-]*' "${files[@]}" | sort -u); do
     case "$opt" in --help | --build | --no-install-recommends | --from | --rm | --scale | --from-literal | --from-file | --replicas | --home-dir | --shell | --system | --uid | --target | --appendonly | --requirepass | --now) continue ;; esac
-    grep -q -- "$opt" <<<"$help" || fail "deploy/ passes $opt, which no backfill command knows"
+    grep -qw -- "$opt" <<<"$help" || fail "deploy/ passes $opt, which no backfill command knows"
 done
 
 if command -v readelf >/dev/null && command -v dpkg >/dev/null; then
     runtime=$(awk '/^FROM .*slim/ { rt = 1 } rt' "$D/Dockerfile")
     for lib in $(readelf -d "$BF" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p'); do
-        path=$(ldconfig -p | awk -v l="$lib" '$1 == l { print $NF; exit }')
+        # (awk reads all of ldconfig's output: an early exit would SIGPIPE it)
+        path=$(ldconfig -p | awk -v l="$lib" '$1 == l && !p { p = $NF } END { print p }')
         [ -n "$path" ] || continue
-        pkg=$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -1 | cut -d: -f1)
+        # dpkg knows a library by the path it installed (merged /usr: try both)
+        pkg=$({ dpkg -S "$path" 2>/dev/null || dpkg -S "$(readlink -f "$path")" 2>/dev/null ||
+            true; } | awk -F: 'NR == 1 { print $1 }')
         case "$pkg" in "" | libc6 | libgcc-s1 | libstdc++6) continue ;; esac
         grep -qw -- "$pkg" <<<"$runtime" || fail "the Dockerfile's runtime stage lacks $pkg (for $lib)"
     done

@@ -47,6 +47,6 @@ p3=$(copied)
 [ "$p3" -gt "$p2" ] || fail "no rows copied after the value went down ($p2 -> $p3)"
 grep -q 'not above throttle_max 5: workers go on' "$WORK/run.err" || fail "no 'go on' line"
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 0 >/dev/null
-wait "$RUN" || { tail "$WORK/run.err"; fail "run exited $?"; }
+wait "$RUN" || { rc=$?; tail "$WORK/run.err"; fail "run exited $rc"; }
 grep -q 'job complete' "$WORK/run.out" || fail "run did not complete"
 expect_same at_src at_tgt

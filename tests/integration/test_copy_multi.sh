@@ -12,7 +12,7 @@ ranges=$(grep -c 'public.orders' "$WORK/plan.out")
 [ "$ranges" -ge 8 ] || fail "expected >= 8 ranges for orders, plan says $ranges"
 
 "$BF" run "$WORK/job.yaml" --workers 3 >"$WORK/run.out" 2>"$WORK/run.err" ||
-    { cat "$WORK/run.err"; fail "run exited $?"; }
+    { rc=$?; cat "$WORK/run.err"; fail "run exited $rc"; }
 grep -q 'job complete' "$WORK/run.out" || fail "no 'job complete' in run output"
 # Every worker took part.
 workers=$(grep -c 'joined coordinator' "$WORK/run.err")

@@ -3,7 +3,7 @@
 # verifies, prints the summary and leaves nothing running.
 . "$(dirname "$0")/lib.sh"
 "$BF" demo --rows 120000 --workers 3 >"$WORK/demo.out" 2>"$WORK/demo.err" ||
-    { tail -20 "$WORK/demo.err"; fail "demo exited $?"; }
+    { rc=$?; tail -20 "$WORK/demo.err"; fail "demo exited $rc"; }
 grep -q 'verify: OK' "$WORK/demo.out" || fail "no 'verify: OK' in the demo output"
 grep -Eq '^summary: 370000 rows in 3 tables copied by 3 workers in [0-9.]+ s \([0-9]+ rows/s\), verify: OK' \
     "$WORK/demo.out" || { cat "$WORK/demo.out"; fail "summary line"; }

@@ -22,7 +22,11 @@ BG_PIDS+=("$RUN")
 wait_for 60 has_rows || { tail "$WORK/run.err"; fail "no rows copied"; }
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 30000 >/dev/null
 URL="http://127.0.0.1:$PORT/metrics"
-curl -fsS "$URL" >"$WORK/m1.txt" || { tail "$WORK/run.err"; fail "GET /metrics"; }
+# Both workers joined (the first rows may come before the second one has).
+both_joined() {
+    curl -fsS "$URL" >"$WORK/m1.txt" && grep -q '^backfill_workers_connected{job="mt"} 2$' "$WORK/m1.txt"
+}
+wait_for 30 both_joined || { tail "$WORK/run.err"; cat "$WORK/m1.txt"; fail "GET /metrics: not 2 workers"; }
 
 # Exposition format: HELP/TYPE lines, then samples name{label="value",...} number,
 # every sample of a declared family; histogram buckets cumulative, +Inf = _count.
@@ -43,29 +47,35 @@ END { if (n < 20) { print "only " n " samples"; bad = 1 }; exit bad }' "$WORK/m1
 if command -v promtool >/dev/null; then
     promtool check metrics <"$WORK/m1.txt" || fail "promtool rejects /metrics"
 fi
-grep -q '^backfill_workers_connected{job="mt"} 2$' "$WORK/m1.txt" || fail "workers_connected is not 2"
 grep -q '^backfill_throttle_rows_per_second{job="mt"} 30000$' "$WORK/m1.txt" || fail "throttle gauge"
 grep -q '^backfill_batch_duration_seconds_count{job="mt"} [1-9]' "$WORK/m1.txt" || fail "no batch latency"
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/nothing")
 expect_eq "$code" 404 "status of another path"
 
-# Paused, the counters hold still: /metrics and status must agree exactly.
+# Paused, the counters hold still (once the batches in flight are in): /metrics
+# and status must then agree exactly.
 "$BF" pause "$WORK/job.yaml" >/dev/null
-sleep 3
-curl -fsS "$URL" >"$WORK/m2.txt"
-"$BF" status "$WORK/job.yaml" --json >"$WORK/status.json"
-for t in public.orders public.users public.notes; do
-    m=$(sed -n "s/^backfill_rows_copied_total{job=\"mt\",table=\"$t\"} \([0-9]*\)$/\1/p" "$WORK/m2.txt")
-    s=$(sed -n "s/.*\"table\":\"$t\",[^}]*\"rows\":\([0-9]*\).*/\1/p" "$WORK/status.json")
-    [ -n "$m" ] || fail "no rows counter for $t"
-    expect_eq "$m" "$s" "rows of $t in /metrics and status"
-done
+counters() { # FILE: the rows counters of /metrics, one line per table
+    sed -n 's/^backfill_rows_copied_total{job="mt",table="\([^"]*\)"} \([0-9]*\)$/\1 \2/p' "$1"
+}
+agree() {
+    curl -fsS "$URL" >"$WORK/m2.txt" || return 1
+    "$BF" status "$WORK/job.yaml" --json >"$WORK/status.json" || return 1
+    curl -fsS "$URL" >"$WORK/m3.txt" || return 1
+    [ "$(counters "$WORK/m2.txt")" = "$(counters "$WORK/m3.txt")" ] || return 1
+    local t m s
+    for t in public.orders public.users public.notes; do
+        m=$(counters "$WORK/m2.txt" | awk -v t="$t" '$1 == t { print $2 }')
+        s=$(sed -n "s/.*\"table\":\"$t\",[^}]*\"rows\":\([0-9]*\).*/\1/p" "$WORK/status.json")
+        [ -n "$m" ] && [ "$m" = "$s" ] || return 1
+    done
+}
+wait_for 20 agree || { counters "$WORK/m2.txt"; cat "$WORK/status.json"; fail "/metrics and status disagree while paused"; }
 grep -q '^backfill_paused{job="mt"} 1$' "$WORK/m2.txt" || fail "paused gauge"
-grep '^backfill_rows_copied_total{job="mt",table="public.orders"}' "$WORK/m2.txt" | grep -qv ' 0$' ||
-    fail "no orders rows counted"
+[ "$(counters "$WORK/m2.txt" | awk '$1 == "public.orders" { print $2 }')" -gt 0 ] || fail "no orders rows counted"
 
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 0 >/dev/null
 "$BF" resume "$WORK/job.yaml" >/dev/null
-wait "$RUN" || { tail "$WORK/run.err"; fail "run exited $?"; }
+wait "$RUN" || { rc=$?; tail "$WORK/run.err"; fail "run exited $rc"; }
 grep -q 'job complete' "$WORK/run.out" || fail "run did not complete"
 expect_same mt_src mt_tgt

@@ -7,10 +7,10 @@
 #   it is complete; without a terminal it prints plain frames, and `run` without
 #   a terminal prints plain progress lines (no escape sequences).
 . "$(dirname "$0")/lib.sh"
-command -v script >/dev/null || fail "script(1) (bsdutils) is needed"
+command -v script >/dev/null || skip "script(1) (bsdutils) is not installed: no pseudo-terminal"
 
 script -qfec "$BF demo --workers 3" "$WORK/demo.tty" >/dev/null 2>&1 ||
-    { tail -c 2000 "$WORK/demo.tty"; fail "demo exited $?"; }
+    { rc=$?; tail -c 2000 "$WORK/demo.tty"; fail "demo exited $rc"; }
 grep -aq 'verify: OK' "$WORK/demo.tty" || fail "demo did not verify"
 # The terminal's text without escape sequences (grep reads a file: grep -q in a
 # pipeline would end it early, and pipefail would call that a failure).
@@ -65,8 +65,9 @@ RUN=$!
 BG_PIDS+=("$RUN")
 wait_for 60 has_rows || fail "no rows copied"
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 60000 >/dev/null
-script -qfec "$BF status $WORK/job.yaml --watch --interval 0.5" "$WORK/watch.tty" >/dev/null 2>&1 ||
-    { tail -c 2000 "$WORK/watch.tty"; fail "status --watch exited $?"; }
+script -qfec "timeout 120 $BF status $WORK/job.yaml --watch --interval 0.5" "$WORK/watch.tty" \
+    >/dev/null 2>&1 ||
+    { rc=$?; tail -c 2000 "$WORK/watch.tty"; fail "status --watch exited $rc"; }
 wait "$RUN" || fail "run exited $?"
 clean "$WORK/watch.tty" "$WORK/watch.txt"
 for t in public.orders public.users public.notes; do
@@ -79,7 +80,7 @@ tail -1 "$WORK/wframes.txt" | grep -q ' 100.0% ' || fail "watch did not end at 1
 grep -aq $'\x1b\\[' "$WORK/watch.tty" || fail "no redraw sequences on a terminal"
 
 # No terminal: plain text only.
-"$BF" status "$WORK/job.yaml" --watch >"$WORK/plain.txt" || fail "status --watch (plain) exit $?"
+timeout 60 "$BF" status "$WORK/job.yaml" --watch >"$WORK/plain.txt" || fail "status --watch (plain) exit $?"
 grep -q '^pg  *\[#*\] 100.0% ' "$WORK/plain.txt" || { cat "$WORK/plain.txt"; fail "plain frame"; }
 if grep -q $'\x1b' "$WORK/plain.txt" "$WORK/run.err"; then fail "escape sequences without a terminal"; fi
 grep -q 'progress: ' "$WORK/run.err" || fail "run without a terminal printed no progress lines"

@@ -25,7 +25,7 @@ copied=$(q rc_tgt "SELECT count(*) FROM orders")
 [ "$copied" -lt 400000 ] || fail "job finished before the coordinator was killed"
 sleep 1
 "$BF" coordinator "$WORK/job.yaml" --bind "tcp://127.0.0.1:$port" >"$WORK/c2.out" 2>"$WORK/c2.err" ||
-    { tail "$WORK/c2.err"; fail "restarted coordinator exited $?"; }
+    { rc=$?; tail "$WORK/c2.err"; fail "restarted coordinator exited $rc"; }
 grep -q 'resuming job rcj' "$WORK/c2.err" || fail "restarted coordinator did not resume"
 wait "$w1" || fail "worker 1 exit code $?"
 wait "$w2" || fail "worker 2 exit code $?"

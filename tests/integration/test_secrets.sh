@@ -62,7 +62,7 @@ ps -eo pid,args >"$OUT/ps.txt"
 curl -fsS "http://127.0.0.1:$MPORT/metrics" >"$OUT/metrics.txt" || fail "metrics"
 "$BF" status "$WORK/job.yaml" >"$OUT/status.out" 2>&1
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 0 >>"$OUT/throttle.out" 2>&1
-wait "$RUN" || { tail "$OUT/run.err"; fail "run exited $?"; }
+wait "$RUN" || { rc=$?; tail "$OUT/run.err"; fail "run exited $rc"; }
 grep -q 'job complete' "$OUT/run.out" || fail "run did not complete"
 grep -q '"level":"debug"' "$OUT/run.err" || fail "no JSON debug lines"
 "$BF" status "$WORK/job.yaml" --json >"$OUT/status.json" 2>&1

@@ -28,9 +28,9 @@ ranges=$(grep -c 'public.orders' "$WORK/plan.out")
 expect_eq "$ranges" 1 "ranges planned for orders"
 
 "$BF" run "$WORK/job.yaml" --workers 3 --log-level debug >"$WORK/run.out" 2>"$WORK/run.err" ||
-    { tail -30 "$WORK/run.err"; fail "run exited $?"; }
+    { rc=$?; tail -30 "$WORK/run.err"; fail "run exited $rc"; }
 grep -q 'job complete' "$WORK/run.out" || fail "no 'job complete' in run output"
-splits=$(grep -c 'split at key' "$WORK/run.err")
+splits=$(grep -c 'split at key' "$WORK/run.err" || true)
 [ "$splits" -ge 2 ] || { grep -E 'split|SHRINK' "$WORK/run.err" | tail; fail "expected >= 2 splits, saw $splits"; }
 # Every worker copied rows.
 grep 'copied by this worker' "$WORK/run.err" >"$WORK/finished.txt"
