@@ -57,6 +57,7 @@ struct bf_coord {
     int64_t nranges;               /* ranges in the plan (grows when ranges are split) */
     long long next_split;          /* no SHRINK round before this (ms) */
     bool cancelled;                /* `backfill cancel`: drain the workers and stop, resumable */
+    long long next_meta_read;      /* range count and cancel flag: read again after this */
     long long next_throttle_check; /* throttle_query: when it runs next (ms) */
     int backoff;                   /* throttle_query above throttle_max: 1, below: 0, -1 unknown */
     long long next_throttle_warn;
@@ -310,8 +311,14 @@ static int64_t s_done_total(bf_coord_t *self, int64_t *failed)
         freeReplyObject(r);
     if (done < 0)
         return -1;
-    /* After the done count: a split adds its range before the part it left can
-     * end, so done >= nranges read in this order means every range is done. */
+    /* The range count and the cancel flag: each second, and whenever the count
+     * known so far is reached (ranges only grow, by splits). After the done
+     * count: a split adds its range before the part it left can end, so done >=
+     * nranges read in this order means every range is done. */
+    long long now = bf_now_ms();
+    if (done < self->nranges && now < self->next_meta_read)
+        return done;
+    self->next_meta_read = now + 1000;
     r = bf_rstate_cmd(self->ctx.redis, "HMGET %s nranges cancel",
                       bf_rstate_key(self->ctx.redis, "meta"));
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
