@@ -5,7 +5,8 @@
 # - every --option the Dockerfile, compose file, manifests and systemd units pass
 #   to backfill exists in the --help of a backfill command;
 # - the Dockerfile's runtime stage installs the Debian package of every shared
-#   library the built binary needs (readelf NEEDED -> dpkg -S), libc aside.
+#   library the built binary needs (readelf NEEDED -> dpkg -S), libc and sanitizer
+#   runtimes aside.
 set -euo pipefail
 : "${BF:?BF must point to the backfill binary}" "${BF_SOURCE_DIR:?}" "${BF_YAMLCHECK:?}"
 D=$BF_SOURCE_DIR/deploy
