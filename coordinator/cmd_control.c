@@ -22,13 +22,12 @@ static const char *const s_usage[] = {
                    "Lets the workers of a paused job copy again.\n",
     [CTL_CANCEL] = "usage: backfill cancel JOB.yaml\n\n"
                    "Stops the job: the coordinator tells every worker to hand its range back at\n"
-                   "its last checkpoint, and exits (code 130, as on Ctrl-C). Nothing is lost; run "
-                   "the job again\n"
-                   "(`backfill run` or `backfill coordinator`) to resume it.\n",
+                   "its last checkpoint, and exits (code 130, as on Ctrl-C). Nothing is lost;\n"
+                   "run the job again (`backfill run` or `backfill coordinator`) to resume it.\n",
     [CTL_THROTTLE] = "usage: backfill throttle JOB.yaml --rows-per-second N\n\n"
                      "Limits the job to N rows per second over all its workers (a token bucket\n"
-                     "shared in Redis); 0 removes the limit. Takes effect within a second and\n"
-                     "can be changed while the job runs.\n"};
+                     "shared in Redis); 0 removes the limit. Takes effect at each worker's next\n"
+                     "batch (about a second: batch_ms) and can be changed while the job runs.\n"};
 
 static int s_control(int argc, char **argv, ctl_t what)
 {
