@@ -31,40 +31,40 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- One lease of the next pending range to owner, or false when none is pending.
-local function lease_one(p, owner, exp)
-  while true do
-    local popped = redis.call('ZPOPMIN', p .. 'pending')
-    if #popped == 0 then
-      return false
-    end
-    local id = popped[1]
-    local rk = p .. 'range:' .. id
-    local state = redis.call('HGET', rk, 'state')
-    if state == 'pending' then
-      local token = redis.call('INCR', p .. 'fence')
-      redis.call('HSET', rk, 'state', 'leased', 'token', token, 'owner', owner, 'expires', exp)
-      redis.call('HINCRBY', rk, 'attempts', 1)
-      redis.call('ZADD', p .. 'leases', exp, id)
-      local r = redis.call('HMGET', rk, 'tbl', 'lo', 'hi', 'cursor', 'seq')
-      return {id, tostring(token), r[1], r[2], r[3], r[4], r[5] or '0'}
-    end
-  end
-end
-
 -- bf_lease(meta; ttl_ms, owner1, owner2, ...) -> {lease1, lease2, ...}
 --   one lease {id, token, tbl, lo, hi, cursor, seq} per owner, in order, fewer when
---   the pending ranges run out (the coordinator hands many out in one call)
+--   the pending ranges run out (the coordinator hands many out in one call). Few
+--   Redis calls per lease: the coordinator's hand-out rate is bounded by this.
 local function bf_lease(keys, args)
   local p = prefix(keys[1])
   local exp = now_ms() + tonumber(args[1])
   local out = {}
-  for i = 2, #args do
-    local l = lease_one(p, args[i], exp)
-    if not l then
+  local zadd = {}
+  local want = #args - 1
+  while #out < want do
+    local popped = redis.call('ZPOPMIN', p .. 'pending', want - #out)
+    if #popped == 0 then
       break
     end
-    out[#out + 1] = l
+    -- one fence step for the batch: tokens base+1 .. base+n, each used once
+    local n = #popped / 2
+    local base = redis.call('INCRBY', p .. 'fence', n) - n
+    for i = 1, #popped, 2 do
+      local id = popped[i]
+      local rk = p .. 'range:' .. id
+      local r = redis.call('HMGET', rk, 'state', 'tbl', 'lo', 'hi', 'cursor', 'seq', 'attempts')
+      if r[1] == 'pending' then -- else a stale entry (the range moved on): skip it
+        local token = base + (i + 1) / 2
+        redis.call('HSET', rk, 'state', 'leased', 'token', token, 'owner', args[2 + #out],
+                   'expires', exp, 'attempts', tonumber(r[7] or '0') + 1)
+        zadd[#zadd + 1] = exp
+        zadd[#zadd + 1] = id
+        out[#out + 1] = {id, tostring(token), r[2], r[3], r[4], r[5], r[6] or '0'}
+      end
+    end
+  end
+  if #zadd > 0 then
+    redis.call('ZADD', p .. 'leases', unpack(zadd))
   end
   return out
 end
@@ -84,7 +84,8 @@ local function bf_checkpoint(keys, args)
   local p = prefix(keys[1])
   local id, token, seq = args[1], args[2], tonumber(args[3])
   local rk = p .. 'range:' .. id
-  local cur = redis.call('HMGET', rk, 'token', 'seq', 'state', 'tbl', 'owner', 'hi')
+  local cur = redis.call('HMGET', rk, 'token', 'seq', 'state', 'tbl', 'owner', 'hi', 'rows',
+                         'bytes')
   if not cur[3] then
     return redis.error_reply('NORANGE range ' .. id .. ' does not exist')
   end
@@ -104,14 +105,22 @@ local function bf_checkpoint(keys, args)
     return 'STALE' -- given up on; a retry leases it anew and adopts the target's fence
   end
   local tbl = cur[4]
-  if args[5] == '1' then
-    redis.call('HSET', rk, 'seq', seq, 'cursor', args[4])
+  local rows = tonumber(cur[7] or '0') + tonumber(args[6])
+  local bytes = tonumber(cur[8] or '0') + tonumber(args[7])
+  local final = args[8] == '1'
+  if args[5] == '1' and final then
+    redis.call('HSET', rk, 'seq', seq, 'cursor', args[4], 'rows', rows, 'bytes', bytes, 'state',
+               'done', 'done_by', cur[5] or '')
+  elseif args[5] == '1' then
+    redis.call('HSET', rk, 'seq', seq, 'cursor', args[4], 'rows', rows, 'bytes', bytes)
+  elseif final then
+    redis.call('HSET', rk, 'seq', seq, 'rows', rows, 'bytes', bytes, 'state', 'done', 'done_by',
+               cur[5] or '')
+    redis.call('HDEL', rk, 'cursor')
   else
-    redis.call('HSET', rk, 'seq', seq)
+    redis.call('HSET', rk, 'seq', seq, 'rows', rows, 'bytes', bytes)
     redis.call('HDEL', rk, 'cursor')
   end
-  redis.call('HINCRBY', rk, 'rows', args[6])
-  redis.call('HINCRBY', rk, 'bytes', args[7])
   local st = p .. 'stats'
   redis.call('HINCRBY', st, 'rows:' .. tbl, args[6])
   redis.call('HINCRBY', st, 'bytes:' .. tbl, args[7])
@@ -134,8 +143,7 @@ local function bf_checkpoint(keys, args)
     redis.call('HINCRBY', st, 'rejects:' .. tbl, rejects)
     redis.call('HINCRBY', st, 'rejects_total', rejects)
   end
-  if args[8] == '1' then
-    redis.call('HSET', rk, 'state', 'done', 'done_by', cur[5] or '')
+  if final then
     redis.call('HDEL', rk, 'owner', 'expires')
     redis.call('ZREM', p .. 'leases', id)
     redis.call('ZREM', p .. 'pending', id)
