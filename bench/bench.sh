@@ -16,8 +16,9 @@
 #   backfill    `backfill run` in each mode with each worker count
 #   wide rows   --wide-rows rows of 1 MB jsonb with 2 workers: worker peak RSS
 #   skewed      --skew-rows rows (default: --rows) with 90% of them in the last 1%
-#               of the key space, 4 workers: each worker's busy time (straggler
-#               splitting keeps them all busy to the end) and the splits made
+#               of the key space, 4 workers, as the planner splits it and as one
+#               range: each worker's busy time (straggler splitting keeps them all
+#               busy to the end) and the splits made
 # and prints a Markdown table (also written to --out) with rows/s, MB/s, the ratio
 # to the pipe, worker CPU seconds per million rows and peak RSS (worker and
 # coordinator). Upsert runs start from a target holding every row (all updates).
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --skew-rows) SKEW_ROWS=$2; shift 2 ;;
     --no-pgcopydb) PGCOPYDB=0; shift ;;
     --out) OUT=$2; shift 2 ;;
-    -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -152,7 +153,7 @@ redis: $BF_REDIS_URL
 targets:
   tgt: postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt
 batch_rows: 20000
-range_rows: $(((ROWS + 4 * $2 - 1) / (4 * $2)))
+range_rows: ${RANGE_ROWS:-$(((ROWS + 4 * $2 - 1) / (4 * $2)))}
 tables:
   - from: $4
     to: tgt.$4
@@ -211,25 +212,35 @@ if [ "$SKEW_ROWS" -gt 0 ]; then
         ALTER TABLE skewed ADD PRIMARY KEY (id)" >/dev/null
     q bench_src "VACUUM ANALYZE skewed" >/dev/null
     q bench_tgt "CREATE TABLE skewed $TABLE_DDL" >/dev/null
-    RUN_LOG=info run_backfill skewed 4 insert skewed
-    got=$(q bench_tgt "SELECT count(*) FROM skewed")
-    [ "$got" = "$n" ] || { echo "bench: skewed copied $got rows of $n" >&2; exit 1; }
-    splits=$(redis-cli -p "$BF_REDIS_PORT" HGET 'bf:{bench}:stats' splits)
-    # "busy B s of S s since its first lease", one line per worker: idle = 1 - B / span,
-    # span = the longest S (the copy phase).
-    SKEW=$(sed -n 's/.*busy \([0-9.]*\) s of \([0-9.]*\) s since its first lease.*/\1 \2/p' \
-        "$DIR/run.err" | awk -v n="$n" -v secs="$RUN_SECS" -v splits="${splits:-0}" '
-        { busy[NR] = $1; if ($2 > span) span = $2 }
-        END {
-            list = ""; worst = 0
-            for (i = 1; i <= NR; i++) {
-                idle = span > 0 ? 100 * (span - busy[i]) / span : 100
-                if (idle > worst) worst = idle
-                list = list (i > 1 ? ", " : "") busy[i]
-            }
-            printf "%d rows (90%% in the last 1%% of the key space), 4 workers: %.0f rows/s, %d splits; workers busy %s s of %.1f s, most idle %.0f%%", n, n / secs, splits, list, span, worst
-        }')
-    echo "bench: skewed: $SKEW" >&2
+    # skew_run RANGE_ROWS: the skewed table with 4 workers; appends a line to SKEW.
+    skew_run() {
+        q bench_tgt "TRUNCATE skewed" >/dev/null
+        RANGE_ROWS=$1 RUN_LOG=info run_backfill skewed 4 insert skewed
+        got=$(q bench_tgt "SELECT count(*) FROM skewed")
+        [ "$got" = "$n" ] || { echo "bench: skewed copied $got rows of $n" >&2; exit 1; }
+        splits=$(redis-cli -p "$BF_REDIS_PORT" HGET 'bf:{bench}:stats' splits)
+        ranges=$(redis-cli -p "$BF_REDIS_PORT" HGET 'bf:{bench}:meta' nranges)
+        # "busy B s of S s since its first lease", one line per worker: idle = 1 - B /
+        # span, span = the longest S (the copy phase; waiting for a first lease is idle).
+        line=$(sed -n 's/.*busy \([0-9.]*\) s of \([0-9.]*\) s since its first lease.*/\1 \2/p' \
+            "$DIR/run.err" | awk -v n="$n" -v secs="$RUN_SECS" -v splits="${splits:-0}" \
+            -v planned=$((ranges - ${splits:-0})) '
+            { busy[NR] = $1; if ($2 > span) span = $2 }
+            END {
+                list = ""; worst = 0
+                for (i = 1; i <= NR; i++) {
+                    idle = span > 0 ? 100 * (span - busy[i]) / span : 100
+                    if (idle > worst) worst = idle
+                    list = list (i > 1 ? ", " : "") busy[i]
+                }
+                printf "%d rows (90%% in the last 1%% of the key space) planned as %d range%s, 4 workers: %.0f rows/s, %d splits; workers busy %s s of %.1f s, most idle %.0f%%", n, planned, planned == 1 ? "" : "s", n / secs, splits, list, span, worst
+            }')
+        echo "bench: skewed: $line" >&2
+        SKEW="$SKEW${SKEW:+
+}- skewed: $line"
+    }
+    skew_run "" # the planner's ranges (equal row counts)
+    skew_run "$n" # one range: only splitting spreads it over the workers
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
@@ -246,7 +257,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
         echo "- insert, 4 workers vs. pgcopydb (4 jobs): $(ratio "${BEST[insert/4]}" "$PGCOPYDB_RATE")"
     fi
     [ -z "$WIDE" ] || echo "- wide rows: $WIDE"
-    [ -z "$SKEW" ] || echo "- skewed: $SKEW"
+    [ -z "$SKEW" ] || echo "$SKEW"
     echo
     echo "$ROWS rows, $((BYTES / 1000000)) MB; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(q postgres 'SHOW server_version'); $(date -u +%Y-%m-%d)"
 } | tee "${OUT:-/dev/null}"

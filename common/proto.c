@@ -127,7 +127,7 @@ static const s_use_t s_done[] = {
 static const s_use_t s_fail[] = {
     {F_RANGE_ID, true}, {F_TOKEN, true}, {F_CODE, true}, {F_MESSAGE, false}, {F_RETRYABLE, false}};
 static const s_use_t s_revoke[] = {{F_RANGE_ID, true}, {F_TOKEN, true}};
-static const s_use_t s_shrink[] = {{F_RANGE_ID, true}, {F_TOKEN, true}};
+static const s_use_t s_shrink[] = {{F_RANGE_ID, true}, {F_TOKEN, true}, {F_CREDIT, false}};
 static const s_use_t s_drain[] = {{F_DEADLINE_MS, false}, {F_DONE, false}};
 static const s_use_t s_errmsg[] = {{F_CODE, true}, {F_MESSAGE, false}};
 

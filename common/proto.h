@@ -25,7 +25,7 @@ typedef enum {
     BF_MSG_DONE,      /* worker: range_id, token, rows, bytes */
     BF_MSG_FAIL,      /* worker: range_id, token, code, message, retryable */
     BF_MSG_REVOKE,    /* coord: range_id, token */
-    BF_MSG_SHRINK,    /* coord: range_id, token: split off the far part of your range */
+    BF_MSG_SHRINK,    /* coord: range_id, token, credit (idle workers): split your range */
     BF_MSG_DRAIN,     /* coord: deadline_ms, done (job finished: exit) */
     BF_MSG_ERR,       /* coord: code (UNKNOWN_SESSION, STALE_EPOCH, BAD_PROTO), message */
     BF_MSG__COUNT
@@ -40,7 +40,7 @@ typedef struct {
     uint64_t ep;  /* coordinator epoch, 0 before WELCOME */
 
     char *worker_id, *host, *version; /* HELLO */
-    int64_t pid, credit;              /* HELLO, CREDIT, DONE (the next lease asked along) */
+    int64_t pid, credit;              /* HELLO, CREDIT, DONE (the next lease asked along), SHRINK */
 
     int64_t heartbeat_ms, liveness, lease_ttl_ms; /* WELCOME */
     char *job;                                    /* WELCOME: job file text */

@@ -34,8 +34,8 @@ typedef struct {
 
 /* Straggler splitting: a lease is asked to split (SHRINK) once it is this old, and
  * again at most this often, while workers are idle with nothing pending. */
-#define SPLIT_MIN_AGE_MS 500
-#define SPLIT_EVERY_MS 1000
+#define SPLIT_MIN_AGE_MS 200
+#define SPLIT_EVERY_MS 500
 /* At most this many SHRINKs per dispatch round. */
 #define SPLIT_MAX_ASKS 16
 
@@ -540,18 +540,20 @@ static void s_forget_lease(worker_t *w, int64_t id)
         }
 }
 
-/* Workers are idle and nothing is pending: ask the owners of the oldest leases
- * (one per idle worker) to split their ranges. An owner splits between batches,
- * past its cursor, and the new range is leased out like any other. */
+/* Workers are idle and nothing is pending: ask the owners of the oldest leases to
+ * split their ranges, sharing the idle workers among them (SHRINK's credit: an
+ * owner with 3 idle workers to feed splits its rest into 4 parts at once). An
+ * owner splits between batches, past its cursor, and the new ranges are leased
+ * out like any other. */
 static void s_ask_splits(bf_coord_t *self, int idle)
 {
     long long now = bf_now_ms();
     if (now < self->next_split)
         return;
-    self->next_split = now + 250;
-    if (idle > SPLIT_MAX_ASKS)
-        idle = SPLIT_MAX_ASKS;
-    for (int asked = 0; asked < idle; asked++) {
+    self->next_split = now + 100;
+    worker_t *ask_w[SPLIT_MAX_ASKS];
+    int ask_k[SPLIT_MAX_ASKS], nask = 0;
+    while (nask < idle && nask < SPLIT_MAX_ASKS) {
         worker_t *best = NULL;
         int best_i = 0;
         for (int i = 0; i < self->nworkers; i++) {
@@ -567,14 +569,19 @@ static void s_ask_splits(bf_coord_t *self, int idle)
             }
         }
         if (!best)
-            return;
-        best->split_asked[best_i] = now;
+            break;
+        best->split_asked[best_i] = now; /* also keeps it out of the next turns */
+        ask_w[nask] = best;
+        ask_k[nask++] = best_i;
+    }
+    for (int a = 0; a < nask; a++) {
         bf_msg_t m = {.type = BF_MSG_SHRINK,
-                      .range_id = best->lease_ids[best_i],
-                      .token = best->lease_tokens[best_i]};
-        s_send(self, best, &m);
-        log_debug("asked %s to split range %lld (%d workers idle)", best->id, (long long)m.range_id,
-                  idle);
+                      .range_id = ask_w[a]->lease_ids[ask_k[a]],
+                      .token = ask_w[a]->lease_tokens[ask_k[a]],
+                      .credit = idle / nask + (a < idle % nask)};
+        s_send(self, ask_w[a], &m);
+        log_debug("asked %s to split range %lld for %lld of %d idle workers", ask_w[a]->id,
+                  (long long)m.range_id, (long long)m.credit, idle);
     }
 }
 

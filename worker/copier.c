@@ -903,11 +903,29 @@ static int64_t s_estimate_rows(bf_pg_t *src, const bf_tableplan_t *tp, const cha
 
 /* Fewest rows left in a range for a split to be worth its queries. */
 #define SPLIT_MIN_ROWS 1000
-/* The split key is found by reading this many keys at most (an index-only scan). */
+/* The split keys are found by reading this many keys at most (index-only scans). */
 #define SPLIT_MAX_OFFSET 5000000
+/* At most this many parts from one split. */
+#define SPLIT_MAX_PARTS 16
 
-int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int64_t *new_id)
+/* The key `skip` rows after `after` (NULL: from the range's lo) in range r, or NULL. */
+static char *s_key_after(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_t *r,
+                         const char *after, int64_t skip)
 {
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, after, r->hi);
+    char *sql = bf_xasprintf("SELECT %s FROM %s WHERE %s ORDER BY %s OFFSET %lld LIMIT 1",
+                             tp->key_text, tp->src_qname, cond, tp->key_list, (long long)skip);
+    free(cond);
+    PGresult *res = bf_pg_query(src, sql, 0, NULL);
+    free(sql);
+    char *key = res && PQntuples(res) == 1 ? bf_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
+    PQclear(res);
+    return key;
+}
+
+int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
+{
+    *made = 0;
     bf_range_t *r = &w->range;
     if (w->batches == 0 || r->table < 0 || r->table >= self->job->ntables ||
         !self->resolved[r->table] || !bf_pg_is_alive(self->src) || !s_redis(self))
@@ -915,48 +933,57 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int64_t *new_id)
     const bf_tableplan_t *tp = &self->plans[r->table];
     char *cond = bf_tableplan_range_cond(tp, self->src, r->lo, r->cursor, r->hi);
     int64_t left = s_estimate_rows(self->src, tp, cond);
+    free(cond);
     w->short_batches = true;
-    int64_t batch = (self->batch_size[r->table] + 3) / 4;
-    if (left < SPLIT_MIN_ROWS || left < batch) {
+    /* Every part at least a (quarter) batch: less is not worth a lease. */
+    int64_t piece = (self->batch_size[r->table] + 3) / 4;
+    if (piece < SPLIT_MIN_ROWS)
+        piece = SPLIT_MIN_ROWS;
+    if (parts > SPLIT_MAX_PARTS)
+        parts = SPLIT_MAX_PARTS;
+    while (parts > 1 && left / parts < piece)
+        parts--;
+    if (parts < 2) {
         log_debug("range %lld: not split (about %lld rows left)", (long long)r->id,
                   (long long)left);
-        free(cond);
         return 1;
     }
-    /* The key about halfway through what is left; fewer rows than estimated: try
-     * nearer the cursor. */
-    char *key = NULL;
-    int64_t skip = left / 2 > SPLIT_MAX_OFFSET ? SPLIT_MAX_OFFSET : left / 2;
-    for (int attempt = 0; attempt < 3 && !key && skip >= SPLIT_MIN_ROWS / 2; attempt++) {
-        char *sql = bf_xasprintf("SELECT %s FROM %s WHERE %s ORDER BY %s OFFSET %lld LIMIT 1",
-                                 tp->key_text, tp->src_qname, cond, tp->key_list, (long long)skip);
-        PGresult *res = bf_pg_query(self->src, sql, 0, NULL);
-        free(sql);
-        if (!res)
-            break;
-        if (PQntuples(res) == 1)
-            key = bf_xstrdup(PQgetvalue(res, 0, 0));
-        else
-            skip /= 4;
-        PQclear(res);
+    int64_t step = left / parts;
+    if (step * (parts - 1) > SPLIT_MAX_OFFSET)
+        step = SPLIT_MAX_OFFSET / (parts - 1);
+    /* The keys about every `step` rows past the cursor: real keys, in order. */
+    char *keys[SPLIT_MAX_PARTS];
+    int nk = 0;
+    for (const char *after = r->cursor; nk < parts - 1; after = keys[nk - 1]) {
+        char *k = s_key_after(self->src, tp, r, after, step);
+        if (!k)
+            break; /* fewer rows than estimated */
+        keys[nk++] = k;
     }
-    free(cond);
-    if (!key)
-        return 1;
-    int64_t est_new = left > skip ? left - skip : 0;
-    int rc = bf_rstate_split(self->redis, r->id, r->token, key, est_new, skip, new_id);
-    if (rc == 0) {
-        log_info("range %lld split at key %s for idle workers: range %lld takes the rest (about "
-                 "%lld rows; %lld left here)",
-                 (long long)r->id, key, (long long)*new_id, (long long)est_new, (long long)skip);
-        free(r->hi);
-        r->hi = key;
-        return 0;
+    /* From the far end: each split gives away [key, hi) and makes key the new hi. */
+    int rc = nk > 0 ? 0 : 1;
+    for (int j = nk - 1; j >= 0 && rc == 0; j--) {
+        int64_t new_id = -1;
+        int64_t est_new = j == nk - 1 && left > step * nk ? left - step * nk : step;
+        int s = bf_rstate_split(self->redis, r->id, r->token, keys[j], est_new, step * (j + 1),
+                                &new_id);
+        if (s == 0) {
+            log_info("range %lld split at key %s for idle workers: range %lld takes the part "
+                     "after it (about %lld rows)",
+                     (long long)r->id, keys[j], (long long)new_id, (long long)est_new);
+            free(r->hi);
+            r->hi = keys[j];
+            keys[j] = NULL;
+            (*made)++;
+        } else {
+            if (s < 0)
+                snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
+            rc = s == 1 ? 2 : -1;
+        }
     }
-    free(key);
-    if (rc < 0)
-        snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
-    return rc == 1 ? 2 : -1;
+    for (int j = 0; j < nk; j++)
+        free(keys[j]);
+    return rc == 0 && *made == 0 ? 1 : rc;
 }
 
 /* The Redis connection, opened when first needed; NULL when Redis is unreachable. */

@@ -48,19 +48,20 @@ void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg);
 /* Copies the next batch of the lease. */
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
 
-/* Between batches, gives up the far half of what is left of the lease's range
- * (coordinator's SHRINK: workers are idle). Only after a batch of this lease: until
- * then a target's fence row may be ahead of the cursor from Redis (a batch
- * committed, its checkpoint lost), and a key picked past that cursor could give
- * the new range rows a target holds already. Finds a real key about halfway
- * between the cursor and hi on the source and splits the range there in Redis;
- * the lease's hi becomes that key, and its batches from now on are a quarter
- * of the usual size (short_batches). Returns 0 split (*new_id is the new range),
- * 1 not split (too little left, or nothing known yet), 2 the lease is no longer
- * held, -1 Redis failed (w->error says how) and the split may or may not have
- * happened: the caller must stop copying this lease (its expiry returns it to
- * pending). */
-int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int64_t *new_id);
+/* Between batches, gives up all but the first of `parts` equal parts of what is
+ * left of the lease's range (coordinator's SHRINK: parts - 1 workers are idle).
+ * Only after a batch of this lease: until then a target's fence row may be ahead
+ * of the cursor from Redis (a batch committed, its checkpoint lost), and a key
+ * picked past that cursor could give a new range rows a target holds already.
+ * Finds real keys about every left/parts rows past the cursor on the source (an
+ * EXPLAIN estimate, then index OFFSET reads) and splits the range at them in
+ * Redis from the far end; the lease's hi becomes the first key, and its batches
+ * from now on are a quarter of the usual size (short_batches). Parts are at least
+ * a quarter batch. Returns 0 split (*made new ranges), 1 not split (too little
+ * left, or no batch yet), 2 the lease is no longer held, -1 Redis failed (w->error
+ * says how) and a split may or may not have happened: the caller must stop copying
+ * this lease (its expiry returns it to pending). */
+int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made);
 
 /* Hands a lease back to pending in Redis (clean stop or failure). Returns the
  * bf_rstate_release() result. */

@@ -59,6 +59,7 @@ typedef struct {
     bool draining;          /* coordinator asked us to stop */
     bool revoked;           /* the lease in hand was revoked: drop it */
     bool split_asked;       /* SHRINK for the lease in hand: split it between batches */
+    int split_idle;         /* for this many idle workers (the largest asked) */
     bool paused;            /* `backfill pause` or cancel seen (logged once) */
     int exit_code;          /* set when the loop should end */
     long long stop_asked;   /* ms when a stop was first seen during a batch */
@@ -155,6 +156,7 @@ static void s_on_welcome(worker_t *w, bf_msg_t *m)
 static void s_drop_lease(worker_t *w)
 {
     w->revoked = w->split_asked = false;
+    w->split_idle = 0;
     if (!w->lease)
         return;
     bf_range_clear(&w->lease->range);
@@ -235,8 +237,11 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
         break;
     case BF_MSG_SHRINK:
         /* Also acted on between batches: the split key must lie past the cursor. */
-        if (w->lease && w->lease->range.id == m->range_id && w->lease->range.token == m->token)
+        if (w->lease && w->lease->range.id == m->range_id && w->lease->range.token == m->token) {
             w->split_asked = true;
+            if (m->credit > w->split_idle)
+                w->split_idle = (int)(m->credit > 64 ? 64 : m->credit);
+        }
         break;
     case BF_MSG_DRAIN:
         w->draining = true;
@@ -394,13 +399,15 @@ static void s_work(worker_t *w)
 /* The coordinator saw idle workers and asked us (SHRINK) to split the range in hand. */
 static void s_split(worker_t *w)
 {
+    int idle = w->split_idle > 0 ? w->split_idle : 1;
     w->split_asked = false;
+    w->split_idle = 0;
     if (w->draining || w->paused) /* the coordinator asks again while workers idle */
         return;
     bf_lease_work_t *l = w->lease;
-    int64_t new_id = -1;
+    int made = 0;
     long long t0 = bf_now_ms();
-    int rc = bf_copier_split(w->copier, l, &new_id);
+    int rc = bf_copier_split(w->copier, l, idle + 1, &made);
     w->busy_ms += bf_now_ms() - t0;
     if (rc == 0 || rc == 1)
         return;

@@ -253,6 +253,7 @@ static void test_roundtrip_others(void **state)
 
     m = (bf_msg_t){.type = BF_MSG_SHRINK, .v = BF_PROTO_VERSION, .sid = 7, .range_id = 1};
     m.token = 2;
+    m.credit = 3;
     s_roundtrip(&m);
 
     m = (bf_msg_t){.type = BF_MSG_DRAIN, .v = BF_PROTO_VERSION, .ep = 1, .deadline_ms = 5000};
