@@ -126,7 +126,8 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
             bf_progress_info_t info = {.elapsed_s = (double)(now - start) / 1000.0,
                                        .rate =
                                            bf_rate_window_add(&win, now, rows, WATCH_WINDOW_MS)};
-            info.eta_s = bf_rate_window_eta(&win, now, est, rows, info.rate);
+            info.eta_s = bf_rate_window_eta(&win, now, est, rows, info.rate,
+                                            (double)ctx->job->batch_ms / 2000.0);
             bf_progress_control(ctx->redis, &info);
             if (!view.tty && win.n > 1)
                 fputc('\n', stdout); /* plain frames, one after the other */

@@ -785,7 +785,8 @@ static void s_progress(bf_coord_t *self, bool final)
         long long now = bf_now_ms();
         bf_progress_info_t info = {.elapsed_s = secs,
                                    .rate = bf_rate_window_add(&self->rate, now, rows, 5000)};
-        info.eta_s = bf_rate_window_eta(&self->rate, now, est, rows, info.rate);
+        info.eta_s = bf_rate_window_eta(&self->rate, now, est, rows, info.rate,
+                                        (double)self->ctx.job->batch_ms / 2000.0);
         bf_progress_control(self->ctx.redis, &info);
         bf_progress_draw(&self->view, self->ctx.job->name, p, n, &info);
     } else {
@@ -883,7 +884,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
     s_progress(self, true);
     self->started_ms = bf_now_ms();
     self->rows_at_start = self->rows_now;
-    int progress_ms = self->opts.progress_tty ? 500 : self->opts.progress_ms;
+    int progress_ms = self->opts.progress_tty ? 250 : self->opts.progress_ms;
     self->next_progress = self->started_ms + progress_ms;
     if (self->opts.progress_tty) {
         self->view = (bf_progress_view_t){.out = stderr, .tty = true};

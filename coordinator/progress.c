@@ -14,10 +14,19 @@ double bf_rate_window_add(bf_rate_window_t *w, long long now_ms, int64_t rows, l
         w->n--;
     }
     /* Until the count first moves (start-up: connecting, planning, the first
-     * batches in flight), keep only the latest sample: the rate is the copy's,
-     * not diluted by the time before it. */
+     * batches in flight), keep no sample: the rate is counted from the first
+     * sample that shows rows copied, not diluted by the time before it. */
     if (w->n == 1 && rows == w->rows[0])
         w->n = 0;
+    if (w->n == 0 && !w->moved) {
+        if (w->rows0_set && rows != w->rows0)
+            w->moved = true;
+        else {
+            w->rows0 = rows;
+            w->rows0_set = true;
+            return 0;
+        }
+    }
     w->t[w->n] = now_ms;
     w->rows[w->n++] = rows;
     int first = 0;
@@ -29,12 +38,14 @@ double bf_rate_window_add(bf_rate_window_t *w, long long now_ms, int64_t rows, l
 }
 
 double bf_rate_window_eta(bf_rate_window_t *w, long long now_ms, int64_t est, int64_t rows,
-                          double rate)
+                          double rate, double lag_s)
 {
     if (rows != w->eta_rows || w->eta_t == 0) {
         w->eta_rows = rows;
         w->eta_t = now_ms;
         w->eta_s = bf_progress_eta(est, rows, rate);
+        if (w->eta_s > 0) /* the batches in flight are further than the count says */
+            w->eta_s = w->eta_s > lag_s ? w->eta_s - lag_s : 0;
         return w->eta_s;
     }
     if (w->eta_s < 0)

@@ -32,19 +32,22 @@ typedef struct {
     int64_t rows[BF_RATE_SAMPLES];
     int n;
     int64_t eta_rows; /* rows when the ETA was last computed */
-    long long eta_t;  /* ms then */
-    double eta_s;     /* the ETA then */
+    int64_t rows0;    /* the count before the first move */
+    bool rows0_set, moved;
+    long long eta_t; /* ms then */
+    double eta_s;    /* the ETA then */
 } bf_rate_window_t;
 
 /* Adds a sample and returns the rate over the last window_ms, counted from the
  * first sample after which rows moved (0 until they have). Pure. */
 double bf_rate_window_add(bf_rate_window_t *w, long long now_ms, int64_t rows, long long window_ms);
 
-/* The seconds left: (est - rows) / rate when rows moved since the last call;
- * between two checkpoints (rows counted batch by batch) the last ETA counts down
- * instead of jumping back up. -1 when unknown. Pure. */
+/* The seconds left: (est - rows) / rate - lag_s when rows moved since the last
+ * call (lag_s: rows are counted when a batch ends, so the copy is about half a
+ * batch further along than the count; 0 when unknown); between two checkpoints
+ * the last ETA counts down instead of jumping back up. -1 when unknown. Pure. */
 double bf_rate_window_eta(bf_rate_window_t *w, long long now_ms, int64_t est, int64_t rows,
-                          double rate);
+                          double rate, double lag_s);
 
 /* The seconds left at this rate, or -1 when unknown. Pure. */
 double bf_progress_eta(int64_t est, int64_t rows, double rate);
