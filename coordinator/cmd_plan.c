@@ -100,7 +100,7 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
     int n = ctx->job->ntables;
     bf_table_progress_t *p = bf_xcalloc((size_t)n, sizeof *p);
     bf_progress_view_t view = {.out = stdout, .tty = isatty(STDOUT_FILENO)};
-    bf_rate_window_t win = {0};
+    bf_rate_window_t win = {0}, bwin = {0};
     long long start = bf_now_ms();
     bool warned = false;
     int rc = BF_EXIT_INTERRUPTED;
@@ -120,14 +120,9 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
                 leased += p[t].leased;
             }
             long long now = bf_now_ms();
-            int64_t est = 0;
-            for (int t = 0; t < n; t++)
-                est += p[t].est;
-            bf_progress_info_t info = {.elapsed_s = (double)(now - start) / 1000.0,
-                                       .rate =
-                                           bf_rate_window_add(&win, now, rows, WATCH_WINDOW_MS)};
-            info.eta_s = bf_rate_window_eta(&win, now, est, rows, info.rate,
-                                            (double)ctx->job->batch_ms / 2000.0);
+            bf_progress_info_t info = {.elapsed_s = (double)(now - start) / 1000.0};
+            bf_progress_estimate(&info, &win, &bwin, p, n, now, WATCH_WINDOW_MS,
+                                 (double)ctx->job->batch_ms / 2000.0);
             bf_progress_control(ctx->redis, &info);
             if (!view.tty && win.n > 1)
                 fputc('\n', stdout); /* plain frames, one after the other */

@@ -47,6 +47,7 @@ struct bf_coord {
     bf_curve_server_t *curve; /* CURVE authentication, or NULL */
     bf_progress_view_t view;  /* the live progress display (opts.progress_tty) */
     bf_rate_window_t rate;    /* its rate: over the last few seconds */
+    bf_rate_window_t brate;   /* bytes, for the ETA */
     uint64_t epoch;           /* this coordinator's epoch (from Redis) */
     worker_t *workers;        /* connected workers */
     int nworkers, capworkers;
@@ -102,6 +103,8 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
         p->ranges = (v = s_stats_field(meta, f)) ? atoll(v) : 0;
         snprintf(f, sizeof f, "tbl:%d:est", t);
         p->est = (v = s_stats_field(meta, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "tbl:%d:width", t);
+        p->width = (v = s_stats_field(meta, f)) ? atoll(v) : 0;
         snprintf(f, sizeof f, "rows:%d", t);
         p->rows = (v = s_stats_field(st, f)) ? atoll(v) : 0;
         snprintf(f, sizeof f, "bytes:%d", t);
@@ -779,14 +782,9 @@ static void s_progress(bf_coord_t *self, bool final)
         for (int t = 0; t < n; t++)
             rows += p[t].rows;
         double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
-        int64_t est = 0;
-        for (int t = 0; t < n; t++)
-            est += p[t].est;
-        long long now = bf_now_ms();
-        bf_progress_info_t info = {.elapsed_s = secs,
-                                   .rate = bf_rate_window_add(&self->rate, now, rows, 5000)};
-        info.eta_s = bf_rate_window_eta(&self->rate, now, est, rows, info.rate,
-                                        (double)self->ctx.job->batch_ms / 2000.0);
+        bf_progress_info_t info = {.elapsed_s = secs};
+        bf_progress_estimate(&info, &self->rate, &self->brate, p, n, bf_now_ms(), 5000,
+                             (double)self->ctx.job->batch_ms / 2000.0);
         bf_progress_control(self->ctx.redis, &info);
         bf_progress_draw(&self->view, self->ctx.job->name, p, n, &info);
     } else {

@@ -56,6 +56,7 @@ typedef struct {
     char name[256];
     int64_t ranges, done, failed, leased, est, rows, bytes, rejects;
     int64_t stuck; /* leased ranges past their lease's expiry (worker silent) */
+    int64_t width; /* average row width from the source's statistics, 0 = unknown */
 } bf_table_progress_t;
 
 /* Fills n entries (n = job->ntables) and the retries and batches totals.

@@ -110,6 +110,22 @@ int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
         bf_rstate_store_plan(ctx->redis, n, labels, (const bf_plan_range_t *const *)ranges,
                              counts) != 0)
         rc = BF_EXIT_CONNECT;
+    /* Each table's average row width from its statistics, for the ETA (rows of
+     * different tables cost differently). Best effort: no statistics, no width. */
+    for (int t = 0; t < n && rc == BF_EXIT_OK; t++) {
+        const char *params[] = {ctx->tables[t].src_qname};
+        PGresult *res = bf_pg_query_quiet(
+            ctx->src,
+            "SELECT coalesce(sum(s.avg_width), 0) FROM pg_stats s JOIN pg_class c ON "
+            "c.relname = s.tablename JOIN pg_namespace n ON n.oid = c.relnamespace AND "
+            "n.nspname = s.schemaname WHERE c.oid = $1::regclass",
+            1, params);
+        long long width = res && PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
+        PQclear(res);
+        if (width > 0)
+            freeReplyObject(bf_rstate_cmd(ctx->redis, "HSET %s tbl:%d:width %lld",
+                                          bf_rstate_key(ctx->redis, "meta"), t, width));
+    }
     for (int t = 0; t < n; t++)
         bf_plan_ranges_free(ranges[t], counts[t]);
     free(ranges);

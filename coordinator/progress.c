@@ -54,6 +54,53 @@ double bf_rate_window_eta(bf_rate_window_t *w, long long now_ms, int64_t est, in
     return left > 0 ? left : 0;
 }
 
+int64_t bf_progress_bytes_left(const bf_table_progress_t *p, int n)
+{
+    double bytes = 0, rows = 0, wbytes = 0, wexpect = 0;
+    for (int t = 0; t < n; t++) {
+        if (p[t].rows <= 0)
+            continue;
+        bytes += (double)p[t].bytes;
+        rows += (double)p[t].rows;
+        if (p[t].width > 0) {
+            wbytes += (double)p[t].bytes;
+            wexpect += (double)p[t].rows * (double)p[t].width;
+        }
+    }
+    if (bytes <= 0 || rows <= 0)
+        return -1;
+    double avg = bytes / rows, scale = wexpect > 0 ? wbytes / wexpect : 1.0;
+    double left = 0;
+    for (int t = 0; t < n; t++) {
+        if (p[t].done == p[t].ranges || p[t].est <= p[t].rows)
+            continue;
+        double per = p[t].rows > 0    ? (double)p[t].bytes / (double)p[t].rows
+                     : p[t].width > 0 ? (double)p[t].width * scale
+                                      : avg;
+        left += (double)(p[t].est - p[t].rows) * per;
+    }
+    return (int64_t)left;
+}
+
+void bf_progress_estimate(bf_progress_info_t *info, bf_rate_window_t *rows_w,
+                          bf_rate_window_t *bytes_w, const bf_table_progress_t *p, int n,
+                          long long now_ms, long long window_ms, double lag_s)
+{
+    int64_t rows = 0, est = 0, bytes = 0;
+    for (int t = 0; t < n; t++) {
+        rows += p[t].rows;
+        est += p[t].est;
+        bytes += p[t].bytes;
+    }
+    info->rate = bf_rate_window_add(rows_w, now_ms, rows, window_ms);
+    double brate = bf_rate_window_add(bytes_w, now_ms, bytes, window_ms);
+    int64_t left = bf_progress_bytes_left(p, n);
+    if (left >= 0 && brate > 0)
+        info->eta_s = bf_rate_window_eta(bytes_w, now_ms, bytes + left, bytes, brate, lag_s);
+    else
+        info->eta_s = bf_rate_window_eta(rows_w, now_ms, est, rows, info->rate, lag_s);
+}
+
 double bf_progress_eta(int64_t est, int64_t rows, double rate)
 {
     if (rate <= 0)

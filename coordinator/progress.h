@@ -49,6 +49,19 @@ double bf_rate_window_add(bf_rate_window_t *w, long long now_ms, int64_t rows, l
 double bf_rate_window_eta(bf_rate_window_t *w, long long now_ms, int64_t est, int64_t rows,
                           double rate, double lag_s);
 
+/* Bytes left to copy: per table, rows left times its bytes per row - measured
+ * once the table has rows copied, else its statistics' row width scaled by how
+ * copied bytes compare with the widths of the tables copied so far (or the
+ * average bytes per row so far when a table has no width). -1 before any byte is
+ * copied. Rows of different tables cost differently; the ETA follows bytes. */
+int64_t bf_progress_bytes_left(const bf_table_progress_t *p, int n);
+
+/* Fills info->rate (rows/s over window_ms, from rows_w) and info->eta_s (bytes
+ * left over the byte rate, from bytes_w; rows when no byte is counted yet). */
+void bf_progress_estimate(bf_progress_info_t *info, bf_rate_window_t *rows_w,
+                          bf_rate_window_t *bytes_w, const bf_table_progress_t *p, int n,
+                          long long now_ms, long long window_ms, double lag_s);
+
 /* The seconds left at this rate, or -1 when unknown. Pure. */
 double bf_progress_eta(int64_t est, int64_t rows, double rate);
 
