@@ -684,18 +684,13 @@ rollback:
     return result;
 }
 
+static char *s_key_after(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_t *r,
+                         const char *after, int64_t skip);
+
 /* The first key of the range after the cursor (for messages), or NULL. */
 static char *s_first_key(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_t *r)
 {
-    char *cond = bf_tableplan_range_cond(tp, src, r->lo, r->cursor, r->hi);
-    char *sql = bf_xasprintf("SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT 1", tp->key_text,
-                             tp->src_qname, cond, tp->key_list);
-    free(cond);
-    PGresult *res = bf_pg_query(src, sql, 0, NULL);
-    free(sql);
-    char *key = res && PQntuples(res) == 1 ? bf_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
-    PQclear(res);
-    return key;
+    return s_key_after(src, tp, r, r->cursor, 0);
 }
 
 /* Sizes the table's next batch from the one just done (n rows asked, rows and
