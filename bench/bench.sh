@@ -52,7 +52,10 @@ export PGOPTIONS="-c client_min_messages=warning"
 [ -x "$BF" ] || { echo "bench: $BF not built; run ./bootstrap.sh test or cmake first" >&2; exit 2; }
 DIR=$(mktemp -d /tmp/bf-bench.XXXXXX)
 rmdir "$DIR"
-cleanup() { "$BF" sandbox stop --dir "$DIR" >/dev/null 2>&1 || true; }
+cleanup() { # the servers, then the bench's own files (job, logs)
+    "$BF" sandbox stop --dir "$DIR" >/dev/null 2>&1 || true
+    rm -rf "$DIR"
+}
 trap cleanup EXIT
 "$BF" sandbox start --dir "$DIR" 2>/dev/null
 # shellcheck disable=SC1091

@@ -41,6 +41,7 @@ CPID=""
 cleanup() {
     [ -z "$CPID" ] || kill "$CPID" 2>/dev/null || true
     "$BF" sandbox stop --dir "$DIR" >/dev/null 2>&1 || true
+    rm -rf "$DIR" # the bench's own files (job, logs) are left after the servers go
 }
 trap cleanup EXIT
 "$BF" sandbox start --dir "$DIR" 2>/dev/null
