@@ -111,9 +111,8 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
             warned = true;
         } else {
             warned = false;
-            int64_t rows = 0, done = 0, ranges = 0, failed = 0, leased = 0;
+            int64_t done = 0, ranges = 0, failed = 0, leased = 0;
             for (int t = 0; t < n; t++) {
-                rows += p[t].rows;
                 done += p[t].done;
                 ranges += p[t].ranges;
                 failed += p[t].failed;

@@ -778,9 +778,6 @@ static void s_progress(bf_coord_t *self, bool final)
         return;
     }
     if (self->opts.progress_tty && self->started_ms) {
-        int64_t rows = 0;
-        for (int t = 0; t < n; t++)
-            rows += p[t].rows;
         double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
         bf_progress_info_t info = {.elapsed_s = secs};
         bf_progress_estimate(&info, &self->rate, &self->brate, p, n, bf_now_ms(), 5000,
