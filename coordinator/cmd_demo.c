@@ -100,7 +100,7 @@ static void s_usage(FILE *f)
             "dir), creates a Django-style monolith (auth_user, trading_order, billing_invoice)\n"
             "and two service databases (trading, billing), runs the backfill with N workers,\n"
             "verifies it, prints a summary and cleans up.\n"
-            "  --rows N     rows in trading_order (default 1200000)\n"
+            "  --rows N     rows in trading_order (default 3000000)\n"
             "  --workers N  workers (default 3)\n"
             "  --keep       leave the servers running and print how to connect\n");
 }
@@ -112,7 +112,7 @@ int bf_cmd_demo(int argc, char **argv)
                                          {"keep", no_argument, NULL, 'k'},
                                          {"help", no_argument, NULL, 'h'},
                                          {NULL, 0, NULL, 0}};
-    long long rows = 1200000;
+    long long rows = 3000000;
     int workers = 3;
     bool keep = false;
     int c;
