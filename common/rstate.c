@@ -196,6 +196,37 @@ int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field,
     return 0;
 }
 
+int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const char *field,
+                           int64_t *out)
+{
+    if (!self->ctx && s_connect(self, false) != 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        char suffix[48];
+        snprintf(suffix, sizeof suffix, "range:%lld", (long long)ids[i]);
+        if (redisAppendCommand(self->ctx, "HGET %s %s", bf_rstate_key(self, suffix), field) !=
+            REDIS_OK) {
+            s_check(self, NULL);
+            return -1;
+        }
+    }
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(self->ctx, (void **)&r) != REDIS_OK) {
+            s_check(self, NULL); /* the rest of the replies are lost with the connection */
+            return -1;
+        }
+        if (!(r = s_check(self, r)))
+            rc = -1; /* an error reply: read the others all the same */
+        else {
+            out[i] = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
+            freeReplyObject(r);
+        }
+    }
+    return rc;
+}
+
 int bf_rstate_is_planned(bf_rstate_t *self)
 {
     int64_t planned = 0;

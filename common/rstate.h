@@ -110,6 +110,11 @@ int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out);
 /* Reads an integer field of a hash (0 when missing); -1 on error. */
 int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field, int64_t *out);
 
+/* The same field of n hashes "range:<ids[i]>" in one pipelined round trip:
+ * out[i] (0 when missing). 0, or -1 on error. */
+int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const char *field,
+                           int64_t *out);
+
 /* Replaces any stored state of the job with a new plan: for table t,
  * ranges[t][0..nranges[t]) (lo/hi as key text, NULL = open) with their estimates.
  * labels[t] names the table. Atomic (MULTI/EXEC). 0 or -1 (logged). */

@@ -53,8 +53,10 @@ struct bf_coord {
     int nworkers, capworkers;
     zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
     int rr;                /* where the next lease hand-out round starts (fairness) */
-    bool recount;          /* a range ended: read the done count from Redis */
+    bool recount;          /* the done count may have changed much: read it from Redis */
     long long next_recount;
+    int64_t done_seen;             /* done count at the last read */
+    int64_t dones_since;           /* DONE messages since then */
     int64_t nranges;               /* ranges in the plan (grows when ranges are split) */
     long long next_split;          /* no SHRINK round before this (ms) */
     bool cancelled;                /* `backfill cancel`: drain the workers and stop, resumable */
@@ -137,18 +139,25 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
         bf_rstate_cmd(redis, "ZRANGE %s 0 -1 WITHSCORES", bf_rstate_key(redis, "leases"));
     if (!ls)
         return -1;
-    for (size_t i = 0; i + 1 < ls->elements; i += 2) {
-        char suffix[64];
-        snprintf(suffix, sizeof suffix, "range:%s", ls->element[i]->str);
-        int64_t t = -1;
-        if (bf_rstate_hget_int(redis, suffix, "tbl", &t) == 0 && t >= 0 && t < ntables) {
-            out[t].leased++;
-            if (atoll(ls->element[i + 1]->str) < now_ms)
-                out[t].stuck++;
-        }
+    /* Their tables: one pipelined round trip (a lease per worker: 1,000 workers
+     * would be 1,000 round trips one by one). */
+    int n = (int)(ls->elements / 2);
+    int64_t *ids = bf_xcalloc((size_t)n + 1, sizeof *ids);
+    int64_t *tbl = bf_xcalloc((size_t)n + 1, sizeof *tbl);
+    for (int i = 0; i < n; i++)
+        ids[i] = atoll(ls->element[2 * i]->str);
+    int rc = bf_rstate_range_fields(redis, n, ids, "tbl", tbl);
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (tbl[i] < 0 || tbl[i] >= ntables)
+            continue;
+        out[tbl[i]].leased++;
+        if (atoll(ls->element[2 * i + 1]->str) < now_ms)
+            out[tbl[i]].stuck++;
     }
+    free(ids);
+    free(tbl);
     freeReplyObject(ls);
-    return 0;
+    return rc;
 }
 
 /* True (and logged) when a target holds fence rows of this job although Redis
@@ -739,7 +748,10 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
         }
         break;
     case BF_MSG_DONE:
-        self->recount = true;
+        /* Read the count when these DONEs may have finished the job (a read per
+         * DONE would be one more Redis round trip per lease hand-out). */
+        if (self->done_seen + ++self->dones_since >= self->nranges)
+            self->recount = true;
         s_forget_lease(w, m->range_id);
         if (m->credit > 0) /* a CREDIT along with it */
             w->credit = m->credit;
@@ -920,7 +932,8 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             self->next_progress = now + progress_ms;
         }
         /* Ranges end with a DONE, or (worker gone) by a reap or another
-         * coordinator's worker: read the count after a DONE and every second. */
+         * coordinator's worker: read the count every second, after a FAIL, and
+         * when the DONEs seen since the last read may have finished the job. */
         if (!self->recount && now < self->next_recount && !self->failed)
             continue;
         self->recount = false;
@@ -928,6 +941,8 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         int64_t done = s_done_total(self, &failed);
         if (done < 0 && !self->failed)
             continue; /* Redis unreachable: read again in a second */
+        self->done_seen = done;
+        self->dones_since = 0;
         if (self->failed || failed > 0) {
             if (!self->failed)
                 snprintf(self->fail_msg, sizeof self->fail_msg,
