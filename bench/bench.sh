@@ -4,7 +4,8 @@
 # machines; the ratios are what to compare).
 #
 #   bench/bench.sh [--rows N] [--workers "1 2 4"] [--modes "insert upsert"]
-#                  [--wide-rows N] [--skew-rows N] [--no-pgcopydb] [--out FILE.md]
+#                  [--wide-rows N] [--skew-rows N] [--no-pgcopydb] [--no-coordinator]
+#                  [--out FILE.md]
 #
 # Creates a Django-style trading_order table (bigint id, text, numeric, jsonb,
 # timestamps; about 200 bytes a row, as in DESIGN.md), then measures:
@@ -22,6 +23,9 @@
 # and prints a Markdown table (also written to --out) with rows/s, MB/s, the ratio
 # to the pipe, worker CPU seconds per million rows and peak RSS (worker and
 # coordinator). Upsert runs start from a target holding every row (all updates).
+# Then, its servers stopped, it runs bench/coordinator.sh (1,000 simulated
+# workers, 100,000 ranges, a 1M-range plan) and adds that table, unless
+# --no-coordinator.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -31,6 +35,7 @@ MODES="insert upsert"
 WIDE_ROWS=200
 SKEW_ROWS=""
 PGCOPYDB=1
+COORDINATOR=1
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -40,8 +45,9 @@ while [ $# -gt 0 ]; do
     --wide-rows) WIDE_ROWS=$2; shift 2 ;;
     --skew-rows) SKEW_ROWS=$2; shift 2 ;;
     --no-pgcopydb) PGCOPYDB=0; shift ;;
+    --no-coordinator) COORDINATOR=0; shift ;;
     --out) OUT=$2; shift 2 ;;
-    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -83,7 +89,10 @@ BYTES=$(q bench_src "SELECT pg_table_size('trading_order')")
 declare -a NAMES RATES MBS RATIOS CPUS RSS CRSS
 PIPE_RATE=0
 STAGING_RATE=0
-PGCOPYDB_RATE=0
+PGCOPYDB_RATE=0 # 4 jobs
+PGCOPYDB_BEST=0
+PGCOPYDB_BEST_JOBS=0
+declare -A PGC
 record() { # name seconds [cpu_s] [worker_rss_mb] [coordinator_rss_mb] -> sets RATE
     local mb ratio cpu="-" rss="-" crss="-"
     RATE=$(awk -v r="$ROWS" -v s="$2" 'BEGIN { printf "%.0f", r / s }')
@@ -129,20 +138,30 @@ if [ "$PGCOPYDB" = 1 ] && ! command -v pgcopydb >/dev/null && [ "$(id -u)" = 0 ]
     echo "bench: installing pgcopydb (Debian package)" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgcopydb >/dev/null 2>&1 || true
 fi
+# pgcopydb with 4 jobs (DESIGN.md's anchor) and with 2 (one per core), the table
+# split as many ways: the fastest of the two is compared with backfill's fastest.
 if [ "$PGCOPYDB" = 1 ] && command -v pgcopydb >/dev/null; then
-    reset_target
-    t0=$(now)
-    PGCOPYDB_SPLIT_TABLES_LARGER_THAN="$((BYTES / 4 / 1000000)) MB" pgcopydb copy table-data \
-        --source "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_src" \
-        --target "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt" \
-        --table-jobs 4 --dir "$DIR/pgcopydb" >"$DIR/pgcopydb.log" 2>&1 ||
-        { tail -5 "$DIR/pgcopydb.log" >&2; echo "bench: pgcopydb failed" >&2; exit 1; }
-    t1=$(now)
-    got=$(q bench_tgt "SELECT count(*) FROM trading_order")
-    [ "$got" = "$ROWS" ] || { echo "bench: pgcopydb copied $got rows of $ROWS" >&2; exit 1; }
-    parts=$(grep -c 'COPY (SELECT .* BETWEEN' "$DIR/pgcopydb.log" || true)
-    record "pgcopydb copy table-data, 4 jobs, table in $parts parts" "$(elapsed "$t0" "$t1")"
-    PGCOPYDB_RATE=$RATE
+    for jobs in 4 2; do
+        reset_target
+        rm -rf "$DIR/pgcopydb"
+        t0=$(now)
+        PGCOPYDB_SPLIT_TABLES_LARGER_THAN="$((BYTES / jobs / 1000000)) MB" pgcopydb copy table-data \
+            --source "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_src" \
+            --target "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt" \
+            --table-jobs "$jobs" --dir "$DIR/pgcopydb" >"$DIR/pgcopydb.log" 2>&1 ||
+            { tail -5 "$DIR/pgcopydb.log" >&2; echo "bench: pgcopydb failed" >&2; exit 1; }
+        t1=$(now)
+        got=$(q bench_tgt "SELECT count(*) FROM trading_order")
+        [ "$got" = "$ROWS" ] || { echo "bench: pgcopydb copied $got rows of $ROWS" >&2; exit 1; }
+        parts=$(grep -c 'COPY (SELECT .* BETWEEN' "$DIR/pgcopydb.log" || true)
+        record "pgcopydb copy table-data, $jobs jobs, table in $parts parts" "$(elapsed "$t0" "$t1")"
+        PGC[$jobs]=$RATE
+        if [ "${RATE%.*}" -gt "${PGCOPYDB_BEST%.*}" ]; then
+            PGCOPYDB_BEST=$RATE
+            PGCOPYDB_BEST_JOBS=$jobs
+        fi
+    done
+    PGCOPYDB_RATE=${PGC[4]}
 fi
 
 # run_backfill LABEL WORKERS MODE TABLE: one `backfill run` from a fresh job state.
@@ -259,8 +278,22 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
     if [ "$PGCOPYDB_RATE" != 0 ] && [ -n "${BEST[insert/4]:-}" ]; then
         echo "- insert, 4 workers vs. pgcopydb (4 jobs): $(ratio "${BEST[insert/4]}" "$PGCOPYDB_RATE")"
     fi
+    if [ "$PGCOPYDB_BEST" != 0 ]; then
+        fast=0 fastw=0
+        for w in $WORKERS; do
+            r=${BEST[insert/$w]:-0}
+            if [ "${r%.*}" -gt "${fast%.*}" ]; then fast=$r fastw=$w; fi
+        done
+        [ "$fastw" = 0 ] ||
+            echo "- fastest insert ($fastw workers) vs. fastest pgcopydb ($PGCOPYDB_BEST_JOBS jobs): $(ratio "$fast" "$PGCOPYDB_BEST")"
+    fi
     [ -z "$WIDE" ] || echo "- wide rows: $WIDE"
     [ -z "$SKEW" ] || echo "$SKEW"
     echo
     echo "$ROWS rows, $((BYTES / 1000000)) MB; $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(q postgres 'SHOW server_version'); $(date -u +%Y-%m-%d)"
 } | tee "${OUT:-/dev/null}"
+if [ "$COORDINATOR" = 1 ]; then
+    cleanup # this bench's servers are not needed any more
+    echo >>"${OUT:-/dev/null}"
+    BF=$BF bash bench/coordinator.sh | tee -a "${OUT:-/dev/null}"
+fi

@@ -2,7 +2,8 @@
 # Coordinator at scale: a real `backfill coordinator` serving simulated workers
 # (build/bf_simworkers: ZeroMQ + Redis, no databases on the workers' side).
 #
-#   bench/coordinator.sh [--workers 1000] [--ranges 100000] [--plan-ranges 1000000] [--out F.md]
+#   bench/coordinator.sh [--workers 1000] [--ranges 100000] [--plan-ranges 1000000]
+#                        [--rate 20000] [--out F.md]
 #
 # 1. Plans a job of --plan-ranges ranges (a one-column bigint table of that many
 #    rows, range_rows 1) and reports how long the coordinator takes from start to
@@ -10,22 +11,28 @@
 # 2. Starts a coordinator on a job of --ranges ranges, connects --workers simulated
 #    workers over TCP; each asks for one lease at a time, records it finished in
 #    Redis (bf_checkpoint, as a real worker's last batch does) and says DONE.
-#    Reports lease hand-outs per second, the CREDIT -> LEASE latency (p50, p99,
-#    max) and the coordinator's peak RSS.
+#    a. saturated: every worker asks again at once; the most hand-outs per second
+#       the coordinator manages (the latency is then the queue of 1,000 requests);
+#    b. paced: the workers ask for --rate leases per second in all, each on a fixed
+#       timetable; the latency of each request (p50, p99, max) counts from when
+#       the timetable asked it, so a coordinator falling behind is charged for it.
+#    Reports hand-outs per second, latencies and the coordinator's peak RSS.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 WORKERS=1000
 RANGES=100000
 PLAN_RANGES=1000000
+RATE=20000
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --workers) WORKERS=$2; shift 2 ;;
     --ranges) RANGES=$2; shift 2 ;;
     --plan-ranges) PLAN_RANGES=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -40,6 +47,7 @@ rmdir "$DIR"
 CPID=""
 cleanup() {
     [ -z "$CPID" ] || kill "$CPID" 2>/dev/null || true
+    pkill -f "coordinator $DIR/" 2>/dev/null || true # one a failed simulate() left
     "$BF" sandbox stop --dir "$DIR" >/dev/null 2>&1 || true
     rm -rf "$DIR" # the bench's own files (job, logs) are left after the servers go
 }
@@ -51,7 +59,7 @@ q() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGU
 now() { date +%s.%N; }
 q postgres "CREATE DATABASE cb_src" >/dev/null
 q postgres "CREATE DATABASE cb_tgt" >/dev/null
-for n in "$RANGES" "$PLAN_RANGES"; do
+for n in $(printf "%s\n" "$RANGES" "$PLAN_RANGES" | sort -u); do
     q cb_src "CREATE TABLE r$n (id bigint PRIMARY KEY);
         INSERT INTO r$n SELECT g FROM generate_series(1, $n) g" >/dev/null
     q cb_src "VACUUM ANALYZE r$n" >/dev/null
@@ -100,24 +108,42 @@ PLANNED=$(redis-cli -p "$BF_REDIS_PORT" HGET 'bf:{plan}:meta' nranges)
 PLAN_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
 redis-cli -p "$BF_REDIS_PORT" FLUSHALL >/dev/null
 
-echo "bench: $WORKERS simulated workers, $RANGES ranges" >&2
 job scale "r$RANGES" >"$DIR/scale.yaml"
-start_coordinator scale
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-RESULT=$("$SIM" --connect "tcp://127.0.0.1:$PORT" --workers "$WORKERS" --redis "$BF_REDIS_URL" \
-    --job scale --pid "$CPID")
-wait "$CPID" || { tail -5 "$DIR/scale.err" >&2; echo "bench: coordinator failed" >&2; exit 1; }
-CPID=""
-field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$RESULT"; }
+# simulate RATE: a fresh plan of RANGES ranges, a coordinator, the simulated
+# workers asking RATE leases/s in all (0 = as fast as they are answered); prints
+# the simulator's key=value line.
+simulate() {
+    redis-cli -p "$BF_REDIS_PORT" FLUSHALL >/dev/null
+    start_coordinator scale
+    local out
+    # (set -e does not hold in a command substitution: check each step.)
+    out=$("$SIM" --connect "tcp://127.0.0.1:$PORT" --workers "$WORKERS" --redis "$BF_REDIS_URL" \
+        --job scale --pid "$CPID" --rate "$1") ||
+        { kill "$CPID"; echo "bench: simulated workers failed" >&2; exit 1; }
+    wait "$CPID" || { tail -5 "$DIR/scale.err" >&2; echo "bench: coordinator failed" >&2; exit 1; }
+    CPID=""
+    echo "$out"
+}
+echo "bench: $WORKERS simulated workers, $RANGES ranges, saturated" >&2
+SAT=$(simulate 0)
+echo "bench: $WORKERS simulated workers, $RANGES ranges, asking $RATE leases/s" >&2
+PACED=$(simulate "$RATE")
+field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
+rss() { awk -v a="$(field coordinator_rss_mb "$SAT")" -v b="$(field coordinator_rss_mb "$PACED")" \
+    'BEGIN { print (a > b ? a : b) }'; }
 {
     echo "| coordinator | value |"
     echo "|---|---|"
     echo "| plan + store $PLANNED ranges (start to listening) | $PLAN_S s |"
-    echo "| simulated workers connected | $(field workers) |"
-    echo "| ranges leased and finished | $(field finished) / $(field ranges) |"
-    echo "| lease hand-outs per second | $(field leases_per_s) |"
-    echo "| CREDIT to LEASE latency p50 / p99 / max | $(field p50_ms) / $(field p99_ms) / $(field max_ms) ms |"
-    echo "| coordinator peak RSS | $(field coordinator_rss_mb) MB |"
+    echo "| simulated workers connected | $(field workers "$SAT") |"
+    echo "| saturated: ranges leased and finished | $(field finished "$SAT") / $(field ranges "$SAT") |"
+    echo "| saturated: lease hand-outs per second | $(field leases_per_s "$SAT") |"
+    echo "| saturated: CREDIT to LEASE p50 / p99 (a queue of $WORKERS requests) | $(field p50_ms "$SAT") / $(field p99_ms "$SAT") ms |"
+    echo "| paced at $RATE leases/s: ranges leased and finished | $(field finished "$PACED") / $(field ranges "$PACED") |"
+    echo "| paced at $RATE leases/s: lease hand-outs per second | $(field leases_per_s "$PACED") |"
+    echo "| paced at $RATE leases/s: latency from the asked time p50 / p99 / max | $(field p50_ms "$PACED") / $(field p99_ms "$PACED") / $(field max_ms "$PACED") ms |"
+    echo "| coordinator peak RSS | $(rss) MB |"
     echo
     echo "$(nproc) cores; Redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p'); $(date -u +%Y-%m-%d)"
 } | tee "${OUT:-/dev/null}"

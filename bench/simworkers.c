@@ -5,6 +5,17 @@
  * worker does after its last batch; pipelined across workers) and reports DONE.
  *
  *   bf_simworkers --connect EP --workers N --redis URL --job NAME [--pid COORD_PID]
+ *                 [--rate R]
+ *
+ * Without --rate (or 0) every worker asks again as soon as it has finished a
+ * lease: the fleet asks as fast as the coordinator answers (saturation; each
+ * request then waits behind the other workers' N-1, so the latency is N / rate).
+ * With --rate R the fleet asks for R leases per second in all: worker i asks on a
+ * fixed timetable, every N/R seconds, staggered by i/R, and holds each lease until
+ * its next request is due (then finishes it and asks in one DONE, as a real
+ * worker does). The latency of a request is counted from the time the timetable
+ * says it is asked, not from when it was sent, so a coordinator that falls behind
+ * is charged for the requests it delayed (no "coordinated omission").
  *
  * Prints one line of key=value results: leases handed out, their rate between the
  * first CREDIT and the last LEASE, the latency from CREDIT to LEASE (p50, p99,
@@ -19,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -26,8 +38,12 @@
 
 typedef struct {
     zsock_t *sock;
+    bool to_check; /* on the list of sockets whose ZMQ_EVENTS are read next */
     uint64_t sid, ep;
-    long long credit_at; /* when its CREDIT went out (us), 0 = none outstanding */
+    long long credit_at; /* when its request was asked (us), 0 = none outstanding */
+    long long due;       /* paced: when its next request is due (us), 0 = none */
+    bool holding;        /* paced: at `due`, finish the lease it holds, then ask */
+    long long next_ask;  /* the asked time of the request its DONE carries (us) */
     int64_t range_id, token, seq;
 } sim_t;
 
@@ -44,6 +60,18 @@ static int s_cmp_ll(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Sockets to read next: those whose ZMQ_FD fired and those sent on since (a send
+ * can take in the socket's commands, so its FD may not fire for input waiting). */
+static int *s_check, s_ncheck;
+
+static void s_touch(sim_t *all, int i)
+{
+    if (!all[i].to_check) {
+        all[i].to_check = true;
+        s_check[s_ncheck++] = i;
+    }
+}
+
 static void s_send(sim_t *w, bf_msg_t *m)
 {
     m->sid = w->sid;
@@ -51,11 +79,13 @@ static void s_send(sim_t *w, bf_msg_t *m)
     bf_net_send(w->sock, NULL, m);
 }
 
-static void s_credit(sim_t *w)
+/* Ask for a lease that the timetable says was asked at `asked` (us). */
+static void s_credit(sim_t *w, long long asked)
 {
     bf_msg_t m = {.type = BF_MSG_CREDIT, .credit = 1};
     s_send(w, &m);
-    w->credit_at = s_now_us();
+    w->credit_at = asked;
+    w->due = 0;
 }
 
 static long s_vmhwm_kb(int pid)
@@ -93,10 +123,14 @@ int main(int argc, char **argv)
 {
     const char *endpoint = NULL, *redis_url = NULL, *job = NULL;
     int nworkers = 1000, coord_pid = 0;
-    static const struct option opts[] = {
-        {"connect", required_argument, NULL, 'c'}, {"workers", required_argument, NULL, 'w'},
-        {"redis", required_argument, NULL, 'r'},   {"job", required_argument, NULL, 'j'},
-        {"pid", required_argument, NULL, 'p'},     {NULL, 0, NULL, 0}};
+    double rate = 0;
+    static const struct option opts[] = {{"connect", required_argument, NULL, 'c'},
+                                         {"workers", required_argument, NULL, 'w'},
+                                         {"redis", required_argument, NULL, 'r'},
+                                         {"job", required_argument, NULL, 'j'},
+                                         {"pid", required_argument, NULL, 'p'},
+                                         {"rate", required_argument, NULL, 'R'},
+                                         {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
@@ -115,16 +149,23 @@ int main(int argc, char **argv)
         case 'p':
             coord_pid = atoi(optarg);
             break;
+        case 'R':
+            rate = atof(optarg);
+            break;
         default:
             fprintf(stderr, "usage: bf_simworkers --connect EP --workers N --redis URL --job "
-                            "NAME [--pid COORD_PID]\n");
+                            "NAME [--pid COORD_PID] [--rate R]\n");
             return 2;
         }
     }
-    if (!endpoint || !redis_url || !job || nworkers < 1) {
+    if (!endpoint || !redis_url || !job || nworkers < 1 || rate < 0) {
         fprintf(stderr, "bf_simworkers: --connect, --redis and --job are required\n");
         return 2;
     }
+    /* Paced: each worker asks every `period` us; worker i first at i/rate s. */
+    long long period = rate > 0 ? (long long)(1e6 * nworkers / rate) : 0;
+    long long pace0 = 0; /* when the timetable starts: the last WELCOME + 100 ms */
+    int welcomed = 0;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
@@ -147,10 +188,15 @@ int main(int argc, char **argv)
     }
 
     sim_t *w = calloc((size_t)nworkers, sizeof *w);
-    zmq_pollitem_t *items = calloc((size_t)nworkers, sizeof *items);
+    /* epoll over the sockets' ZMQ_FDs: zmq_poll would look at all 1,000 sockets
+     * on every round, and the simulator shares the cores with what it measures. */
+    int ep = epoll_create1(0);
+    struct epoll_event *evs = calloc((size_t)nworkers, sizeof *evs);
+    s_check = calloc((size_t)nworkers, sizeof *s_check);
+    int *todo = calloc((size_t)nworkers, sizeof *todo);
     long long *lat = calloc((size_t)nranges + 1, sizeof *lat);
     int *ready = calloc((size_t)nworkers, sizeof *ready);
-    if (!w || !items || !lat || !ready)
+    if (ep < 0 || !w || !evs || !s_check || !todo || !lat || !ready)
         return 2;
     for (int i = 0; i < nworkers; i++) {
         w[i].sock = zsock_new(ZMQ_DEALER);
@@ -160,8 +206,11 @@ int main(int argc, char **argv)
                     zmq_strerror(zmq_errno()));
             return 2;
         }
-        items[i].socket = zsock_resolve(w[i].sock);
-        items[i].events = ZMQ_POLLIN;
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, zsock_fd(w[i].sock), &ev) != 0) {
+            perror("bf_simworkers: epoll_ctl");
+            return 2;
+        }
         char id[32];
         snprintf(id, sizeof id, "sim-%d", i);
         bf_msg_t hello = {.type = BF_MSG_HELLO,
@@ -170,18 +219,39 @@ int main(int argc, char **argv)
                           .version = (char *)"sim",
                           .pid = getpid()};
         s_send(&w[i], &hello);
+        s_touch(w, i);
     }
 
     long long leased = 0, finished = 0, first_credit = 0, last_lease = 0;
     long long start = s_now_us();
     bool drained = false;
     while (finished < nranges && !drained && s_now_us() - start < DEADLINE_MS * 1000LL) {
-        if (zmq_poll(items, nworkers, 100) < 0)
-            break;
+        long long timeout_us = 100000, now0 = s_now_us();
         int nready = 0;
-        for (int i = 0; i < nworkers; i++) {
-            if (!(items[i].revents & ZMQ_POLLIN))
+        for (int i = 0; i < nworkers && period; i++) {
+            if (!w[i].due)
                 continue;
+            if (w[i].due <= now0 && w[i].holding) {
+                w[i].next_ask = w[i].due; /* finish it now, ask in the DONE */
+                w[i].due = 0;
+                w[i].holding = false;
+                ready[nready++] = i;
+            } else if (w[i].due <= now0) {
+                s_credit(&w[i], w[i].due); /* the first request */
+                s_touch(w, i);
+            } else if (w[i].due - now0 < timeout_us)
+                timeout_us = w[i].due - now0;
+        }
+        int nev = epoll_wait(ep, evs, nworkers,
+                             nready || s_ncheck ? 0 : (int)((timeout_us + 999) / 1000));
+        for (int k = 0; k < nev; k++)
+            s_touch(w, (int)evs[k].data.u32);
+        int ncheck = s_ncheck; /* handling may add to the list: work on a copy */
+        memcpy(todo, s_check, (size_t)ncheck * sizeof *todo);
+        s_ncheck = 0;
+        for (int k = 0; k < ncheck; k++) {
+            int i = todo[k];
+            w[i].to_check = false;
             for (;;) {
                 if (!(zsock_events(w[i].sock) & ZMQ_POLLIN))
                     break;
@@ -191,20 +261,35 @@ int main(int argc, char **argv)
                 if (m.type == BF_MSG_WELCOME) {
                     w[i].sid = m.sid;
                     w[i].ep = m.ep;
-                    if (!first_credit)
-                        first_credit = s_now_us();
-                    s_credit(&w[i]);
+                    if (period && ++welcomed == nworkers) {
+                        /* The timetable starts once all are connected. */
+                        pace0 = s_now_us() + 100000;
+                        first_credit = pace0;
+                        for (int j = 0; j < nworkers; j++)
+                            w[j].due = pace0 + (long long)((double)j * 1e6 / rate);
+                    } else if (!period) {
+                        if (!first_credit)
+                            first_credit = s_now_us();
+                        s_credit(&w[i], s_now_us());
+                    }
                 } else if (m.type == BF_MSG_LEASE && m.sid == w[i].sid) {
                     long long now = s_now_us();
                     if (w[i].credit_at && leased < nranges)
                         lat[leased] = now - w[i].credit_at;
+                    long long next = period ? w[i].credit_at + period : now;
                     leased++;
                     last_lease = now;
                     w[i].credit_at = 0;
                     w[i].range_id = m.range_id;
                     w[i].token = m.token;
                     w[i].seq = m.seq;
-                    ready[nready++] = i;
+                    if (next > now) { /* paced: hold it until the next request is due */
+                        w[i].due = next;
+                        w[i].holding = true;
+                    } else {
+                        w[i].next_ask = next;
+                        ready[nready++] = i;
+                    }
                 } else if (m.type == BF_MSG_DRAIN) {
                     drained = true;
                 }
@@ -241,7 +326,8 @@ int main(int argc, char **argv)
                              .bytes = 1,
                              .credit = 1};
             s_send(s, &done);
-            s->credit_at = s_now_us();
+            s_touch(w, ready[k]);
+            s->credit_at = period ? s->next_ask : s_now_us();
             finished += ok;
         }
     }
@@ -249,15 +335,18 @@ int main(int argc, char **argv)
     long long n = leased < nranges ? leased : nranges;
     qsort(lat, (size_t)n, sizeof *lat, s_cmp_ll);
     double secs = (double)(last_lease - first_credit) / 1e6;
-    printf("workers=%d ranges=%lld leased=%lld finished=%lld seconds=%.2f leases_per_s=%.0f "
-           "p50_ms=%.2f p99_ms=%.2f max_ms=%.2f coordinator_rss_mb=%.1f\n",
-           nworkers, nranges, leased, finished, secs, secs > 0 ? (double)leased / secs : 0.0,
+    printf("workers=%d ranges=%lld asked_per_s=%.0f leased=%lld finished=%lld seconds=%.2f "
+           "leases_per_s=%.0f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f coordinator_rss_mb=%.1f\n",
+           nworkers, nranges, rate, leased, finished, secs, secs > 0 ? (double)leased / secs : 0.0,
            n ? (double)lat[n / 2] / 1000.0 : 0.0, n ? (double)lat[(n * 99) / 100] / 1000.0 : 0.0,
            n ? (double)lat[n - 1] / 1000.0 : 0.0, hwm > 0 ? (double)hwm / 1024.0 : -1.0);
     for (int i = 0; i < nworkers; i++)
         zsock_destroy(&w[i].sock);
     free(w);
-    free(items);
+    free(evs);
+    free(s_check);
+    free(todo);
+    close(ep);
     free(lat);
     free(ready);
     redisFree(redis);
