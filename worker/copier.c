@@ -918,6 +918,73 @@ static char *s_key_after(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_
     return key;
 }
 
+/* The key column's name as the catalog has it: "id" -> id, "a""b" -> a"b. */
+static char *s_unquote(const char *q)
+{
+    size_t n = strlen(q);
+    if (n < 2 || q[0] != '"' || q[n - 1] != '"')
+        return bf_xstrdup(q);
+    char *out = bf_xcalloc(n, 1), *o = out;
+    for (size_t i = 1; i + 1 < n; i++) {
+        *o++ = q[i];
+        if (q[i] == '"' && q[i + 1] == '"')
+            i++;
+    }
+    return out;
+}
+
+/* Split keys from the column's histogram (pg_stats: bounds of equal-row buckets,
+ * from the last ANALYZE): the bounds inside what is left of range r, every
+ * (bounds / parts)-th of them, each moved to the first real key at or after it
+ * (and past the previous key: in order, in the column's own ordering). A few
+ * index probes instead of reading the keys in between. One-column keys only.
+ * Fills keys[0..parts-2] and returns how many, or -1 when the histogram cannot
+ * place them (no statistics, too few bounds in the range): read keys instead. */
+static int s_histogram_keys(bf_pg_t *src, const bf_tableplan_t *tp, const bf_range_t *r, int parts,
+                            char **keys)
+{
+    if (tp->nkeys != 1)
+        return -1;
+    char *col = s_unquote(tp->key_cols[0]);
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, r->cursor, r->hi);
+    char *sql = bf_xasprintf(
+        "SELECT %s FROM (SELECT unnest(s.histogram_bounds::text::%s[]) AS %s FROM pg_stats s "
+        "JOIN pg_class c ON c.relname = s.tablename JOIN pg_namespace n ON n.oid = "
+        "c.relnamespace AND n.nspname = s.schemaname WHERE c.oid = to_regclass($1) AND "
+        "s.attname = $2) h WHERE %s ORDER BY h.%s", /* h.: not the text output column */
+        tp->key_text, tp->key_types[0], tp->key_cols[0], cond, tp->key_cols[0]);
+    free(cond);
+    const char *params[] = {tp->src_qname, col};
+    PGresult *res = bf_pg_query_quiet(src, sql, 2, params);
+    free(sql);
+    free(col);
+    int m = res ? PQntuples(res) : 0;
+    if (m < 2 * parts) { /* coarser than a bucket per half part: not good enough */
+        PQclear(res);
+        return -1;
+    }
+    int nk = 0;
+    for (int j = 1; j < parts; j++) {
+        const char *bound = PQgetvalue(res, (int)((int64_t)m * j / parts), 0);
+        char *from = bf_tableplan_key_cmp(tp, src, ">=", bound);
+        char *rest = bf_tableplan_range_cond(tp, src, r->lo, nk ? keys[nk - 1] : r->cursor, r->hi);
+        char *q = from ? bf_xasprintf("SELECT %s FROM %s WHERE %s AND %s ORDER BY %s LIMIT 1",
+                                      tp->key_text, tp->src_qname, rest, from, tp->key_list)
+                       : NULL;
+        free(from);
+        free(rest);
+        PGresult *k = q ? bf_pg_query(src, q, 0, NULL) : NULL;
+        free(q);
+        if (k && PQntuples(k) == 1)
+            keys[nk++] = bf_xstrdup(PQgetvalue(k, 0, 0));
+        PQclear(k);
+        if (nk < j)
+            break; /* no key past this bound (rows deleted since ANALYZE): fewer parts */
+    }
+    PQclear(res);
+    return nk;
+}
+
 int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
 {
     *made = 0;
@@ -946,15 +1013,22 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
     int64_t step = left / parts;
     if (step * (parts - 1) > SPLIT_MAX_OFFSET)
         step = SPLIT_MAX_OFFSET / (parts - 1);
-    /* The keys about every `step` rows past the cursor: real keys, in order. */
+    /* The keys about every `step` rows past the cursor: real keys, in order; from
+     * the histogram when it can place them, else by reading that many keys. */
     char *keys[SPLIT_MAX_PARTS];
-    int nk = 0;
-    for (const char *after = r->cursor; nk < parts - 1; after = keys[nk - 1]) {
-        char *k = s_key_after(self->src, tp, r, after, step);
-        if (!k)
-            break; /* fewer rows than estimated */
-        keys[nk++] = k;
+    int nk = s_histogram_keys(self->src, tp, r, parts, keys);
+    const char *how = "the column's histogram";
+    if (nk < 1) {
+        how = "index reads";
+        nk = 0;
+        for (const char *after = r->cursor; nk < parts - 1; after = keys[nk - 1]) {
+            char *k = s_key_after(self->src, tp, r, after, step);
+            if (!k)
+                break; /* fewer rows than estimated */
+            keys[nk++] = k;
+        }
     }
+    log_debug("range %lld: %d split keys from %s", (long long)r->id, nk, how);
     /* From the far end: each split gives away [key, hi) and makes key the new hi. */
     int rc = nk > 0 ? 0 : 1;
     for (int j = nk - 1; j >= 0 && rc == 0; j--) {
