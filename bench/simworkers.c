@@ -11,11 +11,13 @@
  * lease: the fleet asks as fast as the coordinator answers (saturation; each
  * request then waits behind the other workers' N-1, so the latency is N / rate).
  * With --rate R the fleet asks for R leases per second in all: worker i asks on a
- * fixed timetable, every N/R seconds, staggered by i/R, and holds each lease until
- * its next request is due (then finishes it and asks in one DONE, as a real
- * worker does). The latency of a request is counted from the time the timetable
- * says it is asked, not from when it was sent, so a coordinator that falls behind
- * is charged for the requests it delayed (no "coordinated omission").
+ * fixed timetable, every N/R seconds, staggered by i/R: it checkpoints each lease
+ * when it arrives, holds it until its next request is due, then says DONE and
+ * asks in the same message, as a real worker does. The latency of a request is
+ * counted from the time the timetable says it is asked, not from when it was
+ * sent, so a coordinator that falls behind is charged for the requests it
+ * delayed (no "coordinated omission"). In both modes the worker's own checkpoint
+ * is not part of the latency (it comes before the request).
  *
  * Prints one line of key=value results: leases handed out, their rate between the
  * first CREDIT and the last LEASE, the latency from CREDIT to LEASE (p50, p99,
@@ -42,7 +44,7 @@ typedef struct {
     uint64_t sid, ep;
     long long credit_at; /* when its request was asked (us), 0 = none outstanding */
     long long due;       /* paced: when its next request is due (us), 0 = none */
-    bool holding;        /* paced: at `due`, finish the lease it holds, then ask */
+    bool holding;        /* paced: its lease is checkpointed; DONE and ask at `due` */
     long long next_ask;  /* the asked time of the request its DONE carries (us) */
     int64_t range_id, token, seq;
 } sim_t;
@@ -86,6 +88,20 @@ static void s_credit(sim_t *w, long long asked)
     s_send(w, &m);
     w->credit_at = asked;
     w->due = 0;
+}
+
+/* Reports its (checkpointed) lease done and asks for the next one in the same
+ * message, as a worker does; that request counts as asked at `asked` (us). */
+static void s_done(sim_t *w, long long asked)
+{
+    bf_msg_t done = {.type = BF_MSG_DONE,
+                     .range_id = w->range_id,
+                     .token = w->token,
+                     .rows = 1,
+                     .bytes = 1,
+                     .credit = 1};
+    s_send(w, &done);
+    w->credit_at = asked;
 }
 
 static long s_vmhwm_kb(int pid)
@@ -232,10 +248,10 @@ int main(int argc, char **argv)
             if (!w[i].due)
                 continue;
             if (w[i].due <= now0 && w[i].holding) {
-                w[i].next_ask = w[i].due; /* finish it now, ask in the DONE */
+                s_done(&w[i], w[i].due); /* its next request is due: DONE asks for it */
                 w[i].due = 0;
                 w[i].holding = false;
-                ready[nready++] = i;
+                s_touch(w, i);
             } else if (w[i].due <= now0) {
                 s_credit(&w[i], w[i].due); /* the first request */
                 s_touch(w, i);
@@ -283,13 +299,8 @@ int main(int argc, char **argv)
                     w[i].range_id = m.range_id;
                     w[i].token = m.token;
                     w[i].seq = m.seq;
-                    if (next > now) { /* paced: hold it until the next request is due */
-                        w[i].due = next;
-                        w[i].holding = true;
-                    } else {
-                        w[i].next_ask = next;
-                        ready[nready++] = i;
-                    }
+                    w[i].next_ask = next;
+                    ready[nready++] = i;
                 } else if (m.type == BF_MSG_DRAIN) {
                     drained = true;
                 }
@@ -318,17 +329,14 @@ int main(int argc, char **argv)
                         (long long)s->range_id,
                         r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
             freeReplyObject(r);
-            /* DONE asks for the next lease too, as a worker's does. */
-            bf_msg_t done = {.type = BF_MSG_DONE,
-                             .range_id = s->range_id,
-                             .token = s->token,
-                             .rows = 1,
-                             .bytes = 1,
-                             .credit = 1};
-            s_send(s, &done);
-            s_touch(w, ready[k]);
-            s->credit_at = period ? s->next_ask : s_now_us();
             finished += ok;
+            if (period && s->next_ask > s_now_us()) { /* paced: DONE when the next is due */
+                s->due = s->next_ask;
+                s->holding = true;
+                continue;
+            }
+            s_done(s, period ? s->next_ask : s_now_us());
+            s_touch(w, ready[k]);
         }
     }
     long hwm = coord_pid > 0 ? s_vmhwm_kb(coord_pid) : -1;
