@@ -10,7 +10,7 @@ SRC=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=$(mktemp -d /tmp/bf-benchsmoke.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-before=$(find /tmp -maxdepth 1 -name 'bf-bench.*' -o -maxdepth 1 -name 'bf-cbench.*' | wc -l)
+before=$(find /tmp -maxdepth 1 \( -name 'bf-bench.*' -o -name 'bf-cbench.*' \) | wc -l)
 
 BF=$BF BF_SIMWORKERS=$BF_SIMWORKERS bash "$SRC/bench/coordinator.sh" --workers 50 --ranges 3000 \
     --plan-ranges 3000 --rate 2000 --out "$OUT/coord.md" >/dev/null 2>"$OUT/coord.err" ||
@@ -32,6 +32,6 @@ grep -q '^- skewed: .*planned as 1 range, 4 workers: .*most idle' "$OUT/bench.md
     { cat "$OUT/bench.md"; fail "no skewed one-range line"; }
 grep -q '^- wide rows: 3 rows' "$OUT/bench.md" || { cat "$OUT/bench.md"; fail "no wide-row line"; }
 
-after=$(find /tmp -maxdepth 1 -name 'bf-bench.*' -o -maxdepth 1 -name 'bf-cbench.*' | wc -l)
+after=$(find /tmp -maxdepth 1 \( -name 'bf-bench.*' -o -name 'bf-cbench.*' \) | wc -l)
 [ "$after" -le "$before" ] || fail "a bench left its directory in /tmp"
 echo "PASS: bench smoke"
