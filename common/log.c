@@ -111,3 +111,10 @@ void bf_log_write(bf_log_level_t level, const char *fmt, ...)
         s_hook(s_hook_arg);
     fputs(line, stderr);
 }
+
+void bf_log_relay(const char *line, size_t len)
+{
+    if (s_hook && pthread_equal(pthread_self(), s_hook_thread))
+        s_hook(s_hook_arg);
+    fwrite(line, 1, len, stderr);
+}

@@ -5,6 +5,7 @@
 #define BF_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef enum { BF_LOG_DEBUG = 0, BF_LOG_INFO, BF_LOG_WARN, BF_LOG_ERROR } bf_log_level_t;
 
@@ -21,6 +22,9 @@ int bf_log_level_parse(const char *name);
  * it: they would race the display). */
 void bf_log_set_hook(void (*before_line)(void *arg), void *arg);
 void bf_log_write(bf_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Writes a line another process logged (a child's stderr, relayed) to stderr as
+ * is, calling the hook first like a line of this thread's. */
+void bf_log_relay(const char *line, size_t len);
 
 #define bf_log(level, ...)                                                                         \
     do {                                                                                           \

@@ -8,6 +8,7 @@
 #include "strbuf.h"
 
 #include <czmq.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -233,12 +234,49 @@ typedef struct {
     int respawns;  /* workers restarted after dying */
     bool all_dead; /* every worker died for good */
     char self_exe[4096];
+    /* With a live display: the workers' stderr comes through this pipe and is
+     * written line by line after the display is erased (else -1). */
+    int err_r, err_w;
+    char err_buf[8192];
+    size_t err_len;
 } supervisor_t;
+
+/* Relays the complete lines the workers wrote (all of it when `all`). */
+static void s_relay_worker_lines(supervisor_t *s, bool all)
+{
+    if (s->err_r < 0)
+        return;
+    for (;;) {
+        ssize_t n = read(s->err_r, s->err_buf + s->err_len, sizeof s->err_buf - s->err_len);
+        if (n > 0)
+            s->err_len += (size_t)n;
+        size_t start = 0;
+        for (size_t i = 0; i < s->err_len; i++)
+            if (s->err_buf[i] == '\n') {
+                bf_log_relay(s->err_buf + start, i + 1 - start);
+                start = i + 1;
+            }
+        if (start == 0 && (s->err_len == sizeof s->err_buf || (all && n <= 0 && s->err_len))) {
+            bf_log_relay(s->err_buf, s->err_len); /* a line longer than the buffer, or the end */
+            fputc('\n', stderr);
+            start = s->err_len;
+        }
+        memmove(s->err_buf, s->err_buf + start, s->err_len - start);
+        s->err_len -= start;
+        if (n <= 0)
+            return; /* EAGAIN: nothing more for now (or the pipe is closed) */
+    }
+}
 
 static pid_t s_spawn(supervisor_t *s)
 {
     pid_t pid = fork();
     if (pid == 0) {
+        if (s->err_w >= 0) {
+            dup2(s->err_w, STDERR_FILENO);
+            close(s->err_w);
+            close(s->err_r);
+        }
         const char *argv[12];
         int i = 0;
         argv[i++] = "backfill";
@@ -263,6 +301,7 @@ static pid_t s_spawn(supervisor_t *s)
 static void s_supervise(void *arg)
 {
     supervisor_t *s = arg;
+    s_relay_worker_lines(s, false);
     bool any = false;
     for (int i = 0; i < s->n; i++)
         any = any || s->pids[i] != 0;
@@ -310,6 +349,7 @@ static void s_reap_all(supervisor_t *s, int ms)
             else
                 alive++;
         }
+        s_relay_worker_lines(s, false); /* a worker must never block on its stderr */
         if (!alive)
             return;
         if (bf_now_ms() > until) {
@@ -365,7 +405,15 @@ static int s_run(coord_args_t *ap)
      * they do not scroll it away (--log-level sets them back). */
     if (!a.log_level && a.opts.progress_tty)
         a.log_level = "warn";
-    supervisor_t s = {.args = &a, .n = a.workers};
+    supervisor_t s = {.args = &a, .n = a.workers, .err_r = -1, .err_w = -1};
+    int errp[2];
+    if (a.opts.progress_tty && pipe(errp) == 0) {
+        s.err_r = errp[0];
+        s.err_w = errp[1];
+        fcntl(s.err_r, F_SETFL, fcntl(s.err_r, F_GETFL) | O_NONBLOCK);
+        fcntl(s.err_r, F_SETFD, FD_CLOEXEC);
+        fcntl(s.err_w, F_SETFD, FD_CLOEXEC); /* a worker gets it as its fd 2 only */
+    }
     snprintf(s.endpoint, sizeof s.endpoint, "ipc:///tmp/backfill-run-%d.sock", (int)getpid());
     ssize_t len = readlink("/proc/self/exe", s.self_exe, sizeof s.self_exe - 1);
     if (len <= 0 || bf_coord_bind(coord, s.endpoint) != 0) {
@@ -386,6 +434,11 @@ static int s_run(coord_args_t *ap)
     if (rc == BF_EXIT_INTERRUPTED)
         log_info("interrupted: workers are handing their ranges back");
     s_reap_all(&s, 15000);
+    if (s.err_r >= 0) {
+        close(s.err_w);
+        s_relay_worker_lines(&s, true);
+        close(s.err_r);
+    }
     if (rc == BF_EXIT_OK) {
         printf("job complete\n");
         bf_coord_summary(coord, stdout);

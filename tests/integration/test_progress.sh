@@ -87,3 +87,25 @@ timeout 60 "$BF" status "$WORK/job.yaml" --watch >"$WORK/plain.txt" || fail "sta
 grep -q '^pg  *\[#*\] 100.0% ' "$WORK/plain.txt" || { cat "$WORK/plain.txt"; fail "plain frame"; }
 if grep -q $'\x1b' "$WORK/plain.txt" "$WORK/run.err"; then fail "escape sequences without a terminal"; fi
 grep -q 'progress: ' "$WORK/run.err" || fail "run without a terminal printed no progress lines"
+
+# With the live display, the workers' stderr reaches the terminal through `run`
+# (it erases the display before each of their lines, as before its own): with
+# --log-level info each worker's "joined" and "job finished" lines are relayed,
+# whole, and the run still ends at 100% and completes.
+fresh_db pw_src pw_tgt
+make_monolith pw_src 50000
+make_service pw_tgt
+forget_job pw
+write_job "$WORK/pw.yaml" pw pw_src pw_tgt 5000 20000
+script -qfec "$BF run $WORK/pw.yaml --workers 2 --log-level info" "$WORK/pw.tty" >/dev/null 2>&1 ||
+    { rc=$?; tail -c 2000 "$WORK/pw.tty"; fail "run on a terminal exited $rc"; }
+clean "$WORK/pw.tty" "$WORK/pw.txt"
+expect_eq "$(grep -c 'info  worker\[[0-9]*\] pw: joined coordinator' "$WORK/pw.txt")" 2 "workers' joined lines relayed"
+expect_eq "$(grep -c 'info  worker\[[0-9]*\] pw: job finished; .* busy .* since its first lease$' "$WORK/pw.txt")" 2 \
+    "workers' last lines relayed whole"
+grep -q '^job complete' "$WORK/pw.txt" || fail "run on a terminal did not complete"
+# No worker line inside a frame (frames are drawn between ESC[?7l and ESC[?7h).
+awk 'BEGIN { RS = "\033\\[\\?7l" } NR > 1 { split($0, f, "\033\\[\\?7h"); if (f[1] ~ /worker\[/) bad++ }
+     END { exit bad > 0 }' "$WORK/pw.tty" || fail "a worker line inside a progress frame"
+awk 'BEGIN { RS = "\033\\[\\?7l" } NR > 1 { split($0, f, "\033\\[\\?7h"); if (f[1] ~ /worker\[/) bad++ }
+     END { exit bad > 0 }' "$WORK/demo.tty" || fail "a worker line inside a demo frame"
