@@ -238,7 +238,7 @@ int main(int argc, char **argv)
         s_touch(w, i);
     }
 
-    long long leased = 0, finished = 0, first_credit = 0, last_lease = 0;
+    long long leased = 0, finished = 0, first_credit = 0, last_lease = 0, nlat = 0;
     long long start = s_now_us();
     bool drained = false;
     while (finished < nranges && !drained && s_now_us() - start < DEADLINE_MS * 1000LL) {
@@ -272,8 +272,10 @@ int main(int argc, char **argv)
                 if (!(zsock_events(w[i].sock) & ZMQ_POLLIN))
                     break;
                 bf_msg_t m;
-                if (bf_net_recv(w[i].sock, NULL, &m) != 0)
-                    break;
+                if (bf_net_recv(w[i].sock, NULL, &m) != 0) {
+                    bf_msg_clear(&m);
+                    continue; /* a bad frame, taken off: others may wait behind it */
+                }
                 if (m.type == BF_MSG_WELCOME) {
                     w[i].sid = m.sid;
                     w[i].ep = m.ep;
@@ -290,9 +292,9 @@ int main(int argc, char **argv)
                     }
                 } else if (m.type == BF_MSG_LEASE && m.sid == w[i].sid) {
                     long long now = s_now_us();
-                    if (w[i].credit_at && leased < nranges)
-                        lat[leased] = now - w[i].credit_at;
-                    long long next = period ? w[i].credit_at + period : now;
+                    if (w[i].credit_at && nlat < nranges)
+                        lat[nlat++] = now - w[i].credit_at;
+                    long long next = period && w[i].credit_at ? w[i].credit_at + period : now;
                     leased++;
                     last_lease = now;
                     w[i].credit_at = 0;
@@ -340,7 +342,7 @@ int main(int argc, char **argv)
         }
     }
     long hwm = coord_pid > 0 ? s_vmhwm_kb(coord_pid) : -1;
-    long long n = leased < nranges ? leased : nranges;
+    long long n = nlat; /* latencies of the leases that answered a request */
     qsort(lat, (size_t)n, sizeof *lat, s_cmp_ll);
     double secs = (double)(last_lease - first_credit) / 1e6;
     printf("workers=%d ranges=%lld asked_per_s=%.0f leased=%lld finished=%lld seconds=%.2f "

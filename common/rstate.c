@@ -210,7 +210,6 @@ int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const c
             return -1;
         }
     }
-    int rc = 0;
     for (int i = 0; i < n; i++) {
         redisReply *r = NULL;
         if (redisGetReply(self->ctx, (void **)&r) != REDIS_OK) {
@@ -218,13 +217,13 @@ int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const c
             return -1;
         }
         if (!(r = s_check(self, r)))
-            rc = -1; /* an error reply: read the others all the same */
+            out[i] = -1; /* an error reply for this one: the others are still good */
         else {
             out[i] = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
             freeReplyObject(r);
         }
     }
-    return rc;
+    return 0;
 }
 
 int bf_rstate_is_planned(bf_rstate_t *self)

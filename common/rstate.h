@@ -111,7 +111,8 @@ int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out);
 int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field, int64_t *out);
 
 /* The same field of n hashes "range:<ids[i]>" in one pipelined round trip:
- * out[i] (0 when missing). 0, or -1 on error. */
+ * out[i] (0 when missing, -1 when Redis answered an error for it). 0, or -1 when
+ * the connection failed. */
 int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const char *field,
                            int64_t *out);
 

@@ -241,12 +241,14 @@ typedef struct {
     size_t err_len;
 } supervisor_t;
 
-/* Relays the complete lines the workers wrote (all of it when `all`). */
+/* Relays the complete lines the workers wrote (all of it when `all`); at most
+ * 64 KB a call otherwise, so that chatty workers cannot keep the coordinator's
+ * loop from its messages (they wait on a full pipe meanwhile). */
 static void s_relay_worker_lines(supervisor_t *s, bool all)
 {
     if (s->err_r < 0)
         return;
-    for (;;) {
+    for (int rounds = 0;; rounds++) {
         ssize_t n = read(s->err_r, s->err_buf + s->err_len, sizeof s->err_buf - s->err_len);
         if (n > 0)
             s->err_len += (size_t)n;
@@ -263,7 +265,7 @@ static void s_relay_worker_lines(supervisor_t *s, bool all)
         }
         memmove(s->err_buf, s->err_buf + start, s->err_len - start);
         s->err_len -= start;
-        if (n <= 0)
+        if (n <= 0 || (!all && rounds >= 8))
             return; /* EAGAIN: nothing more for now (or the pipe is closed) */
     }
 }
@@ -406,14 +408,6 @@ static int s_run(coord_args_t *ap)
     if (!a.log_level && a.opts.progress_tty)
         a.log_level = "warn";
     supervisor_t s = {.args = &a, .n = a.workers, .err_r = -1, .err_w = -1};
-    int errp[2];
-    if (a.opts.progress_tty && pipe(errp) == 0) {
-        s.err_r = errp[0];
-        s.err_w = errp[1];
-        fcntl(s.err_r, F_SETFL, fcntl(s.err_r, F_GETFL) | O_NONBLOCK);
-        fcntl(s.err_r, F_SETFD, FD_CLOEXEC);
-        fcntl(s.err_w, F_SETFD, FD_CLOEXEC); /* a worker gets it as its fd 2 only */
-    }
     snprintf(s.endpoint, sizeof s.endpoint, "ipc:///tmp/backfill-run-%d.sock", (int)getpid());
     ssize_t len = readlink("/proc/self/exe", s.self_exe, sizeof s.self_exe - 1);
     if (len <= 0 || bf_coord_bind(coord, s.endpoint) != 0) {
@@ -422,6 +416,12 @@ static int s_run(coord_args_t *ap)
         return BF_EXIT_INTERNAL;
     }
     s.self_exe[len] = 0;
+    int errp[2]; /* close-on-exec: a worker gets the write end as its fd 2 only */
+    if (a.opts.progress_tty && pipe2(errp, O_CLOEXEC) == 0) {
+        s.err_r = errp[0];
+        s.err_w = errp[1];
+        fcntl(s.err_r, F_SETFL, fcntl(s.err_r, F_GETFL) | O_NONBLOCK);
+    }
     s.pids = bf_xcalloc((size_t)s.n, sizeof *s.pids);
     for (int i = 0; i < s.n; i++)
         s.pids[i] = s_spawn(&s);
