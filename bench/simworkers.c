@@ -2,7 +2,9 @@
  * coordinator scale benchmark (bench/coordinator.sh). No databases: each
  * simulated worker joins over ZeroMQ like `backfill worker`, asks for one lease at
  * a time, records it as finished in Redis (the bf_checkpoint function, as a real
- * worker does after its last batch; pipelined across workers) and reports DONE.
+ * worker does after its last batch) and reports DONE. Checkpoints go out on one
+ * pipelined connection and their replies are taken as they come, so a slow
+ * checkpoint holds up its own worker only, as it would in a real fleet.
  *
  *   bf_simworkers --connect EP --workers N --redis URL --job NAME [--pid COORD_PID]
  *                 [--rate R]
@@ -17,7 +19,9 @@
  * counted from the time the timetable says it is asked, not from when it was
  * sent, so a coordinator that falls behind is charged for the requests it
  * delayed (no "coordinated omission"). In both modes the worker's own checkpoint
- * is not part of the latency (it comes before the request).
+ * is not part of the latency (it comes before the request): a worker whose
+ * checkpoint returns after its next request was due asks when it returns, and
+ * the latency counts from then.
  *
  * Prints one line of key=value results: leases handed out, their rate between the
  * first CREDIT and the last LEASE, the latency from CREDIT to LEASE (p50, p99,
@@ -211,9 +215,18 @@ int main(int argc, char **argv)
     s_check = calloc((size_t)nworkers, sizeof *s_check);
     int *todo = calloc((size_t)nworkers, sizeof *todo);
     long long *lat = calloc((size_t)nranges + 1, sizeof *lat);
-    int *ready = calloc((size_t)nworkers, sizeof *ready);
-    if (ep < 0 || !w || !evs || !s_check || !todo || !lat || !ready)
+    /* Checkpoints in flight, in the order sent (one per worker at most): their
+     * replies are read as they come, so that a Redis stall holds up the workers
+     * waiting for one, not every worker of the simulator. */
+    int *inflight = calloc((size_t)nworkers, sizeof *inflight);
+    int inhead = 0, nin = 0;
+    if (ep < 0 || !w || !evs || !s_check || !todo || !lat || !inflight)
         return 2;
+    struct epoll_event rev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, redis->fd, &rev) != 0) {
+        perror("bf_simworkers: epoll_ctl");
+        return 2;
+    }
     for (int i = 0; i < nworkers; i++) {
         w[i].sock = zsock_new(ZMQ_DEALER);
         zsock_set_sndhwm(w[i].sock, 100);
@@ -243,7 +256,7 @@ int main(int argc, char **argv)
     bool drained = false;
     while (finished < nranges && !drained && s_now_us() - start < DEADLINE_MS * 1000LL) {
         long long timeout_us = 100000, now0 = s_now_us();
-        int nready = 0;
+        bool redis_in = false;
         for (int i = 0; i < nworkers && period; i++) {
             if (!w[i].due)
                 continue;
@@ -258,10 +271,13 @@ int main(int argc, char **argv)
             } else if (w[i].due - now0 < timeout_us)
                 timeout_us = w[i].due - now0;
         }
-        int nev = epoll_wait(ep, evs, nworkers,
-                             nready || s_ncheck ? 0 : (int)((timeout_us + 999) / 1000));
-        for (int k = 0; k < nev; k++)
-            s_touch(w, (int)evs[k].data.u32);
+        int nev = epoll_wait(ep, evs, nworkers, s_ncheck ? 0 : (int)((timeout_us + 999) / 1000));
+        for (int k = 0; k < nev; k++) {
+            if (evs[k].data.u32 == UINT32_MAX)
+                redis_in = true;
+            else
+                s_touch(w, (int)evs[k].data.u32);
+        }
         int ncheck = s_ncheck; /* handling may add to the list: work on a copy */
         memcpy(todo, s_check, (size_t)ncheck * sizeof *todo);
         s_ncheck = 0;
@@ -302,43 +318,58 @@ int main(int argc, char **argv)
                     w[i].token = m.token;
                     w[i].seq = m.seq;
                     w[i].next_ask = next;
-                    ready[nready++] = i;
+                    /* Finish it: checkpoint it final, as a worker's last batch does. */
+                    redisAppendCommand(redis,
+                                       "FCALL bf_checkpoint 1 %s %lld %lld %lld %s %s %s %s %s %s "
+                                       "%s %s %s sim-%d",
+                                       meta, (long long)m.range_id, (long long)m.token,
+                                       (long long)m.seq + 1, "", "0", "1", "1", "1", "60000", "0",
+                                       "-1", "", i);
+                    inflight[(inhead + nin++) % nworkers] = i;
                 } else if (m.type == BF_MSG_DRAIN) {
                     drained = true;
                 }
                 bf_msg_clear(&m);
             }
         }
-        /* Finish every lease received this round: one pipelined Redis round trip. */
-        for (int k = 0; k < nready; k++) {
-            sim_t *s = &w[ready[k]];
-            redisAppendCommand(redis,
-                               "FCALL bf_checkpoint 1 %s %lld %lld %lld %s %s %s %s %s %s %s", meta,
-                               (long long)s->range_id, (long long)s->token, (long long)s->seq + 1,
-                               "", "0", "1", "1", "1", "60000", "0");
-        }
-        for (int k = 0; k < nready; k++) {
-            sim_t *s = &w[ready[k]];
-            redisReply *r = NULL;
-            if (redisGetReply(redis, (void **)&r) != REDIS_OK) {
+        /* Send the checkpoints of this round (one write), and take the replies that
+         * have come. */
+        for (int done = 0; !done;)
+            if (redisBufferWrite(redis, &done) != REDIS_OK) {
                 fprintf(stderr, "bf_simworkers: redis: %s\n", redis->errstr);
                 return 1;
             }
-            bool ok = r && (r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_STRING) &&
+        if (redis_in && redisBufferRead(redis) != REDIS_OK) {
+            fprintf(stderr, "bf_simworkers: redis: %s\n", redis->errstr);
+            return 1;
+        }
+        for (;;) {
+            redisReply *r = NULL;
+            if (nin == 0 || redisGetReplyFromReader(redis, (void **)&r) != REDIS_OK || !r)
+                break;
+            int i = inflight[inhead];
+            inhead = (inhead + 1) % nworkers;
+            nin--;
+            sim_t *s = &w[i];
+            bool ok = (r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_STRING) &&
                       strcmp(r->str, "OK") == 0;
             if (!ok)
                 fprintf(stderr, "bf_simworkers: checkpoint of range %lld refused: %s\n",
                         (long long)s->range_id,
-                        r && r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+                        r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
             freeReplyObject(r);
             finished += ok;
-            if (period && s->next_ask > s_now_us()) { /* paced: DONE when the next is due */
+            long long now = s_now_us();
+            if (period && s->next_ask > now) { /* paced: DONE when the next is due */
                 s->due = s->next_ask;
                 s->holding = true;
                 continue;
             }
-            s_done(s, period ? s->next_ask : s_now_us());
-            s_touch(w, ready[k]);
+            /* Saturated, or its checkpoint came back after the next was due: it asks
+             * now (a slow checkpoint is the worker's and Redis's time, not the
+             * coordinator's). */
+            s_done(s, now);
+            s_touch(w, i);
         }
     }
     long hwm = coord_pid > 0 ? s_vmhwm_kb(coord_pid) : -1;
@@ -358,7 +389,7 @@ int main(int argc, char **argv)
     free(todo);
     close(ep);
     free(lat);
-    free(ready);
+    free(inflight);
     redisFree(redis);
     return finished >= nranges ? 0 : 1;
 }

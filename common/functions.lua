@@ -7,9 +7,11 @@ the other keys of the job share its "bf:{job}:" prefix (one hash slot).
   bf:{job}:meta        hash: planned nranges ntables created_ms epoch max_rejects
                              tbl:<t>:name tbl:<t>:ranges tbl:<t>:est; live control:
                              paused cancel rate (rows/s) backoff
-  bf:{job}:range:<id>  hash: tbl lo hi state token owner expires seq cursor rows bytes
+  bf:{job}:range:<id>  hash: tbl lo hi state token owner seq cursor rows bytes
                              attempts est last_error done_by split_from
-                             (lo/hi/cursor absent = open)
+                             (lo/hi/cursor absent = open; owner: the worker that holds
+                             or last held it, "coordinator:<epoch>" while in that
+                             coordinator's pool of leases taken ahead)
   bf:{job}:pending     zset of range ids waiting for a lease (score = id)
   bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)
   bf:{job}:fence       counter: every lease gets a new, larger fencing token
@@ -56,7 +58,7 @@ local function bf_lease(keys, args)
       if r[1] == 'pending' then -- else a stale entry (the range moved on): skip it
         local token = base + (i + 1) / 2
         redis.call('HSET', rk, 'state', 'leased', 'token', token, 'owner', args[2 + #out],
-                   'expires', exp, 'attempts', tonumber(r[7] or '0') + 1)
+                   'attempts', tonumber(r[7] or '0') + 1)
         zadd[#zadd + 1] = exp
         zadd[#zadd + 1] = id
         out[#out + 1] = {id, tostring(token), r[2], r[3], r[4], r[5], r[6] or '0'}
@@ -73,13 +75,15 @@ end
 local LAT_BOUNDS = {50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000}
 
 -- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms, rejects,
---               batch_ms, hi)
+--               batch_ms, hi, who)
 --   -> 'OK' | 'DUP' (this seq was applied already) | 'STALE' (token superseded)
 --   batch_ms (optional, -1 = not measured) goes into the stats' lat:<bucket> counts.
 --   hi (optional): the range's end as the worker knows it, '=' .. key or '-' (open).
 --   A final checkpoint whose hi differs from the stored one is refused (STALE): the
 --   range was split by its owner and Redis lost that split (a restart without
 --   it); marking the range done would skip the split-off part.
+--   who (optional): the worker's id, recorded as done_by (else the lease's owner,
+--   which for a lease from the coordinator's pool may not be named yet).
 local function bf_checkpoint(keys, args)
   local p = prefix(keys[1])
   local id, token, seq = args[1], args[2], tonumber(args[3])
@@ -108,17 +112,20 @@ local function bf_checkpoint(keys, args)
   local rows = tonumber(cur[7] or '0') + tonumber(args[6])
   local bytes = tonumber(cur[8] or '0') + tonumber(args[7])
   local final = args[8] == '1'
+  local by = (args[13] and args[13] ~= '') and args[13] or cur[5] or ''
+  -- (Few calls: every one costs the Lua-to-Redis crossing and an AOF entry, and
+  -- this runs once per batch of every worker.)
   if args[5] == '1' and final then
-    redis.call('HSET', rk, 'seq', seq, 'cursor', args[4], 'rows', rows, 'bytes', bytes, 'state',
-               'done', 'done_by', cur[5] or '')
+    redis.call('HSET', rk, 'seq', args[3], 'cursor', args[4], 'rows', rows, 'bytes', bytes,
+               'state', 'done', 'done_by', by)
   elseif args[5] == '1' then
-    redis.call('HSET', rk, 'seq', seq, 'cursor', args[4], 'rows', rows, 'bytes', bytes)
+    redis.call('HSET', rk, 'seq', args[3], 'cursor', args[4], 'rows', rows, 'bytes', bytes)
   elseif final then
-    redis.call('HSET', rk, 'seq', seq, 'rows', rows, 'bytes', bytes, 'state', 'done', 'done_by',
-               cur[5] or '')
+    redis.call('HSET', rk, 'seq', args[3], 'rows', rows, 'bytes', bytes, 'state', 'done',
+               'done_by', by)
     redis.call('HDEL', rk, 'cursor')
   else
-    redis.call('HSET', rk, 'seq', seq, 'rows', rows, 'bytes', bytes)
+    redis.call('HSET', rk, 'seq', args[3], 'rows', rows, 'bytes', bytes)
     redis.call('HDEL', rk, 'cursor')
   end
   local st = p .. 'stats'
@@ -144,15 +151,17 @@ local function bf_checkpoint(keys, args)
     redis.call('HINCRBY', st, 'rejects_total', rejects)
   end
   if final then
-    redis.call('HDEL', rk, 'owner', 'expires')
-    redis.call('ZREM', p .. 'leases', id)
-    redis.call('ZREM', p .. 'pending', id)
+    -- a leased range is in the lease set; one put back (its lease was lost, this
+    -- late checkpoint still holds the token) is pending
+    if cur[3] == 'leased' then
+      redis.call('ZREM', p .. 'leases', id)
+    else
+      redis.call('ZREM', p .. 'pending', id)
+    end
     redis.call('HINCRBY', st, 'done:' .. tbl, 1)
     redis.call('HINCRBY', st, 'done_total', 1)
   elseif cur[3] == 'leased' then
-    local exp = now_ms() + tonumber(args[9])
-    redis.call('HSET', rk, 'expires', exp)
-    redis.call('ZADD', p .. 'leases', exp, id)
+    redis.call('ZADD', p .. 'leases', now_ms() + tonumber(args[9]), id)
   end
   return 'OK'
 end
@@ -167,7 +176,6 @@ local function bf_renew(keys, args)
     local rk = p .. 'range:' .. id
     local cur = redis.call('HMGET', rk, 'token', 'state')
     if cur[1] == token and cur[2] == 'leased' then
-      redis.call('HSET', rk, 'expires', exp)
       redis.call('ZADD', p .. 'leases', exp, id)
     elseif cur[2] ~= 'done' then
       lost[#lost + 1] = id
@@ -187,7 +195,7 @@ local function bf_release(keys, args)
     return 'STALE'
   end
   redis.call('ZREM', p .. 'leases', id)
-  redis.call('HDEL', rk, 'owner', 'expires')
+  redis.call('HDEL', rk, 'owner')
   if args[3] ~= '' then
     redis.call('HSET', rk, 'last_error', args[3])
   end
@@ -209,6 +217,46 @@ local function bf_release(keys, args)
   return 'PENDING'
 end
 
+-- Puts leased range rk (id) back to pending without counting an attempt.
+local function unlease(p, rk, id)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HDEL', rk, 'owner')
+  redis.call('HINCRBY', rk, 'attempts', -1)
+  redis.call('HSET', rk, 'state', 'pending')
+  redis.call('ZADD', p .. 'pending', tonumber(id), id)
+end
+
+-- bf_unpool(meta; owner_prefix [, id1, token1, id2, token2, ...]) -> number released
+--   returns leases a coordinator took ahead and did not hand out to pending, not
+--   counted as attempts: the given ones (a coordinator stopping), or, with no ids,
+--   every lease whose owner starts with owner_prefix (a coordinator starting,
+--   for the pool of one that died). Only leases still owned so are touched.
+local function bf_unpool(keys, args)
+  local p = prefix(keys[1])
+  local pre = args[1]
+  local ids = {}
+  if #args >= 3 then
+    for i = 2, #args - 1, 2 do
+      ids[#ids + 1] = {args[i], args[i + 1]}
+    end
+  else
+    for _, id in ipairs(redis.call('ZRANGE', p .. 'leases', 0, -1)) do
+      ids[#ids + 1] = {id, nil}
+    end
+  end
+  local n = 0
+  for _, e in ipairs(ids) do
+    local rk = p .. 'range:' .. e[1]
+    local cur = redis.call('HMGET', rk, 'token', 'state', 'owner')
+    if cur[2] == 'leased' and (e[2] == nil or cur[1] == e[2]) and cur[3] and
+        string.sub(cur[3], 1, #pre) == pre then
+      unlease(p, rk, e[1])
+      n = n + 1
+    end
+  end
+  return n
+end
+
 -- bf_reap(meta) -> ids whose lease expired and went back to pending
 local function bf_reap(keys, args)
   local p = prefix(keys[1])
@@ -218,7 +266,7 @@ local function bf_reap(keys, args)
     redis.call('ZREM', p .. 'leases', id)
     if redis.call('HGET', rk, 'state') == 'leased' then
       redis.call('HSET', rk, 'state', 'pending')
-      redis.call('HDEL', rk, 'owner', 'expires')
+      redis.call('HDEL', rk, 'owner')
       redis.call('ZADD', p .. 'pending', tonumber(id), id)
       redis.call('HINCRBY', p .. 'stats', 'retries', 1)
     end
@@ -316,6 +364,7 @@ local function bf_retry_failed(keys, args)
 end
 
 redis.register_function('bf_lease', bf_lease)
+redis.register_function('bf_unpool', bf_unpool)
 redis.register_function('bf_checkpoint', bf_checkpoint)
 redis.register_function('bf_renew', bf_renew)
 redis.register_function('bf_release', bf_release)

@@ -62,3 +62,12 @@ bool bf_net_wait(zsock_t *sock, int timeout_ms)
     zmq_pollitem_t item = {.socket = zsock_resolve(sock), .events = ZMQ_POLLIN};
     return zmq_poll(&item, 1, timeout_ms) > 0 && (item.revents & ZMQ_POLLIN);
 }
+
+int bf_net_wait_fd(zsock_t *sock, int fd, int timeout_ms)
+{
+    zmq_pollitem_t items[2] = {{.socket = zsock_resolve(sock), .events = ZMQ_POLLIN},
+                               {.fd = fd, .events = ZMQ_POLLIN}};
+    if (zmq_poll(items, 2, timeout_ms) <= 0)
+        return 0;
+    return ((items[0].revents & ZMQ_POLLIN) ? 1 : 0) | ((items[1].revents & ZMQ_POLLIN) ? 2 : 0);
+}

@@ -17,5 +17,8 @@ int bf_net_recv(zsock_t *sock, zframe_t **identity_p, bf_msg_t *m);
 
 /* Waits up to timeout_ms for a message to read. */
 bool bf_net_wait(zsock_t *sock, int timeout_ms);
+/* Waits up to timeout_ms for a message on sock or input on fd. Returns a mask:
+ * 1 sock has a message, 2 fd is readable (0 on timeout). */
+int bf_net_wait_fd(zsock_t *sock, int fd, int timeout_ms);
 
 #endif

@@ -303,7 +303,7 @@ int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const 
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
                                     const char *cursor, int64_t rows, int64_t bytes,
                                     int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms,
-                                    const char *hi)
+                                    const char *hi, const char *who)
 {
     char *his = hi ? bf_xasprintf("=%s", hi) : bf_xstrdup("-");
     char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24], mss[24];
@@ -330,8 +330,9 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
                           ttls,
                           rejs,
                           mss,
-                          his};
-    redisReply *r = bf_rstate_argv(self, 16, argv);
+                          his,
+                          who ? who : ""};
+    redisReply *r = bf_rstate_argv(self, 17, argv);
     free(his);
     if (!r)
         return BF_CP_ERROR;
@@ -464,6 +465,80 @@ int bf_rstate_renew(bf_rstate_t *self, int64_t ttl_ms, int n, const int64_t *ids
                 lost[(*nlost)++] = strtoll(r->element[i]->str, NULL, 10);
     freeReplyObject(r);
     return 0;
+}
+
+/* FCALL fn meta [head], then for each i: ids[i], tokens[i]. The integer reply, or
+ * -1. */
+static int64_t s_fcall_leases(bf_rstate_t *self, const char *fn, const char *head, int n,
+                              const int64_t *ids, const int64_t *tokens)
+{
+    int per = 2;
+    int argc = 4 + (head ? 1 : 0) + per * n;
+    const char **argv = bf_xcalloc((size_t)argc, sizeof *argv);
+    char(*num)[24] = bf_xcalloc((size_t)(2 * n + 1), sizeof *num);
+    int a = 0;
+    argv[a++] = "FCALL";
+    argv[a++] = fn;
+    argv[a++] = "1";
+    argv[a++] = bf_rstate_key(self, "meta");
+    if (head)
+        argv[a++] = head;
+    for (int i = 0; i < n; i++) {
+        snprintf(num[2 * i], 24, "%lld", (long long)ids[i]);
+        snprintf(num[2 * i + 1], 24, "%lld", (long long)tokens[i]);
+        argv[a++] = num[2 * i];
+        argv[a++] = num[2 * i + 1];
+    }
+    redisReply *r = bf_rstate_argv(self, argc, argv);
+    free(argv);
+    free(num);
+    if (!r)
+        return -1;
+    int64_t res = -1;
+    if (r->type == REDIS_REPLY_INTEGER)
+        res = r->integer;
+    else
+        snprintf(self->errmsg, sizeof self->errmsg, "%s: unexpected reply", fn);
+    freeReplyObject(r);
+    return res;
+}
+
+int64_t bf_rstate_assign(bf_rstate_t *self, int n, const int64_t *ids, const char *const *owners)
+{
+    /* Plain pipelined HSETs: no Lua (the cheapest writes Redis has), as this runs
+     * once per lease handed out. */
+    if (n <= 0)
+        return 0;
+    if (!self->ctx && s_connect(self, false) != 0)
+        return -1;
+    for (int i = 0; i < n; i++) {
+        char suffix[48];
+        snprintf(suffix, sizeof suffix, "range:%lld", (long long)ids[i]);
+        if (redisAppendCommand(self->ctx, "HSET %s owner %s", bf_rstate_key(self, suffix),
+                               owners[i]) != REDIS_OK) {
+            s_check(self, NULL);
+            return -1;
+        }
+    }
+    int64_t rc = n;
+    for (int i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(self->ctx, (void **)&r) != REDIS_OK) {
+            s_check(self, NULL);
+            return -1;
+        }
+        if (!(r = s_check(self, r)))
+            rc = -1;
+        else
+            freeReplyObject(r);
+    }
+    return rc;
+}
+
+int64_t bf_rstate_unpool(bf_rstate_t *self, const char *owner_prefix, int n, const int64_t *ids,
+                         const int64_t *tokens)
+{
+    return s_fcall_leases(self, "bf_unpool", owner_prefix, n, ids, tokens);
 }
 
 int bf_rstate_reap(bf_rstate_t *self)

@@ -67,11 +67,12 @@ typedef enum { BF_CP_OK = 0, BF_CP_DUP = 1, BF_CP_STALE = 2, BF_CP_ERROR = -1 } 
  * duration batch_ms (-1: not measured) for the latency histogram; final ends the
  * range, else the lease is extended by ttl_ms. hi is the range's end as the worker
  * has it (NULL = open): a final checkpoint is refused (STALE) when Redis holds
- * another (a split Redis lost). */
+ * another (a split Redis lost). who: the worker's id, recorded as done_by (NULL:
+ * the lease's owner is). */
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
                                     const char *cursor, int64_t rows, int64_t bytes,
                                     int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms,
-                                    const char *hi);
+                                    const char *hi, const char *who);
 
 /* Puts a leased range back. counts_as_attempt: a failure (else a clean hand-back).
  * Returns 0 pending again, 1 failed for good (attempts exhausted), 2 stale, -1 error. */
@@ -101,6 +102,17 @@ int bf_rstate_admit(bf_rstate_t *self, int64_t rows, bf_admit_t *state, int64_t 
 int bf_rstate_renew(bf_rstate_t *self, int64_t ttl_ms, int n, const int64_t *ids,
                     const int64_t *tokens, int64_t *lost, int *nlost);
 
+/* Names owners[i] the holder of range ids[i] (leases the coordinator took ahead
+ * and handed out), in one pipelined round trip. Unconditional: the name only
+ * informs (done_by, and which pooled leases a new coordinator puts back), and the
+ * names are written in hand-out order, so the last holder's name wins. Returns n,
+ * or -1. */
+int64_t bf_rstate_assign(bf_rstate_t *self, int n, const int64_t *ids, const char *const *owners);
+/* Returns leases taken ahead to pending, not counted as attempts: the n given
+ * (ids, tokens), or with n == 0 every lease whose owner starts with owner_prefix.
+ * Only leases still leased and owned so are touched. Returns how many, or -1. */
+int64_t bf_rstate_unpool(bf_rstate_t *self, const char *owner_prefix, int n, const int64_t *ids,
+                         const int64_t *tokens);
 /* Returns expired leases to pending; returns how many, or -1. */
 int bf_rstate_reap(bf_rstate_t *self);
 

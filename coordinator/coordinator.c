@@ -2,6 +2,7 @@
 
 #include "curve.h"
 #include "exitcodes.h"
+#include "leaser.h"
 #include "log.h"
 #include "metrics.h"
 #include "progress.h"
@@ -43,6 +44,8 @@ struct bf_coord {
     bf_jobctx_t ctx;          /* job, connections, resolved tables */
     bf_coord_opts_t opts;     /* timing */
     zsock_t *router;          /* bound ROUTER */
+    bf_leaser_t *leaser;      /* leases, renewals, counts: Redis off the message loop */
+    uint64_t count_gen;       /* the leaser's counts of at least this generation decide */
     bf_metrics_t *metrics;    /* Prometheus endpoint, or NULL */
     bf_curve_server_t *curve; /* CURVE authentication, or NULL */
     bf_progress_view_t view;  /* the live progress display (opts.progress_tty) */
@@ -51,10 +54,9 @@ struct bf_coord {
     uint64_t epoch;           /* this coordinator's epoch (from Redis) */
     worker_t *workers;        /* connected workers */
     int nworkers, capworkers;
-    zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
-    int rr;                /* where the next lease hand-out round starts (fairness) */
-    bool recount;          /* the done count may have changed much: read it from Redis */
-    long long next_recount;
+    zhashx_t *by_identity;         /* hex of a worker's ROUTER identity -> its index + 1 */
+    int rr;                        /* where the next lease hand-out round starts (fairness) */
+    bool recount;                  /* the done count may have changed much: read it from Redis */
     int64_t done_seen;             /* done count at the last read */
     int64_t dones_since;           /* DONE messages since then */
     int64_t nranges;               /* ranges in the plan (grows when ranges are split) */
@@ -282,6 +284,11 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
     self->epoch = (uint64_t)e->integer;
     freeReplyObject(e);
     freeReplyObject(f);
+    /* Leases a coordinator that died had taken ahead and not handed out. */
+    int64_t unpooled = bf_rstate_unpool(r, "coordinator:", 0, NULL, NULL);
+    if (unpooled > 0)
+        log_info("%lld ranges an earlier coordinator had leased ahead are pending again",
+                 (long long)unpooled);
     return self;
 fail:
     bf_coord_destroy(&self);
@@ -293,6 +300,7 @@ void bf_coord_destroy(bf_coord_t **self_p)
     if (!self_p || !*self_p)
         return;
     bf_coord_t *self = *self_p;
+    bf_leaser_stop(&self->leaser);
     for (int i = 0; i < self->nworkers; i++)
         zframe_destroy(&self->workers[i].identity);
     free(self->workers);
@@ -303,49 +311,6 @@ void bf_coord_destroy(bf_coord_t **self_p)
     bf_jobctx_close(&self->ctx);
     free(self);
     *self_p = NULL;
-}
-
-/* Ranges done and failed for good, from Redis, then the number of ranges (it
- * grows with splits) and the cancel flag. Returns -1 when any of it could not be
- * read (nothing is decided on a half-read state). */
-static int64_t s_done_total(bf_coord_t *self, int64_t *failed)
-{
-    int64_t done = -1;
-    redisReply *r = bf_rstate_cmd(self->ctx.redis, "HMGET %s done_total failed_total",
-                                  bf_rstate_key(self->ctx.redis, "stats"));
-    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
-        done =
-            r->element[0]->type == REDIS_REPLY_STRING ? strtoll(r->element[0]->str, NULL, 10) : 0;
-        if (r->element[1]->type == REDIS_REPLY_STRING)
-            *failed = strtoll(r->element[1]->str, NULL, 10);
-    }
-    if (r)
-        freeReplyObject(r);
-    if (done < 0)
-        return -1;
-    /* The range count and the cancel flag: each second, and whenever the count
-     * known so far is reached (ranges only grow, by splits). After the done
-     * count: a split adds its range before the part it left can end, so done >=
-     * nranges read in this order means every range is done. */
-    long long now = bf_now_ms();
-    if (done < self->nranges && now < self->next_meta_read)
-        return done;
-    self->next_meta_read = now + 1000;
-    r = bf_rstate_cmd(self->ctx.redis, "HMGET %s nranges cancel",
-                      bf_rstate_key(self->ctx.redis, "meta"));
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING) {
-        if (r)
-            freeReplyObject(r);
-        return -1;
-    }
-    int64_t n = strtoll(r->element[0]->str, NULL, 10);
-    if (n > self->nranges)
-        self->nranges = n;
-    self->cancelled =
-        r->element[1]->type == REDIS_REPLY_STRING && strcmp(r->element[1]->str, "1") == 0;
-    freeReplyObject(r);
-    return done;
 }
 
 bool bf_coord_complete(bf_coord_t *self)
@@ -597,91 +562,122 @@ static void s_ask_splits(bf_coord_t *self, int idle)
     }
 }
 
-/* Leases per Redis round trip at most. */
+/* Leases taken from the pool per round at most. */
 #define LEASE_BATCH 256
 
-/* Hands pending ranges to workers with credit: one Redis call leases for many. */
+static int s_wants(const worker_t *w)
+{
+    int want = (int)(w->credit < MAX_WORKER_LEASES ? w->credit : MAX_WORKER_LEASES);
+    if (want > MAX_WORKER_LEASES - w->nleases)
+        want = MAX_WORKER_LEASES - w->nleases;
+    return want > 0 ? want : 0;
+}
+
+/* Hands leases from the leaser's pool to workers with credit (no Redis round
+ * trip here: the leaser fills the pool and names the owners). */
 static void s_dispatch(bf_coord_t *self)
 {
-    if (self->failed)
-        return;
-    int who[LEASE_BATCH];
-    const char *owners[LEASE_BATCH];
+    int nw = self->nworkers;
+    int total = 0;
+    for (int i = 0; i < nw && !self->failed; i++)
+        total += s_wants(&self->workers[i]);
     bf_range_t got[LEASE_BATCH];
+    bool exhausted = false;
     /* Rounds start where the last one stopped, so that every worker waits about
      * as long as the others. */
-    int nw = self->nworkers;
-    if (self->rr >= nw)
-        self->rr = 0;
-    for (int start = 0; start < nw;) {
-        int n = 0, j = start;
-        for (; j < nw && n < LEASE_BATCH; j++) {
+    for (;;) {
+        int n = bf_leaser_take(self->leaser, total, LEASE_BATCH, got, &exhausted);
+        if (n == 0)
+            break;
+        total -= n;
+        if (self->rr >= nw)
+            self->rr = 0;
+        int k = 0, last = self->rr;
+        for (int j = 0; j < nw && k < n; j++) {
             int i = (self->rr + j) % nw;
             worker_t *w = &self->workers[i];
-            int want = w->credit;
-            if (want > MAX_WORKER_LEASES - w->nleases)
-                want = MAX_WORKER_LEASES - w->nleases;
-            for (int k = 0; k < want && n < LEASE_BATCH; k++) {
-                who[n] = i;
-                owners[n++] = w->id;
+            for (int want = s_wants(w); want > 0 && k < n; want--) {
+                bf_range_t *r = &got[k++];
+                bf_msg_t m = {.type = BF_MSG_LEASE,
+                              .range_id = r->id,
+                              .token = r->token,
+                              .table = r->table,
+                              .seq = r->seq,
+                              .lo = r->lo,
+                              .hi = r->hi,
+                              .cursor = r->cursor,
+                              .has_lo = true,
+                              .has_hi = true,
+                              .has_cursor = true};
+                s_send(self, w, &m);
+                bf_leaser_assign(self->leaser, r->id, w->id);
+                w->lease_ids[w->nleases] = r->id;
+                w->lease_tokens[w->nleases] = r->token;
+                w->lease_since[w->nleases] = bf_now_ms();
+                w->split_asked[w->nleases++] = 0;
+                w->credit--;
+                w->nowork_sent = false;
+                log_debug("leased range %lld to %s (token %lld)", (long long)r->id, w->id,
+                          (long long)r->token);
+                bf_range_clear(r);
             }
+            last = i;
         }
-        start = j;
-        if (n == 0)
+        self->rr = (last + 1) % nw;
+        if (n < LEASE_BATCH)
+            break;
+    }
+    if (total == 0 || !exhausted)
+        return;
+    /* Nothing pending for anyone: say so once to those left waiting, and find
+     * them work by splitting the ranges of others. */
+    int idle = 0;
+    for (int i = 0; i < nw; i++) {
+        worker_t *w = &self->workers[i];
+        if (s_wants(w) == 0)
             continue;
-        int leased = bf_rstate_lease(self->ctx.redis, self->opts.lease_ttl_ms, n, owners, got);
-        if (leased < 0) {
-            /* Redis down: keep serving, say so every 5 s, lease when it is back. */
-            long long now = bf_now_ms();
-            if (now >= self->next_redis_warn) {
-                log_warn("cannot lease (retrying): %s", self->ctx.redis->errmsg);
-                self->next_redis_warn = now + 5000;
-            }
-            return;
-        }
-        if (leased > 0)
-            self->rr = (who[leased - 1] + 1) % nw;
-        for (int k = 0; k < leased; k++) {
-            worker_t *w = &self->workers[who[k]];
-            bf_range_t *r = &got[k];
-            bf_msg_t m = {.type = BF_MSG_LEASE,
-                          .range_id = r->id,
-                          .token = r->token,
-                          .table = r->table,
-                          .seq = r->seq,
-                          .lo = r->lo,
-                          .hi = r->hi,
-                          .cursor = r->cursor,
-                          .has_lo = true,
-                          .has_hi = true,
-                          .has_cursor = true};
+        idle += w->nleases == 0;
+        if (!w->nowork_sent) {
+            bf_msg_t m = {.type = BF_MSG_NOWORK, .retry_after_ms = 1000};
             s_send(self, w, &m);
-            w->lease_ids[w->nleases] = r->id;
-            w->lease_tokens[w->nleases] = r->token;
-            w->lease_since[w->nleases] = bf_now_ms();
-            w->split_asked[w->nleases++] = 0;
-            w->credit--;
-            w->nowork_sent = false;
-            log_debug("leased range %lld to %s (token %lld)", (long long)r->id, w->id,
-                      (long long)r->token);
-            bf_range_clear(r);
+            w->nowork_sent = true;
         }
-        if (leased < n) {
-            /* Nothing pending for anyone: say so once to those left waiting, and
-             * find them work by splitting the ranges of others. */
-            int idle = 0;
-            for (int k = leased; k < n; k++) {
-                worker_t *w = &self->workers[who[k]];
-                idle += w->nleases == 0;
-                if (!w->nowork_sent) {
-                    bf_msg_t m = {.type = BF_MSG_NOWORK, .retry_after_ms = 1000};
-                    s_send(self, w, &m);
-                    w->nowork_sent = true;
-                }
+    }
+    if (idle > 0)
+        s_ask_splits(self, idle);
+}
+
+/* What the leaser found: leases a renewal showed lost (REVOKE them), expired
+ * leases it reaped, and Redis errors (said every 5 s at most). */
+static void s_leaser_news(bf_coord_t *self)
+{
+    uint64_t sids[64];
+    int64_t ids[64], tokens[64];
+    int n;
+    while ((n = bf_leaser_lost(self->leaser, 64, sids, ids, tokens)) > 0)
+        for (int k = 0; k < n; k++)
+            for (int i = 0; i < self->nworkers; i++) {
+                worker_t *w = &self->workers[i];
+                if (w->sid != sids[k])
+                    continue;
+                for (int l = 0; l < w->nleases; l++)
+                    if (w->lease_ids[l] == ids[k] && w->lease_tokens[l] == tokens[k]) {
+                        bf_msg_t rv = {.type = BF_MSG_REVOKE, .range_id = ids[k]};
+                        s_send(self, w, &rv);
+                        s_forget_lease(w, ids[k]);
+                        break;
+                    }
+                break;
             }
-            if (idle > 0)
-                s_ask_splits(self, idle);
-            return;
+    int reaped = bf_leaser_reaped(self->leaser);
+    if (reaped > 0)
+        log_warn("%d expired leases back to pending", reaped);
+    char err[512];
+    if (bf_leaser_error(self->leaser, err, sizeof err)) {
+        long long now = bf_now_ms();
+        if (now >= self->next_redis_warn) {
+            log_warn("redis: %s (retrying)", err);
+            self->next_redis_warn = now + 5000;
         }
     }
 }
@@ -735,17 +731,8 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
         w->credit = m->credit;
         break;
     case BF_MSG_HEARTBEAT:
-        if (w->nleases > 0) {
-            int64_t lost[MAX_WORKER_LEASES];
-            int nlost = MAX_WORKER_LEASES;
-            if (bf_rstate_renew(self->ctx.redis, self->opts.lease_ttl_ms, w->nleases, w->lease_ids,
-                                w->lease_tokens, lost, &nlost) == 0)
-                for (int i = 0; i < nlost; i++) {
-                    bf_msg_t rv = {.type = BF_MSG_REVOKE, .range_id = lost[i]};
-                    s_send(self, w, &rv);
-                    s_forget_lease(w, lost[i]);
-                }
-        }
+        /* Renewed by the leaser; leases it finds lost are revoked when it says. */
+        bf_leaser_renew(self->leaser, w->sid, w->nleases, w->lease_ids, w->lease_tokens);
         break;
     case BF_MSG_DONE:
         /* Read the count when these DONEs may have finished the job (a read per
@@ -835,9 +822,6 @@ static void s_tick(bf_coord_t *self)
         }
         i++;
     }
-    int reaped = bf_rstate_reap(self->ctx.redis);
-    if (reaped > 0)
-        log_warn("%d expired leases back to pending", reaped);
     for (int i = 0; i < self->nworkers; i++)
         self->workers[i].nowork_sent = false;
 }
@@ -888,6 +872,18 @@ void bf_coord_linger_done(bf_coord_t *self, int ms, volatile sig_atomic_t *stop)
 int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(void *),
                    void *tick_arg)
 {
+    /* The leaser's own connection: its calls never wait behind the loop's. */
+    bf_rstate_t *lr = bf_rstate_connect(self->ctx.job->redis, self->ctx.job->name);
+    if (!lr)
+        return BF_EXIT_CONNECT;
+    char owner[64];
+    snprintf(owner, sizeof owner, "coordinator:%" PRIu64, self->epoch);
+    self->leaser = bf_leaser_start(lr, owner, self->opts.lease_ttl_ms, self->opts.heartbeat_ms);
+    if (!self->leaser) {
+        log_error("cannot start the leaser thread");
+        bf_rstate_destroy(&lr);
+        return BF_EXIT_CONNECT;
+    }
     s_progress(self, true);
     self->started_ms = bf_now_ms();
     self->rows_at_start = self->rows_now;
@@ -898,13 +894,14 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         bf_log_set_hook(s_erase_progress, &self->view);
     }
     int rc = BF_EXIT_OK;
-    int64_t failed = 0;
+    uint64_t seen_gen = 0;
     for (;;) {
         if (stop && *stop) {
             rc = BF_EXIT_INTERRUPTED;
             break;
         }
-        if (bf_net_wait(self->router, 100)) {
+        int ready = bf_net_wait_fd(self->router, bf_leaser_fd(self->leaser), 100);
+        if (ready & 1) {
             for (int n = 0; n < 1000 && (zsock_events(self->router) & ZMQ_POLLIN); n++) {
                 zframe_t *identity = NULL;
                 bf_msg_t m;
@@ -917,6 +914,9 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
                     break;
             }
         }
+        if (ready & 2)
+            bf_leaser_drain_fd(self->leaser);
+        s_leaser_news(self);
         bf_curve_server_poll(self->curve);
         long long now = bf_now_ms();
         if (now >= self->next_tick) {
@@ -931,30 +931,39 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             s_progress(self, false);
             self->next_progress = now + progress_ms;
         }
+        if (self->failed) {
+            rc = BF_EXIT_DATA; /* a worker hit a data error: stop now (all committed is
+                                * checkpointed) */
+            break;
+        }
         /* Ranges end with a DONE, or (worker gone) by a reap or another
-         * coordinator's worker: read the count every second, after a FAIL, and
-         * when the DONEs seen since the last read may have finished the job. */
-        if (!self->recount && now < self->next_recount && !self->failed)
+         * coordinator's worker: the leaser reads the count a few times a second,
+         * and at once after a FAIL or when the DONEs seen since its last read may
+         * have finished the job. Done only grows and the range count is read after
+         * it, so any read decides. */
+        if (self->recount) {
+            bf_leaser_recount(self->leaser);
+            self->recount = false;
+        }
+        bf_leaser_counts_t c;
+        bf_leaser_counts(self->leaser, &c);
+        if (!c.ok || c.gen == seen_gen)
             continue;
-        self->recount = false;
-        self->next_recount = now + 1000;
-        int64_t done = s_done_total(self, &failed);
-        if (done < 0 && !self->failed)
-            continue; /* Redis unreachable: read again in a second */
-        self->done_seen = done;
+        seen_gen = c.gen;
+        self->done_seen = c.done;
         self->dones_since = 0;
-        if (self->failed || failed > 0) {
-            if (!self->failed)
-                snprintf(self->fail_msg, sizeof self->fail_msg,
-                         "%lld ranges failed %d times; see `backfill status`", (long long)failed,
-                         MAX_ATTEMPTS);
+        if (c.nranges > self->nranges)
+            self->nranges = c.nranges;
+        self->cancelled = c.cancel;
+        if (c.failed > 0) {
+            snprintf(self->fail_msg, sizeof self->fail_msg,
+                     "%lld ranges failed %d times; see `backfill status`", (long long)c.failed,
+                     MAX_ATTEMPTS);
             self->failed = true;
-            /* Wait for the other workers to finish their current range? No:
-             * stop now; everything committed is checkpointed. */
             rc = BF_EXIT_DATA;
             break;
         }
-        if (done >= self->nranges) {
+        if (c.done >= self->nranges) {
             rc = BF_EXIT_OK;
             break;
         }
@@ -965,6 +974,8 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             break;
         }
     }
+    /* Names still to write, and the leases taken ahead back to pending. */
+    bf_leaser_stop(&self->leaser);
     if (self->opts.progress_tty) {
         s_progress(self, true); /* the last frame stays on screen */
         bf_log_set_hook(NULL, NULL);

@@ -21,6 +21,7 @@ struct bf_copier {
     bf_pg_t **tgt;         /* one connection per job target, NULL until needed */
     unsigned *tgt_gen;     /* per target: bumped at every (re)connect */
     bf_rstate_t *redis;    /* checkpoints */
+    char name[128];        /* the worker's id, recorded with the ranges it finishes */
     bf_tableplan_t *plans; /* per job table, resolved on first use */
     bool *resolved;        /* plans[i] is valid */
     unsigned **stage_gen;  /* per table and route: tgt_gen when its staging table was made */
@@ -55,6 +56,11 @@ void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg)
 {
     self->tick = tick;
     self->tick_arg = arg;
+}
+
+void bf_copier_set_name(bf_copier_t *self, const char *worker_id)
+{
+    snprintf(self->name, sizeof self->name, "%s", worker_id);
 }
 
 static bf_rstate_t *s_redis(bf_copier_t *self);
@@ -855,7 +861,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     for (int attempt = 0; attempt < 3 && cp == BF_CP_ERROR; attempt++) {
         cp = bf_rstate_checkpoint(self->redis, r->id, r->token, r->seq + 1, new_cursor, rows, bytes,
                                   w->rejects - rejects_before, final, self->lease_ttl_ms,
-                                  bf_now_ms() - t0, r->hi);
+                                  bf_now_ms() - t0, r->hi, self->name[0] ? self->name : NULL);
         if (cp == BF_CP_ERROR)
             usleep(200000 * (attempt + 1));
     }

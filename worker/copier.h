@@ -45,6 +45,9 @@ void bf_copier_destroy(bf_copier_t **self_p);
  * result is BF_BATCH_RETRY). */
 void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg);
 
+/* The worker's id, recorded as done_by of the ranges it finishes. */
+void bf_copier_set_name(bf_copier_t *self, const char *worker_id);
+
 /* Copies the next batch of the lease. */
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
 

@@ -142,6 +142,7 @@ static void s_on_welcome(worker_t *w, bf_msg_t *m)
         w->lease_ttl_ms = m->lease_ttl_ms;
         w->copier = bf_copier_new(w->job, w->lease_ttl_ms);
         bf_copier_set_tick(w->copier, s_tick, w);
+        bf_copier_set_name(w->copier, w->worker_id);
     }
     w->sid = m->sid;
     w->ep = m->ep;

@@ -74,9 +74,8 @@ uri() { echo "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/$1"; }
 
 # forget_job NAME: removes a job's keys from Redis.
 forget_job() {
-    redis-cli -p "$BF_REDIS_PORT" --scan --pattern "bf:{$1}:*" | while read -r k; do
-        redis-cli -p "$BF_REDIS_PORT" UNLINK "$k" >/dev/null
-    done
+    redis-cli -p "$BF_REDIS_PORT" --scan --pattern "bf:{$1}:*" |
+        xargs -r -n 1000 redis-cli -p "$BF_REDIS_PORT" UNLINK >/dev/null
 }
 
 expect_eq() {
