@@ -68,6 +68,16 @@ trap cleanup EXIT
 . "$DIR/env"
 q() { psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER" -d "$1" -c "$2"; }
 now() { date +%s.%N; }
+# The machine's CPU counters (busy, all) in jiffies: a path's share of both cores.
+cpustat() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat; }
+# mark0 / mark1: the start and end of a timed path (T0, T1; BUSY: % of all cores
+# busy in between, whatever process it was).
+mark0() { read -r B0 A0 < <(cpustat); T0=$(now); }
+mark1() {
+    T1=$(now)
+    read -r B1 A1 < <(cpustat)
+    BUSY=$(awk -v b=$((B1 - B0)) -v a=$((A1 - A0)) 'BEGIN { if (a > 0) printf "%.0f", 100 * b / a; else printf "-" }')
+}
 
 TABLE_DDL="(id bigint PRIMARY KEY, user_id integer NOT NULL, symbol text NOT NULL,
     side smallint NOT NULL, quantity numeric(18,8) NOT NULL, price numeric(18,8) NOT NULL,
@@ -86,7 +96,7 @@ q bench_src "VACUUM ANALYZE trading_order" >/dev/null
 q bench_tgt "CREATE TABLE trading_order $TABLE_DDL" >/dev/null
 BYTES=$(q bench_src "SELECT pg_table_size('trading_order')")
 
-declare -a NAMES RATES MBS RATIOS CPUS RSS CRSS
+declare -a NAMES RATES MBS RATIOS CPUS RSS CRSS BUSYS
 PIPE_RATE=0
 STAGING_RATE=0
 PGCOPYDB_RATE=0 # 4 jobs
@@ -103,6 +113,7 @@ record() { # name seconds [cpu_s] [worker_rss_mb] [coordinator_rss_mb] -> sets R
     [ -n "${4:-}" ] && rss=$4
     [ -n "${5:-}" ] && crss=$5
     NAMES+=("$1"); RATES+=("$RATE"); MBS+=("$mb"); RATIOS+=("$ratio"); CPUS+=("$cpu")
+    BUSYS+=("${BUSY:--}")
     RSS+=("$rss"); CRSS+=("$crss")
     echo "bench: $1: $RATE rows/s (x$ratio)" >&2
 }
@@ -112,15 +123,15 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 PSQL=(psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER")
 for fmt in binary text; do
     reset_target
-    t0=$(now)
+    mark0
     "${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT $fmt)" |
         "${PSQL[@]}" -d bench_tgt -c "COPY trading_order FROM STDIN (FORMAT $fmt)"
-    t1=$(now)
-    record "pipe ($fmt COPY)" "$(elapsed "$t0" "$t1")"
+    mark1
+    record "pipe ($fmt COPY)" "$(elapsed "$T0" "$T1")"
 done
 
 # The staging pipe writes over a full target (every row an update), as upsert does.
-t0=$(now)
+mark0
 "${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT binary)" |
     "${PSQL[@]}" -d bench_tgt -c "CREATE UNLOGGED TABLE staging (LIKE trading_order);" \
         -c "COPY staging FROM STDIN (FORMAT binary)" \
@@ -130,8 +141,8 @@ t0=$(now)
             client_order_id = excluded.client_order_id, metadata = excluded.metadata,
             created_at = excluded.created_at, updated_at = excluded.updated_at" \
         -c "DROP TABLE staging"
-t1=$(now)
-record "staging + ON CONFLICT (target full)" "$(elapsed "$t0" "$t1")"
+mark1
+record "staging + ON CONFLICT (target full)" "$(elapsed "$T0" "$T1")"
 STAGING_RATE=$RATE
 
 if [ "$PGCOPYDB" = 1 ] && ! command -v pgcopydb >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -144,17 +155,17 @@ if [ "$PGCOPYDB" = 1 ] && command -v pgcopydb >/dev/null; then
     for jobs in 4 2; do
         reset_target
         rm -rf "$DIR/pgcopydb"
-        t0=$(now)
+        mark0
         PGCOPYDB_SPLIT_TABLES_LARGER_THAN="$((BYTES / jobs / 1000000)) MB" pgcopydb copy table-data \
             --source "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_src" \
             --target "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt" \
             --table-jobs "$jobs" --dir "$DIR/pgcopydb" >"$DIR/pgcopydb.log" 2>&1 ||
             { tail -5 "$DIR/pgcopydb.log" >&2; echo "bench: pgcopydb failed" >&2; exit 1; }
-        t1=$(now)
+        mark1
         got=$(q bench_tgt "SELECT count(*) FROM trading_order")
         [ "$got" = "$ROWS" ] || { echo "bench: pgcopydb copied $got rows of $ROWS" >&2; exit 1; }
         parts=$(grep -c 'COPY (SELECT .* BETWEEN' "$DIR/pgcopydb.log" || true)
-        record "pgcopydb copy table-data, $jobs jobs, table in $parts parts" "$(elapsed "$t0" "$t1")"
+        record "pgcopydb copy table-data, $jobs jobs, table in $parts parts" "$(elapsed "$T0" "$T1")"
         PGC[$jobs]=$RATE
         if [ "${RATE%.*}" -gt "${PGCOPYDB_BEST%.*}" ]; then
             PGCOPYDB_BEST=$RATE
@@ -181,11 +192,11 @@ tables:
     to: tgt.$4
     mode: $3
 YAML
-    t0=$(now)
+    mark0
     "$BF" run "$DIR/job.yaml" --workers "$2" --log-level "${RUN_LOG:-warn}" >"$DIR/run.out" \
         2>"$DIR/run.err" || { tail -20 "$DIR/run.err" >&2; echo "bench: run failed" >&2; exit 1; }
-    t1=$(now)
-    RUN_SECS=$(elapsed "$t0" "$t1")
+    mark1
+    RUN_SECS=$(elapsed "$T0" "$T1")
     RUN_CPU=$(sed -n 's/.*workers cpu \([0-9.]*\) s.*/\1/p' "$DIR/run.out")
     RUN_RSS=$(sed -n 's/.*worker peak rss \([0-9.]*\) MB.*/\1/p' "$DIR/run.out")
     RUN_CRSS=$(sed -n 's/.*coordinator peak rss \([0-9.]*\) MB.*/\1/p' "$DIR/run.out")
@@ -267,10 +278,10 @@ fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 {
-    echo "| path | rows/s | MB/s | vs. pipe | worker CPU s / M rows | worker peak RSS MB | coordinator peak RSS MB |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "| path | rows/s | MB/s | vs. pipe | machine CPU busy % | worker CPU s / M rows | worker peak RSS MB | coordinator peak RSS MB |"
+    echo "|---|---|---|---|---|---|---|---|"
     for i in "${!NAMES[@]}"; do
-        echo "| ${NAMES[$i]} | ${RATES[$i]} | ${MBS[$i]} | ${RATIOS[$i]} | ${CPUS[$i]} | ${RSS[$i]} | ${CRSS[$i]} |"
+        echo "| ${NAMES[$i]} | ${RATES[$i]} | ${MBS[$i]} | ${RATIOS[$i]} | ${BUSYS[$i]} | ${CPUS[$i]} | ${RSS[$i]} | ${CRSS[$i]} |"
     done
     echo
     [ -z "${BEST[insert/2]:-}" ] || echo "- insert, 2 workers vs. binary pipe: $(ratio "${BEST[insert/2]}" "$PIPE_RATE")"

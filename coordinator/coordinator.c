@@ -45,7 +45,6 @@ struct bf_coord {
     bf_coord_opts_t opts;     /* timing */
     zsock_t *router;          /* bound ROUTER */
     bf_leaser_t *leaser;      /* leases, renewals, counts: Redis off the message loop */
-    uint64_t count_gen;       /* the leaser's counts of at least this generation decide */
     bf_metrics_t *metrics;    /* Prometheus endpoint, or NULL */
     bf_curve_server_t *curve; /* CURVE authentication, or NULL */
     bf_progress_view_t view;  /* the live progress display (opts.progress_tty) */
@@ -62,7 +61,6 @@ struct bf_coord {
     int64_t nranges;               /* ranges in the plan (grows when ranges are split) */
     long long next_split;          /* no SHRINK round before this (ms) */
     bool cancelled;                /* `backfill cancel`: drain the workers and stop, resumable */
-    long long next_meta_read;      /* range count and cancel flag: read again after this */
     long long next_throttle_check; /* throttle_query: when it runs next (ms) */
     int backoff;                   /* throttle_query above throttle_max: 1, below: 0, -1 unknown */
     long long next_throttle_warn;

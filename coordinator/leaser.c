@@ -304,7 +304,8 @@ static void *s_run(void *arg)
             s_fill(self, need, now);
             busy = true;
         }
-        if (self->nrenew > 0) {
+        /* (Each step may wait for Redis: look at stop in between.) */
+        if (self->nrenew > 0 && !self->stop) {
             /* Swapped out, so that the loop can queue more meanwhile. */
             ref_t *t = refs;
             int tc = caprefs, n = self->nrenew;
@@ -316,7 +317,7 @@ static void *s_run(void *arg)
             s_renew(self, refs, n);
             busy = true;
         }
-        if (self->nassign > 0) {
+        if (self->nassign > 0 && !self->stop) {
             assign_t *t = as;
             int tc = capas, n = self->nassign;
             as = self->assigns;
@@ -329,14 +330,14 @@ static void *s_run(void *arg)
             pthread_mutex_lock(&self->mu);
             busy = true;
         }
-        if (now >= next_count || self->want_gen > self->counts.gen) {
+        if (!self->stop && (now >= next_count || self->want_gen > self->counts.gen)) {
             next_count = now + COUNT_MS;
             pthread_mutex_unlock(&self->mu);
             s_count(self, ++gen);
             pthread_mutex_lock(&self->mu);
             busy = true;
         }
-        if (now >= next_reap) {
+        if (now >= next_reap && !self->stop) {
             next_reap = now + self->reap_ms;
             pthread_mutex_unlock(&self->mu);
             int n = bf_rstate_reap(self->redis);
@@ -346,7 +347,7 @@ static void *s_run(void *arg)
             else
                 self->reaped += n;
         }
-        if (now >= next_pool_renew) {
+        if (now >= next_pool_renew && !self->stop) {
             next_pool_renew = now + 1000;
             s_renew_pool(self, now);
         }
