@@ -226,6 +226,11 @@ static int s_resolve_key(bf_tableplan_t *tp, const bf_job_t *job, const bf_table
     tp->key_row = n == 1 ? bf_xstrdup(list.buf) : bf_xasprintf("(%s)", list.buf);
     tp->key_text =
         n == 1 ? bf_xstrdup(text.buf) : bf_xasprintf("json_build_array(%s)::text", text.buf);
+    if (n == 1)
+        tp->key_bin = strcmp(tp->key_types[0], "bigint") == 0     ? 8
+                      : strcmp(tp->key_types[0], "integer") == 0  ? 4
+                      : strcmp(tp->key_types[0], "smallint") == 0 ? 2
+                                                                  : 0;
     tp->key_list = bf_strbuf_take(&order);
     bf_strbuf_free(&list);
     bf_strbuf_free(&text);

@@ -45,6 +45,9 @@ typedef struct {
     char *key_list;          /* "s"."t"."k1", ...: ORDER BY (qualified: never an output column) */
     char *key_row;           /* "k1" or "(k1, k2)": comparisons */
     char *key_text;          /* SQL giving the key as its text (see above) */
+    int key_bin;             /* one smallint/integer/bigint key: its width in bytes (the
+                              * keyed COPY sends it binary, the worker formats the last
+                              * one: no ::text per row on the source), else 0 */
     bf_route_plan_t *routes; /* one per job route */
     int nroutes;
 } bf_tableplan_t;

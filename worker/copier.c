@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <inttypes.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -30,6 +31,9 @@ struct bf_copier {
     int64_t *batch_size; /* per table: rows of the next batch (adapted to batch_ms) */
     char *last_key;      /* the key of the last row relayed (keyed relay) */
     size_t last_key_cap;
+    int relay_key_bin;        /* keyed relay: the key comes binary, this wide (else as text) */
+    unsigned char raw_key[8]; /* and the last one as it came */
+    bool have_raw_key;
     bool abandoning;      /* the tick asked to abandon the batch in flight */
     char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
 };
@@ -211,12 +215,20 @@ static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n
     uint32_t klen = s_be32(p + 2);
     if (klen == UINT32_MAX || klen > (uint32_t)(e - p - 6))
         return -1;
-    if (klen + 1 > self->last_key_cap) {
-        self->last_key_cap = (klen + 1) * 2;
-        self->last_key = bf_xrealloc(self->last_key, self->last_key_cap);
+    if (self->relay_key_bin) {
+        /* Binary integer: kept as it came, formatted once, after the batch. */
+        if (klen != (uint32_t)self->relay_key_bin)
+            return -1;
+        memcpy(self->raw_key, p + 6, klen);
+        self->have_raw_key = true;
+    } else {
+        if (klen + 1 > self->last_key_cap) {
+            self->last_key_cap = (klen + 1) * 2;
+            self->last_key = bf_xrealloc(self->last_key, self->last_key_cap);
+        }
+        memcpy(self->last_key, p + 6, klen);
+        self->last_key[klen] = '\0';
     }
-    memcpy(self->last_key, p + 6, klen);
-    self->last_key[klen] = '\0';
     char count[2] = {(char)((nf - 1) >> 8), (char)((nf - 1) & 0xff)};
     const char *rest = p + 6 + klen;
     if (!*put_failed && (PQputCopyData(tgt->conn, count, 2) != 1 ||
@@ -243,6 +255,7 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
     bool put_failed = false, abandoned = false, bad_frame = false;
     if (keyed && self->last_key)
         self->last_key[0] = '\0';
+    self->have_raw_key = false;
     long long next_tick = bf_now_ms() + 500;
     for (unsigned chunks = 1;; chunks++) {
         char *buf = NULL;
@@ -271,6 +284,19 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
             bf_fault_point("in-copy");
         nbytes += n;
         PQfreemem(buf);
+    }
+    if (self->have_raw_key) { /* the batch's cursor: the last binary key as text */
+        const unsigned char *k = self->raw_key;
+        uint64_t u = 0;
+        for (int i = 0; i < self->relay_key_bin; i++)
+            u = u << 8 | k[i];
+        int shift = 64 - 8 * self->relay_key_bin; /* sign-extend the narrow types */
+        int64_t v = shift ? (int64_t)(u << shift) >> shift : (int64_t)u;
+        if (self->last_key_cap < 24) {
+            self->last_key_cap = 24;
+            self->last_key = bf_xrealloc(self->last_key, self->last_key_cap);
+        }
+        snprintf(self->last_key, self->last_key_cap, "%" PRId64, v);
     }
     int rc = 0;
     while ((res = PQgetResult(src->conn))) {
@@ -427,8 +453,9 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
     if (limit > 0)
-        bf_strbuf_appendf(&sql, "COPY (SELECT %s AS bf_key, %s FROM %s WHERE ", tp->key_text,
-                          rp->select_list, tp->src_qname);
+        bf_strbuf_appendf(&sql, "COPY (SELECT %s AS bf_key, %s FROM %s WHERE ",
+                          tp->key_bin ? tp->key_cols[0] : tp->key_text, rp->select_list,
+                          tp->src_qname);
     else
         bf_strbuf_appendf(&sql, "COPY (SELECT %s FROM %s WHERE ", rp->select_list, tp->src_qname);
     s_batch_cond(&sql, src, tp, rp, r, lower, end);
@@ -437,6 +464,7 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
     bf_strbuf_append(&sql, ") TO STDOUT (FORMAT binary)");
     char *copy_in = bf_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)",
                                  rp->stage ? rp->stage : rp->qname, rp->target_cols);
+    self->relay_key_bin = limit > 0 ? tp->key_bin : 0;
     int rc = s_relay(self, src, tgt, sql.buf, copy_in, limit > 0, rows, bytes);
     bf_strbuf_free(&sql);
     free(copy_in);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 3, acceptance 1: every key type and every column shape. Tables keyed by
-# bigint (negative keys, both ends of the bigint range), text in an ICU collation,
+# bigint, integer and smallint (negative keys, both ends of each range: the worker
+# reads these keys binary), text in an ICU collation,
 # uuid, a composite key (integer, varchar, bigint), a unique non-primary key named
 # with `key:`, plus an empty and a one-row table. Columns: numeric (NaN, huge),
 # jsonb, arrays, bytea with NUL bytes, inet, timestamptz with +-infinity, text
@@ -20,6 +21,8 @@ CREATE TABLE comp (tenant integer, code varchar(20), seq bigint, v text, d date,
     PRIMARY KEY (tenant, code, seq));
 CREATE TABLE ukey (id serial PRIMARY KEY, email text NOT NULL UNIQUE, name text);
 CREATE TABLE empty (id integer PRIMARY KEY, v text);
+CREATE TABLE small (id smallint PRIMARY KEY, v text);
+CREATE TABLE mid (id integer PRIMARY KEY, v text);
 CREATE TABLE one (k text PRIMARY KEY, v text);"
 q kt_src "$ddl" >/dev/null
 q kt_tgt "$ddl" >/dev/null
@@ -49,6 +52,10 @@ INSERT INTO comp SELECT g % 7 - 3, (ARRAY['EUR', 'usd', E'J\u00fcrgen', 'a''b', 
 INSERT INTO ukey (email, name) SELECT 'user' || g || '@example.' || (ARRAY['com', 'org'])[1 + g % 2],
     'User ' || g FROM generate_series(1, 3000) g;
 INSERT INTO one VALUES ('only', 'row');
+INSERT INTO small SELECT g, 's' || g FROM generate_series(-32768, 32766, 7) g;
+INSERT INTO small VALUES (32767, 'max');
+INSERT INTO mid SELECT g::bigint * 429497 - 2147483648, 'm' || g FROM generate_series(0, 9999) g;
+INSERT INTO mid VALUES (2147483647, 'max'), (-1, 'minus one');
 ANALYZE;" >/dev/null
 forget_job kt
 cat >"$WORK/job.yaml" <<YAML
@@ -75,16 +82,21 @@ tables:
     to: svc.empty
   - from: one
     to: svc.one
+  - from: small
+    to: svc.small
+  - from: mid
+    to: svc.mid
 YAML
 "$BF" plan "$WORK/job.yaml" >"$WORK/plan.out" 2>"$WORK/plan.err" || fail "plan: $(cat "$WORK/plan.err")"
-for t in big txt uu comp ukey; do
+for t in big txt uu comp ukey small mid; do
     n=$(grep -c "public.$t " "$WORK/plan.out" || true)
     [ "$n" -ge 2 ] || fail "table $t planned as $n ranges, expected several: $(cat "$WORK/plan.out")"
 done
 "$BF" run "$WORK/job.yaml" --workers 3 >"$WORK/run.out" 2>"$WORK/run.err" ||
     fail "run: $(tail -5 "$WORK/run.err")"
 "$BF" verify "$WORK/job.yaml" >"$WORK/verify.out" 2>&1 || { cat "$WORK/verify.out"; fail "verify"; }
-for spec in big:id txt:code uu:id "comp:tenant, code, seq" ukey:email empty:id one:k; do
+for spec in big:id txt:code uu:id "comp:tenant, code, seq" ukey:email empty:id one:k small:id \
+    mid:id; do
     t=${spec%%:*} k=${spec#*:}
     expect_eq "$(q kt_tgt "SELECT count(*) FROM $t")" "$(q kt_src "SELECT count(*) FROM $t")" \
         "row count of $t"
