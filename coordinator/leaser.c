@@ -520,6 +520,10 @@ int bf_leaser_lost(bf_leaser_t *self, int max, uint64_t *sids, int64_t *ids, int
 {
     pthread_mutex_lock(&self->mu);
     int k = self->nlost < max ? self->nlost : max;
+    if (k == 0) {
+        pthread_mutex_unlock(&self->mu);
+        return 0;
+    }
     for (int i = 0; i < k; i++) {
         sids[i] = self->lost[i].sid;
         ids[i] = self->lost[i].id;
