@@ -52,6 +52,13 @@ typedef struct {
     int nroutes;
 } bf_tableplan_t;
 
+/* FROM clause of the statistics rows (pg_stats s) of a table given as c.oid; an
+ * inheritance parent has two rows per column (s.inherited: with its children, or
+ * not). */
+#define BF_SQL_PG_STATS_OF                                                                         \
+    "pg_stats s JOIN pg_class c ON c.relname = s.tablename JOIN pg_namespace n ON n.oid = "        \
+    "c.relnamespace AND n.nspname = s.schemaname"
+
 /* Resolves job->tables[index] against the source and the targets (tgts[i] is the
  * connection to job->targets[i]; those the table does not use may be NULL).
  * Checks key, columns, expressions, filters and mode; returns 0, or -1 with one

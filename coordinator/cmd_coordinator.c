@@ -242,7 +242,7 @@ typedef struct {
 } supervisor_t;
 
 /* Relays the complete lines the workers wrote (all of it when `all`); at most
- * 64 KB a call otherwise, so that chatty workers cannot keep the coordinator's
+ * 8 reads of 8 KB a call otherwise, so that chatty workers cannot keep the coordinator's
  * loop from its messages (they wait on a full pipe meanwhile). */
 static void s_relay_worker_lines(supervisor_t *s, bool all)
 {
@@ -265,7 +265,7 @@ static void s_relay_worker_lines(supervisor_t *s, bool all)
         }
         memmove(s->err_buf, s->err_buf + start, s->err_len - start);
         s->err_len -= start;
-        if (n <= 0 || (!all && rounds >= 8))
+        if (n <= 0 || (!all && rounds >= 7))
             return; /* EAGAIN: nothing more for now (or the pipe is closed) */
     }
 }

@@ -790,15 +790,26 @@ static void s_progress(bf_coord_t *self, bool final)
             ranges += p[t].ranges;
         }
         self->rows_now = rows;
-        double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
-        double rate = secs > 0 ? (double)(rows - self->rows_at_start) / secs : 0;
-        double eta = rate > 0 && est > rows ? (double)(est - rows) / rate : 0;
+        /* Rate and ETA as the live display and `status --watch` have them (the
+         * last seconds, bytes left at the byte rate), not averaged over the run. */
+        double secs = self->started_ms ? (double)(bf_now_ms() - self->started_ms) / 1000.0 : 0;
+        bf_progress_info_t info = {.elapsed_s = secs};
+        bf_progress_estimate(&info, &self->rate, &self->brate, p, n, bf_now_ms(), 5000,
+                             (double)self->ctx.job->batch_ms / 2000.0);
+        if (info.rate <= 0 && secs > 0 && rows > self->rows_at_start) {
+            /* One sample since rows moved (lines are seconds apart): the run so far. */
+            info.rate = (double)(rows - self->rows_at_start) / secs;
+            info.eta_s = est > rows ? (double)(est - rows) / info.rate : 0;
+        }
+        char eta[32] = "?";
+        if (info.eta_s >= 0)
+            snprintf(eta, sizeof eta, "%.0fs", info.eta_s);
         if (!final)
             log_info("progress: %lld/%lld rows (%.0f%%), %lld/%lld ranges, %d workers, %.0f "
-                     "rows/s, ETA %.0fs",
+                     "rows/s, ETA %s",
                      (long long)rows, (long long)est,
                      est ? 100.0 * (double)rows / (double)est : 100.0, (long long)done,
-                     (long long)ranges, self->nworkers, rate, eta);
+                     (long long)ranges, self->nworkers, info.rate, eta);
     }
     free(p);
 }

@@ -116,9 +116,10 @@ int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
         const char *params[] = {ctx->tables[t].src_qname};
         PGresult *res = bf_pg_query_quiet(
             ctx->src,
-            "SELECT coalesce(sum(s.avg_width), 0) FROM pg_stats s JOIN pg_class c ON "
-            "c.relname = s.tablename JOIN pg_namespace n ON n.oid = c.relnamespace AND "
-            "n.nspname = s.schemaname WHERE c.oid = $1::regclass",
+            /* one row per column (with the children, when it has them) */
+            "SELECT coalesce(sum(w), 0) FROM (SELECT DISTINCT ON (s.attname) s.avg_width AS w "
+            "FROM " BF_SQL_PG_STATS_OF " WHERE c.oid = $1::regclass ORDER BY s.attname, "
+            "s.inherited DESC) x",
             1, params);
         long long width = res && PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
         PQclear(res);
