@@ -113,23 +113,32 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # simulate RATE: a fresh plan of RANGES ranges, a coordinator, the simulated
 # workers asking RATE leases/s in all (0 = as fast as they are answered); prints
 # the simulator's key=value line.
+field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
+# Redis's CPU seconds so far (all its threads).
+redis_cpu() {
+    redis-cli -p "$BF_REDIS_PORT" INFO cpu |
+        awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "%.3f", s }'
+}
 simulate() {
     redis-cli -p "$BF_REDIS_PORT" FLUSHALL >/dev/null
     start_coordinator scale
-    local out
+    local out r0 r1
+    r0=$(redis_cpu)
     # (set -e does not hold in a command substitution: check each step.)
     out=$("$SIM" --connect "tcp://127.0.0.1:$PORT" --workers "$WORKERS" --redis "$BF_REDIS_URL" \
         --job scale --pid "$CPID" --rate "$1") ||
         { kill "$CPID"; echo "bench: simulated workers failed" >&2; exit 1; }
     wait "$CPID" || { tail -5 "$DIR/scale.err" >&2; echo "bench: coordinator failed" >&2; exit 1; }
     CPID=""
-    echo "$out"
+    r1=$(redis_cpu)
+    # Redis's share over the simulator's measured span (its connecting phase is idle).
+    echo "$out redis_cpu_pct=$(awk -v a="$r0" -v b="$r1" -v w="$(field cpu_wall_s "$out")" \
+        'BEGIN { if (w > 0) printf "%.0f", 100 * (b - a) / w; else printf "-" }')"
 }
 echo "bench: $WORKERS simulated workers, $RANGES ranges, saturated" >&2
 SAT=$(simulate 0)
 echo "bench: $WORKERS simulated workers, $RANGES ranges, asking $RATE leases/s" >&2
 PACED=$(simulate "$RATE")
-field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 rss() { awk -v a="$(field coordinator_rss_mb "$SAT")" -v b="$(field coordinator_rss_mb "$PACED")" \
     'BEGIN { print (a > b ? a : b) }'; }
 {
@@ -143,6 +152,7 @@ rss() { awk -v a="$(field coordinator_rss_mb "$SAT")" -v b="$(field coordinator_
     echo "| paced at $RATE leases/s: ranges leased and finished | $(field finished "$PACED") / $(field ranges "$PACED") |"
     echo "| paced at $RATE leases/s: lease hand-outs per second | $(field leases_per_s "$PACED") |"
     echo "| paced at $RATE leases/s: latency from the asked time p50 / p99 / max | $(field p50_ms "$PACED") / $(field p99_ms "$PACED") / $(field max_ms "$PACED") ms |"
+    echo "| paced at $RATE leases/s: CPU, % of one core: coordinator / Redis / simulated workers | $(field coordinator_cpu_pct "$PACED") / $(field redis_cpu_pct "$PACED") / $(field sim_cpu_pct "$PACED") |"
     echo "| coordinator peak RSS | $(rss) MB |"
     echo
     echo "$(nproc) cores; Redis $(redis-server --version | sed -n 's/.*v=\([0-9.]*\).*/\1/p'); $(date -u +%Y-%m-%d)"

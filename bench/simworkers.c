@@ -25,7 +25,9 @@
  *
  * Prints one line of key=value results: leases handed out, their rate between the
  * first CREDIT and the last LEASE, the latency from CREDIT to LEASE (p50, p99,
- * max) and, with --pid, the coordinator's peak RSS (VmHWM) read before it exits.
+ * max) and, with --pid, the coordinator's peak RSS (VmHWM) read before it exits,
+ * and the CPU the coordinator and the simulator used while the requests ran (% of
+ * one core).
  * Exits 0 when every range of the job was leased and finished, 1 otherwise. */
 #include "net.h"
 #include "proto.h"
@@ -106,6 +108,30 @@ static void s_done(sim_t *w, long long asked)
                      .credit = 1};
     s_send(w, &done);
     w->credit_at = asked;
+}
+
+/* CPU seconds used so far by process pid (all its threads; -1 if unknown), or by
+ * this process when pid is 0. */
+static double s_cpu_s(int pid)
+{
+    if (pid == 0) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    }
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* after the command name: state, then fields 4.. */
+    unsigned long long ut = 0, st = 0;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static long s_vmhwm_kb(int pid)
@@ -252,6 +278,7 @@ int main(int argc, char **argv)
     }
 
     long long leased = 0, finished = 0, first_credit = 0, last_lease = 0, nlat = 0;
+    double cpu0_coord = 0, cpu0_self = 0; /* CPU seconds when the requests began */
     long long start = s_now_us();
     bool drained = false;
     while (finished < nranges && !drained && s_now_us() - start < DEADLINE_MS * 1000LL) {
@@ -299,11 +326,16 @@ int main(int argc, char **argv)
                         /* The timetable starts once all are connected. */
                         pace0 = s_now_us() + 100000;
                         first_credit = pace0;
+                        cpu0_coord = coord_pid > 0 ? s_cpu_s(coord_pid) : -1;
+                        cpu0_self = s_cpu_s(0);
                         for (int j = 0; j < nworkers; j++)
                             w[j].due = pace0 + (long long)((double)j * 1e6 / rate);
                     } else if (!period) {
-                        if (!first_credit)
+                        if (!first_credit) {
                             first_credit = s_now_us();
+                            cpu0_coord = coord_pid > 0 ? s_cpu_s(coord_pid) : -1;
+                            cpu0_self = s_cpu_s(0);
+                        }
                         s_credit(&w[i], s_now_us());
                     }
                 } else if (m.type == BF_MSG_LEASE && m.sid == w[i].sid) {
@@ -373,14 +405,20 @@ int main(int argc, char **argv)
         }
     }
     long hwm = coord_pid > 0 ? s_vmhwm_kb(coord_pid) : -1;
+    double wall = (double)(s_now_us() - first_credit) / 1e6;
+    double cpu_coord = coord_pid > 0 && cpu0_coord >= 0 ? s_cpu_s(coord_pid) - cpu0_coord : -1;
+    double cpu_self = s_cpu_s(0) - cpu0_self;
     long long n = nlat; /* latencies of the leases that answered a request */
     qsort(lat, (size_t)n, sizeof *lat, s_cmp_ll);
     double secs = (double)(last_lease - first_credit) / 1e6;
     printf("workers=%d ranges=%lld asked_per_s=%.0f leased=%lld finished=%lld seconds=%.2f "
-           "leases_per_s=%.0f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f coordinator_rss_mb=%.1f\n",
+           "leases_per_s=%.0f p50_ms=%.2f p99_ms=%.2f max_ms=%.2f coordinator_rss_mb=%.1f "
+           "coordinator_cpu_pct=%.0f sim_cpu_pct=%.0f cpu_wall_s=%.2f\n",
            nworkers, nranges, rate, leased, finished, secs, secs > 0 ? (double)leased / secs : 0.0,
            n ? (double)lat[n / 2] / 1000.0 : 0.0, n ? (double)lat[(n * 99) / 100] / 1000.0 : 0.0,
-           n ? (double)lat[n - 1] / 1000.0 : 0.0, hwm > 0 ? (double)hwm / 1024.0 : -1.0);
+           n ? (double)lat[n - 1] / 1000.0 : 0.0, hwm > 0 ? (double)hwm / 1024.0 : -1.0,
+           cpu_coord >= 0 && wall > 0 ? 100.0 * cpu_coord / wall : -1.0,
+           wall > 0 ? 100.0 * cpu_self / wall : -1.0, wall);
     for (int i = 0; i < nworkers; i++)
         zsock_destroy(&w[i].sock);
     free(w);
