@@ -467,42 +467,6 @@ int bf_rstate_renew(bf_rstate_t *self, int64_t ttl_ms, int n, const int64_t *ids
     return 0;
 }
 
-/* FCALL fn meta [head], then for each i: ids[i], tokens[i]. The integer reply, or
- * -1. */
-static int64_t s_fcall_leases(bf_rstate_t *self, const char *fn, const char *head, int n,
-                              const int64_t *ids, const int64_t *tokens)
-{
-    int per = 2;
-    int argc = 4 + (head ? 1 : 0) + per * n;
-    const char **argv = bf_xcalloc((size_t)argc, sizeof *argv);
-    char(*num)[24] = bf_xcalloc((size_t)(2 * n + 1), sizeof *num);
-    int a = 0;
-    argv[a++] = "FCALL";
-    argv[a++] = fn;
-    argv[a++] = "1";
-    argv[a++] = bf_rstate_key(self, "meta");
-    if (head)
-        argv[a++] = head;
-    for (int i = 0; i < n; i++) {
-        snprintf(num[2 * i], 24, "%lld", (long long)ids[i]);
-        snprintf(num[2 * i + 1], 24, "%lld", (long long)tokens[i]);
-        argv[a++] = num[2 * i];
-        argv[a++] = num[2 * i + 1];
-    }
-    redisReply *r = bf_rstate_argv(self, argc, argv);
-    free(argv);
-    free(num);
-    if (!r)
-        return -1;
-    int64_t res = -1;
-    if (r->type == REDIS_REPLY_INTEGER)
-        res = r->integer;
-    else
-        snprintf(self->errmsg, sizeof self->errmsg, "%s: unexpected reply", fn);
-    freeReplyObject(r);
-    return res;
-}
-
 int64_t bf_rstate_assign(bf_rstate_t *self, int n, const int64_t *ids, const char *const *owners)
 {
     /* Plain pipelined HSETs: no Lua (the cheapest writes Redis has), as this runs
@@ -538,7 +502,32 @@ int64_t bf_rstate_assign(bf_rstate_t *self, int n, const int64_t *ids, const cha
 int64_t bf_rstate_unpool(bf_rstate_t *self, const char *owner_prefix, int n, const int64_t *ids,
                          const int64_t *tokens)
 {
-    return s_fcall_leases(self, "bf_unpool", owner_prefix, n, ids, tokens);
+    int argc = 5 + 2 * n;
+    const char **argv = bf_xcalloc((size_t)argc, sizeof *argv);
+    char(*num)[24] = bf_xcalloc((size_t)(2 * n + 1), sizeof *num);
+    argv[0] = "FCALL";
+    argv[1] = "bf_unpool";
+    argv[2] = "1";
+    argv[3] = bf_rstate_key(self, "meta");
+    argv[4] = owner_prefix;
+    for (int i = 0; i < n; i++) {
+        snprintf(num[2 * i], 24, "%lld", (long long)ids[i]);
+        snprintf(num[2 * i + 1], 24, "%lld", (long long)tokens[i]);
+        argv[5 + 2 * i] = num[2 * i];
+        argv[6 + 2 * i] = num[2 * i + 1];
+    }
+    redisReply *r = bf_rstate_argv(self, argc, argv);
+    free(argv);
+    free(num);
+    if (!r)
+        return -1;
+    int64_t res = -1;
+    if (r->type == REDIS_REPLY_INTEGER)
+        res = r->integer;
+    else
+        snprintf(self->errmsg, sizeof self->errmsg, "bf_unpool: unexpected reply");
+    freeReplyObject(r);
+    return res;
 }
 
 int bf_rstate_reap(bf_rstate_t *self)

@@ -39,6 +39,12 @@ typedef struct {
     int64_t id, token;
 } ref_t;
 
+/* Work the loop queues for the thread; the thread swaps it out whole. */
+typedef struct {
+    void *v;
+    int n, cap;
+} queue_t;
+
 struct bf_leaser {
     pthread_t thread;
     pthread_mutex_t mu;
@@ -57,10 +63,8 @@ struct bf_leaser {
     long long window;   /* start of the current one-second rate window */
     int64_t taken_now;  /* hand-outs in the current window */
     int64_t taken_last; /* hand-outs in the last full window */
-    assign_t *assigns;
-    int nassign, capassign;
-    ref_t *renews;
-    int nrenew, caprenew;
+    queue_t assigns;    /* of assign_t: owner names to write */
+    queue_t renews;     /* of ref_t: worker leases to renew */
     ref_t *lost;
     int nlost, caplost;
     bf_leaser_counts_t counts;
@@ -81,6 +85,13 @@ static void *s_grow(void *p, int *cap, int need, size_t size)
         c *= 2;
     *cap = c;
     return bf_xrealloc(p, (size_t)c * size);
+}
+
+static void s_swap(queue_t *a, queue_t *b)
+{
+    queue_t t = *a;
+    *a = *b;
+    *b = t;
 }
 
 static void s_wake_loop(bf_leaser_t *self)
@@ -292,9 +303,7 @@ static void *s_run(void *arg)
     long long next_count = now, next_reap = now + self->reap_ms;
     long long next_pool_renew = now + self->ttl_ms / 3;
     uint64_t gen = 0;
-    assign_t *as = NULL;
-    ref_t *refs = NULL;
-    int capas = 0, caprefs = 0;
+    queue_t as = {0}, refs = {0};
     pthread_mutex_lock(&self->mu);
     while (!self->stop) {
         now = bf_now_ms();
@@ -304,30 +313,20 @@ static void *s_run(void *arg)
             s_fill(self, need, now);
             busy = true;
         }
-        /* (Each step may wait for Redis: look at stop in between.) */
-        if (self->nrenew > 0 && !self->stop) {
-            /* Swapped out, so that the loop can queue more meanwhile. */
-            ref_t *t = refs;
-            int tc = caprefs, n = self->nrenew;
-            refs = self->renews;
-            caprefs = self->caprenew;
-            self->renews = t;
-            self->caprenew = tc;
-            self->nrenew = 0;
-            s_renew(self, refs, n);
+        /* (Each step may wait for Redis: look at stop in between.) Queues are
+         * swapped out, so that the loop can queue more meanwhile. */
+        if (self->renews.n > 0 && !self->stop) {
+            s_swap(&refs, &self->renews);
+            s_renew(self, refs.v, refs.n);
+            refs.n = 0;
             busy = true;
         }
-        if (self->nassign > 0 && !self->stop) {
-            assign_t *t = as;
-            int tc = capas, n = self->nassign;
-            as = self->assigns;
-            capas = self->capassign;
-            self->assigns = t;
-            self->capassign = tc;
-            self->nassign = 0;
+        if (self->assigns.n > 0 && !self->stop) {
+            s_swap(&as, &self->assigns);
             pthread_mutex_unlock(&self->mu);
-            s_assign(self, as, n);
+            s_assign(self, as.v, as.n);
             pthread_mutex_lock(&self->mu);
+            as.n = 0;
             busy = true;
         }
         if (!self->stop && (now >= next_count || self->want_gen > self->counts.gen)) {
@@ -370,8 +369,8 @@ static void *s_run(void *arg)
         pthread_cond_timedwait(&self->cv, &self->mu, &ts);
     }
     pthread_mutex_unlock(&self->mu);
-    free(as);
-    free(refs);
+    free(as.v);
+    free(refs.v);
     return NULL;
 }
 
@@ -421,8 +420,8 @@ void bf_leaser_stop(bf_leaser_t **self_p)
     pthread_join(self->thread, NULL);
     /* The thread is gone: its connection is ours. Names first (a lease handed out
      * keeps the pool's name until then), then the pool back to pending. */
-    if (self->nassign > 0)
-        s_assign(self, self->assigns, self->nassign);
+    if (self->assigns.n > 0)
+        s_assign(self, self->assigns.v, self->assigns.n);
     if (self->npool > 0) {
         int64_t *ids = bf_xcalloc((size_t)self->npool, sizeof *ids);
         int64_t *tokens = bf_xcalloc((size_t)self->npool, sizeof *tokens);
@@ -445,8 +444,8 @@ void bf_leaser_stop(bf_leaser_t **self_p)
     pthread_cond_destroy(&self->cv);
     pthread_mutex_destroy(&self->mu);
     free(self->pool);
-    free(self->assigns);
-    free(self->renews);
+    free(self->assigns.v);
+    free(self->renews.v);
     free(self->lost);
     free(self);
     *self_p = NULL;
@@ -492,12 +491,12 @@ int bf_leaser_take(bf_leaser_t *self, int n, int cap, bf_range_t *out, bool *exh
 void bf_leaser_assign(bf_leaser_t *self, int64_t id, const char *owner)
 {
     pthread_mutex_lock(&self->mu);
-    self->assigns =
-        s_grow(self->assigns, &self->capassign, self->nassign + 1, sizeof *self->assigns);
-    assign_t *a = &self->assigns[self->nassign++];
+    self->assigns.v =
+        s_grow(self->assigns.v, &self->assigns.cap, self->assigns.n + 1, sizeof(assign_t));
+    assign_t *a = (assign_t *)self->assigns.v + self->assigns.n++;
     a->id = id;
     snprintf(a->owner, sizeof a->owner, "%s", owner);
-    if (self->nassign == 1)
+    if (self->assigns.n == 1)
         pthread_cond_signal(&self->cv);
     pthread_mutex_unlock(&self->mu);
 }
@@ -508,10 +507,11 @@ void bf_leaser_renew(bf_leaser_t *self, uint64_t sid, int n, const int64_t *ids,
     if (n <= 0)
         return;
     pthread_mutex_lock(&self->mu);
-    self->renews = s_grow(self->renews, &self->caprenew, self->nrenew + n, sizeof *self->renews);
+    self->renews.v = s_grow(self->renews.v, &self->renews.cap, self->renews.n + n, sizeof(ref_t));
+    ref_t *r = self->renews.v;
     for (int i = 0; i < n; i++)
-        self->renews[self->nrenew++] = (ref_t){.sid = sid, .id = ids[i], .token = tokens[i]};
-    if (self->nrenew == n)
+        r[self->renews.n++] = (ref_t){.sid = sid, .id = ids[i], .token = tokens[i]};
+    if (self->renews.n == n)
         pthread_cond_signal(&self->cv);
     pthread_mutex_unlock(&self->mu);
 }

@@ -7,9 +7,9 @@
 #include "strbuf.h"
 #include "tableplan.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <inttypes.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -35,6 +35,8 @@ struct bf_copier {
     unsigned char raw_key[8]; /* and the last one as it came */
     bool have_raw_key;
     bool abandoning;      /* the tick asked to abandon the batch in flight */
+    bool cut_asked;       /* end the keyed batch in flight early (bf_copier_cut) */
+    bool cut;             /* the last keyed relay ended early, at its last key */
     char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
 };
 
@@ -60,6 +62,11 @@ void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg)
 {
     self->tick = tick;
     self->tick_arg = arg;
+}
+
+void bf_copier_cut(bf_copier_t *self)
+{
+    self->cut_asked = true;
 }
 
 void bf_copier_set_name(bf_copier_t *self, const char *worker_id)
@@ -252,10 +259,11 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         return -1;
     }
     int64_t nbytes = 0;
-    bool put_failed = false, abandoned = false, bad_frame = false;
+    bool put_failed = false, abandoned = false, bad_frame = false, cut = false;
     if (keyed && self->last_key)
         self->last_key[0] = '\0';
     self->have_raw_key = false;
+    self->cut = false;
     long long next_tick = bf_now_ms() + 500;
     for (unsigned chunks = 1;; chunks++) {
         char *buf = NULL;
@@ -268,8 +276,18 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
                  * flight) and abort the target's. */
                 abandoned = put_failed = true;
                 bf_pg_cancel(src);
+            } else if (keyed && self->cut_asked && !cut) {
+                /* Asked to split the range: end the batch at the last row relayed
+                 * (rows come in key order, so everything up to its key is in),
+                 * stop the source and drop what it still sends. */
+                cut = true;
+                bf_pg_cancel(src);
             }
             next_tick = bf_now_ms() + 500;
+        }
+        if (cut) {
+            PQfreemem(buf);
+            continue;
         }
         /* On a failed put keep draining the source so its connection stays usable. */
         if (keyed && !bad_frame) {
@@ -290,8 +308,9 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         uint64_t u = 0;
         for (int i = 0; i < self->relay_key_bin; i++)
             u = u << 8 | k[i];
-        int shift = 64 - 8 * self->relay_key_bin; /* sign-extend the narrow types */
-        int64_t v = shift ? (int64_t)(u << shift) >> shift : (int64_t)u;
+        int64_t v = self->relay_key_bin == 2   ? (int16_t)(uint16_t)u
+                    : self->relay_key_bin == 4 ? (int32_t)(uint32_t)u
+                                               : (int64_t)u;
         if (self->last_key_cap < 24) {
             self->last_key_cap = 24;
             self->last_key = bf_xrealloc(self->last_key, self->last_key_cap);
@@ -300,11 +319,19 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
     }
     int rc = 0;
     while ((res = PQgetResult(src->conn))) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+            !(cut && st && strcmp(st, "57014") == 0)) { /* the cancel of a cut */
             bf_pg_set_error(src, res);
             rc = -1;
         }
         PQclear(res);
+    }
+    if (cut && rc == 0 && !put_failed && !bad_frame && !abandoned) {
+        static const char trailer[2] = {(char)0xff, (char)0xff};
+        if (PQputCopyData(tgt->conn, trailer, 2) != 1)
+            put_failed = true;
+        self->cut = true;
     }
     if (bad_frame) {
         PQputCopyEnd(tgt->conn, "unexpected COPY framing from the source");
@@ -651,8 +678,12 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         rows += n;
         bytes += b;
         if (limit > 0) {
-            /* Keyed batch: it ends at the last row copied, or at the range's end. */
-            final = n < limit;
+            /* Keyed batch: it ends at the last row copied, or at the range's end
+             * (fewer rows than asked for, unless it was cut short). */
+            final = n < limit && !self->cut;
+            if (self->cut)
+                log_debug("range %lld: batch ended early after %lld rows, at key %s, to split",
+                          (long long)r->id, (long long)n, self->last_key);
             *end_p = final ? NULL : bf_xstrdup(self->last_key);
             end = *end_p;
         }
@@ -754,6 +785,7 @@ static void s_adapt(bf_copier_t *self, const bf_job_t *job, int t, int64_t n, in
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
 {
     self->abandoning = false;
+    self->cut_asked = false;
     bf_range_t *r = &w->range;
     const bf_job_t *job = self->job;
     if (r->table < 0 || r->table >= job->ntables) {

@@ -45,6 +45,11 @@ void bf_copier_destroy(bf_copier_t **self_p);
  * result is BF_BATCH_RETRY). */
 void bf_copier_set_tick(bf_copier_t *self, bool (*tick)(void *arg), void *arg);
 
+/* Asks the keyed batch in flight (called from the tick) to end early, at the
+ * last row relayed, and commit that much: the range is to be split, and the split
+ * waits for the batch. Forgotten when the next batch starts. */
+void bf_copier_cut(bf_copier_t *self);
+
 /* The worker's id, recorded as done_by of the ranges it finishes. */
 void bf_copier_set_name(bf_copier_t *self, const char *worker_id);
 

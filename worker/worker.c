@@ -60,6 +60,7 @@ typedef struct {
     bool revoked;           /* the lease in hand was revoked: drop it */
     bool split_asked;       /* SHRINK for the lease in hand: split it between batches */
     int split_idle;         /* for this many idle workers (the largest asked) */
+    bool split_declined;    /* the lease in hand was too small to split: no more early cuts */
     bool paused;            /* `backfill pause` or cancel seen (logged once) */
     int exit_code;          /* set when the loop should end */
     long long stop_asked;   /* ms when a stop was first seen during a batch */
@@ -156,7 +157,7 @@ static void s_on_welcome(worker_t *w, bf_msg_t *m)
 
 static void s_drop_lease(worker_t *w)
 {
-    w->revoked = w->split_asked = false;
+    w->revoked = w->split_asked = w->split_declined = false;
     w->split_idle = 0;
     if (!w->lease)
         return;
@@ -240,6 +241,10 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
         /* Also acted on between batches: the split key must lie past the cursor. */
         if (w->lease && w->lease->range.id == m->range_id && w->lease->range.token == m->token) {
             w->split_asked = true;
+            /* A batch in flight ends early: the split waits for it (unless the
+             * last try found too little left to split). */
+            if (w->copier && !w->split_declined)
+                bf_copier_cut(w->copier);
             if (m->credit > w->split_idle)
                 w->split_idle = (int)(m->credit > 64 ? 64 : m->credit);
         }
@@ -410,6 +415,8 @@ static void s_split(worker_t *w)
     long long t0 = bf_now_ms();
     int rc = bf_copier_split(w->copier, l, idle + 1, &made);
     w->busy_ms += bf_now_ms() - t0;
+    if (rc == 1 && l->batches > 0)
+        w->split_declined = true;
     if (rc == 0 || rc == 1)
         return;
     bf_msg_t m = {.range_id = l->range.id, .token = l->range.token, .rows = l->rows};

@@ -5,7 +5,9 @@
 # Insert mode with a primary key on the target: a row copied twice would fail the
 # job, a row never copied fails the comparison. Twice: split keys placed from the
 # column's histogram (pg_stats), then with the column's statistics removed, found
-# by reading keys.
+# by reading keys. Then once with batches of seconds: the owner ends
+# the batch in flight early (at the last row it relayed, committed) so that the
+# split need not wait for the whole batch.
 . "$(dirname "$0")/lib.sh"
 fresh_db sp_src sp_tgt
 make_monolith sp_src 300000
@@ -70,3 +72,34 @@ q sp_src "ALTER TABLE orders ALTER COLUMN id SET STATISTICS 0;
 expect_eq "$(q sp_src "SELECT count(*) FROM pg_stats WHERE tablename = 'orders' AND attname = 'id'")" 0 \
     "statistics left on orders.id"
 split_run sp2 "index reads"
+
+# One batch would be the whole table (1.5M rows, seconds): the first SHRINK comes
+# while it streams, and must not wait for it.
+q sp_src "CREATE TABLE big (id bigint PRIMARY KEY, v text, n numeric);
+    INSERT INTO big SELECT g, md5(g::text), g * 1.5 FROM generate_series(1, 1500000) g;
+    ANALYZE big" >/dev/null
+q sp_tgt "CREATE TABLE big (id bigint PRIMARY KEY, v text, n numeric)" >/dev/null
+forget_job spb
+cat >"$WORK/spb.yaml" <<YAML
+name: spb
+source: $(uri sp_src)
+redis: $BF_REDIS_URL
+targets:
+  svc: $(uri sp_tgt)
+batch_rows: 1500000
+batch_ms: 0
+range_rows: 10000000
+tables:
+  - from: big
+    to: svc.big
+YAML
+"$BF" run "$WORK/spb.yaml" --workers 3 --log-level debug >"$WORK/spb.out" 2>"$WORK/spb.err" ||
+    { rc=$?; tail -30 "$WORK/spb.err"; fail "run exited $rc"; }
+grep -q 'batch ended early after [0-9]* rows, at key [0-9]*, to split' "$WORK/spb.err" ||
+    { grep -E 'split|batch' "$WORK/spb.err" | tail; fail "no batch was ended early for a split"; }
+# (Parts of at least a quarter batch: with batches this large, fewer splits.)
+grep -q 'split at key' "$WORK/spb.err" || fail "the range was not split"
+expect_eq "$(q sp_tgt "SELECT count(*), sum(hashtext(b::text)) FROM big b")" \
+    "$(q sp_src "SELECT count(*), sum(hashtext(b::text)) FROM big b")" "rows and checksum of big"
+"$BF" verify "$WORK/spb.yaml" >"$WORK/spb.verify" || { cat "$WORK/spb.verify"; fail "verify"; }
+forget_job spb
