@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -272,8 +273,14 @@ static void s_relay_worker_lines(supervisor_t *s, bool all)
 
 static pid_t s_spawn(supervisor_t *s)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
+        /* A worker of `run` goes when `run` goes, even killed (-9) or crashed: it
+         * would otherwise retry its coordinator's socket for ever. SIGTERM: the
+         * worker's clean stop. */
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)
+            _exit(1);
         if (s->err_w >= 0) {
             dup2(s->err_w, STDERR_FILENO);
             close(s->err_w);
