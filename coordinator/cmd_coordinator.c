@@ -278,8 +278,9 @@ static pid_t s_spawn(supervisor_t *s)
     if (pid == 0) {
         /* A worker of `run` goes when `run` goes, even killed (-9) or crashed: it
          * would otherwise retry its coordinator's socket for ever. SIGTERM: the
-         * worker's clean stop. */
-        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)
+         * worker's clean stop. (Where prctl is refused the worker still runs.) */
+        (void)prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) /* `run` died before that */
             _exit(1);
         if (s->err_w >= 0) {
             dup2(s->err_w, STDERR_FILENO);
