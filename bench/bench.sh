@@ -137,31 +137,31 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 
 PSQL=(psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER")
 run_pipes() {
-for fmt in binary text; do
-    reset_target
-    mark0
-    "${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT $fmt)" |
-        "${PSQL[@]}" -d bench_tgt -c "COPY trading_order FROM STDIN (FORMAT $fmt)"
-    mark1
-    record "pipe ($fmt COPY)" "$(elapsed "$T0" "$T1")"
-done
+    for fmt in binary text; do
+        reset_target
+        mark0
+        "${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT $fmt)" |
+            "${PSQL[@]}" -d bench_tgt -c "COPY trading_order FROM STDIN (FORMAT $fmt)"
+        mark1
+        record "pipe ($fmt COPY)" "$(elapsed "$T0" "$T1")"
+    done
 }
 
 # The staging pipe writes over a full target (every row an update), as upsert does.
 run_staging() {
-mark0
-"${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT binary)" |
-    "${PSQL[@]}" -d bench_tgt -c "CREATE UNLOGGED TABLE staging (LIKE trading_order);" \
-        -c "COPY staging FROM STDIN (FORMAT binary)" \
-        -c "INSERT INTO trading_order SELECT * FROM staging ON CONFLICT (id) DO UPDATE SET
-            user_id = excluded.user_id, symbol = excluded.symbol, side = excluded.side,
-            quantity = excluded.quantity, price = excluded.price, status = excluded.status,
-            client_order_id = excluded.client_order_id, metadata = excluded.metadata,
-            created_at = excluded.created_at, updated_at = excluded.updated_at" \
-        -c "DROP TABLE staging"
-mark1
-record "staging + ON CONFLICT (target full)" "$(elapsed "$T0" "$T1")"
-STAGING_RATE=$RATE
+    mark0
+    "${PSQL[@]}" -d bench_src -c "COPY trading_order TO STDOUT (FORMAT binary)" |
+        "${PSQL[@]}" -d bench_tgt -c "CREATE UNLOGGED TABLE staging (LIKE trading_order);" \
+            -c "COPY staging FROM STDIN (FORMAT binary)" \
+            -c "INSERT INTO trading_order SELECT * FROM staging ON CONFLICT (id) DO UPDATE SET
+                user_id = excluded.user_id, symbol = excluded.symbol, side = excluded.side,
+                quantity = excluded.quantity, price = excluded.price, status = excluded.status,
+                client_order_id = excluded.client_order_id, metadata = excluded.metadata,
+                created_at = excluded.created_at, updated_at = excluded.updated_at" \
+            -c "DROP TABLE staging"
+    mark1
+    record "staging + ON CONFLICT (target full)" "$(elapsed "$T0" "$T1")"
+    STAGING_RATE=$RATE
 }
 
 if [ "$PGCOPYDB" = 1 ] && ! command -v pgcopydb >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -171,29 +171,29 @@ fi
 # pgcopydb with 4 jobs (DESIGN.md's anchor) and with 2 (one per core), the table
 # split as many ways: the fastest of the two is compared with backfill's fastest.
 run_pgcopydb() {
-if [ "$PGCOPYDB" = 1 ] && command -v pgcopydb >/dev/null; then
-    for jobs in 4 2; do
-        reset_target
-        rm -rf "$DIR/pgcopydb"
-        mark0
-        PGCOPYDB_SPLIT_TABLES_LARGER_THAN="$((BYTES / jobs / 1000000)) MB" pgcopydb copy table-data \
-            --source "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_src" \
-            --target "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt" \
-            --table-jobs "$jobs" --dir "$DIR/pgcopydb" >"$DIR/pgcopydb.log" 2>&1 ||
-            { tail -5 "$DIR/pgcopydb.log" >&2; echo "bench: pgcopydb failed" >&2; exit 1; }
-        mark1
-        got=$(q bench_tgt "SELECT count(*) FROM trading_order")
-        [ "$got" = "$ROWS" ] || { echo "bench: pgcopydb copied $got rows of $ROWS" >&2; exit 1; }
-        parts=$(grep -c 'COPY (SELECT .* BETWEEN' "$DIR/pgcopydb.log" || true)
-        record "pgcopydb copy table-data, $jobs jobs, table in $parts parts" "$(elapsed "$T0" "$T1")"
-        PGC[$jobs]=$RATE
-        if [ "${RATE%.*}" -gt "${PGCOPYDB_BEST%.*}" ]; then
-            PGCOPYDB_BEST=$RATE
-            PGCOPYDB_BEST_JOBS=$jobs
-        fi
-    done
-    PGCOPYDB_RATE=${PGC[4]}
-fi
+    if [ "$PGCOPYDB" = 1 ] && command -v pgcopydb >/dev/null; then
+        for jobs in 4 2; do
+            reset_target
+            rm -rf "$DIR/pgcopydb"
+            mark0
+            PGCOPYDB_SPLIT_TABLES_LARGER_THAN="$((BYTES / jobs / 1000000)) MB" pgcopydb copy table-data \
+                --source "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_src" \
+                --target "postgresql://$BF_PGUSER@127.0.0.1:$BF_PGPORT/bench_tgt" \
+                --table-jobs "$jobs" --dir "$DIR/pgcopydb" >"$DIR/pgcopydb.log" 2>&1 ||
+                { tail -5 "$DIR/pgcopydb.log" >&2; echo "bench: pgcopydb failed" >&2; exit 1; }
+            mark1
+            got=$(q bench_tgt "SELECT count(*) FROM trading_order")
+            [ "$got" = "$ROWS" ] || { echo "bench: pgcopydb copied $got rows of $ROWS" >&2; exit 1; }
+            parts=$(grep -c 'COPY (SELECT .* BETWEEN' "$DIR/pgcopydb.log" || true)
+            record "pgcopydb copy table-data, $jobs jobs, table in $parts parts" "$(elapsed "$T0" "$T1")"
+            PGC[$jobs]=$RATE
+            if [ "${RATE%.*}" -gt "${PGCOPYDB_BEST%.*}" ]; then
+                PGCOPYDB_BEST=$RATE
+                PGCOPYDB_BEST_JOBS=$jobs
+            fi
+        done
+        PGCOPYDB_RATE=${PGC[4]}
+    fi
 }
 
 # run_backfill LABEL WORKERS MODE TABLE: one `backfill run` from a fresh job state.

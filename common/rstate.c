@@ -432,6 +432,30 @@ int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *
     return res;
 }
 
+/* FCALL fn 1 meta head id1 token1 id2 token2 ...: the reply, or NULL (errmsg set). */
+static redisReply *s_fcall_pairs(bf_rstate_t *self, const char *fn, const char *head, int n,
+                                 const int64_t *ids, const int64_t *tokens)
+{
+    int argc = 5 + 2 * n;
+    const char **argv = bf_xcalloc((size_t)argc, sizeof *argv);
+    char(*num)[24] = bf_xcalloc((size_t)(2 * n + 1), sizeof *num);
+    argv[0] = "FCALL";
+    argv[1] = fn;
+    argv[2] = "1";
+    argv[3] = bf_rstate_key(self, "meta");
+    argv[4] = head;
+    for (int i = 0; i < n; i++) {
+        snprintf(num[2 * i], 24, "%lld", (long long)ids[i]);
+        snprintf(num[2 * i + 1], 24, "%lld", (long long)tokens[i]);
+        argv[5 + 2 * i] = num[2 * i];
+        argv[6 + 2 * i] = num[2 * i + 1];
+    }
+    redisReply *r = bf_rstate_argv(self, argc, argv);
+    free(argv);
+    free(num);
+    return r;
+}
+
 int bf_rstate_renew(bf_rstate_t *self, int64_t ttl_ms, int n, const int64_t *ids,
                     const int64_t *tokens, int64_t *lost, int *nlost)
 {
@@ -439,24 +463,9 @@ int bf_rstate_renew(bf_rstate_t *self, int64_t ttl_ms, int n, const int64_t *ids
     *nlost = 0;
     if (n == 0)
         return 0;
-    int argc = 5 + 2 * n;
-    const char **argv = bf_xcalloc((size_t)argc, sizeof *argv);
-    char(*num)[24] = bf_xcalloc((size_t)(2 * n + 1), sizeof *num);
-    argv[0] = "FCALL";
-    argv[1] = "bf_renew";
-    argv[2] = "1";
-    argv[3] = bf_rstate_key(self, "meta");
-    snprintf(num[0], 24, "%lld", (long long)ttl_ms);
-    argv[4] = num[0];
-    for (int i = 0; i < n; i++) {
-        snprintf(num[1 + 2 * i], 24, "%lld", (long long)ids[i]);
-        snprintf(num[2 + 2 * i], 24, "%lld", (long long)tokens[i]);
-        argv[5 + 2 * i] = num[1 + 2 * i];
-        argv[6 + 2 * i] = num[2 + 2 * i];
-    }
-    redisReply *r = bf_rstate_argv(self, argc, argv);
-    free(argv);
-    free(num);
+    char ttl[24];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
+    redisReply *r = s_fcall_pairs(self, "bf_renew", ttl, n, ids, tokens);
     if (!r)
         return -1;
     if (r->type == REDIS_REPLY_ARRAY)
@@ -502,23 +511,7 @@ int64_t bf_rstate_assign(bf_rstate_t *self, int n, const int64_t *ids, const cha
 int64_t bf_rstate_unpool(bf_rstate_t *self, const char *owner_prefix, int n, const int64_t *ids,
                          const int64_t *tokens)
 {
-    int argc = 5 + 2 * n;
-    const char **argv = bf_xcalloc((size_t)argc, sizeof *argv);
-    char(*num)[24] = bf_xcalloc((size_t)(2 * n + 1), sizeof *num);
-    argv[0] = "FCALL";
-    argv[1] = "bf_unpool";
-    argv[2] = "1";
-    argv[3] = bf_rstate_key(self, "meta");
-    argv[4] = owner_prefix;
-    for (int i = 0; i < n; i++) {
-        snprintf(num[2 * i], 24, "%lld", (long long)ids[i]);
-        snprintf(num[2 * i + 1], 24, "%lld", (long long)tokens[i]);
-        argv[5 + 2 * i] = num[2 * i];
-        argv[6 + 2 * i] = num[2 * i + 1];
-    }
-    redisReply *r = bf_rstate_argv(self, argc, argv);
-    free(argv);
-    free(num);
+    redisReply *r = s_fcall_pairs(self, "bf_unpool", owner_prefix, n, ids, tokens);
     if (!r)
         return -1;
     int64_t res = -1;

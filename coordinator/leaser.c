@@ -158,13 +158,30 @@ static void s_fill(bf_leaser_t *self, int want, long long now)
         s_wake_loop(self);
 }
 
-/* Renews pooled leases older than a third of the TTL. mu held (released for
- * the call). */
+/* Renews leases (ids, tokens) with mu held, released for the call: how many
+ * were found no longer held (their ids in lost), or -1 on a Redis error. */
+static int s_renew_call(bf_leaser_t *self, int n, const int64_t *ids, const int64_t *tokens,
+                        int64_t *lost)
+{
+    int nlost = n;
+    pthread_mutex_unlock(&self->mu);
+    int rc = bf_rstate_renew(self->redis, self->ttl_ms, n, ids, tokens, lost, &nlost);
+    pthread_mutex_lock(&self->mu);
+    if (rc != 0) {
+        s_error(self);
+        return -1;
+    }
+    return nlost;
+}
+
+/* Renews pooled leases older than a third of the TTL; the lost ones leave the
+ * pool. mu held (released for the call). */
 static void s_renew_pool(bf_leaser_t *self, long long now)
 {
     int n = 0;
     int64_t *ids = bf_xcalloc((size_t)self->npool + 1, sizeof *ids);
     int64_t *tokens = bf_xcalloc((size_t)self->npool + 1, sizeof *tokens);
+    int64_t *lost = bf_xcalloc((size_t)self->npool + 1, sizeof *lost);
     long long cutoff = now - self->ttl_ms / 3;
     for (int i = 0; i < self->npool; i++) {
         pooled_t *p = &self->pool[(self->head + i) % RING];
@@ -173,42 +190,32 @@ static void s_renew_pool(bf_leaser_t *self, long long now)
             tokens[n++] = p->r.token;
         }
     }
-    if (n > 0) {
-        int64_t *lost = bf_xcalloc((size_t)n, sizeof *lost);
-        int nlost = n;
-        pthread_mutex_unlock(&self->mu);
-        int rc = bf_rstate_renew(self->redis, self->ttl_ms, n, ids, tokens, lost, &nlost);
-        pthread_mutex_lock(&self->mu);
-        if (rc != 0) {
-            s_error(self);
-        } else {
-            /* Renewed: those asked for and still pooled (the loop may have taken
-             * some meanwhile); the lost ones leave the pool. */
-            for (int i = 0; i < self->npool;) {
-                pooled_t *p = &self->pool[(self->head + i) % RING];
-                bool gone = false;
-                for (int k = 0; k < nlost && !gone; k++)
-                    gone = lost[k] == p->r.id;
-                if (!gone) {
-                    if (p->since <= cutoff)
-                        p->since = now;
-                    i++;
-                    continue;
-                }
-                bf_range_clear(&p->r);
-                pooled_t *last = &self->pool[(self->head + self->npool - 1) % RING];
-                *p = *last;
-                memset(&last->r, 0, sizeof last->r);
-                self->npool--;
-            }
+    int nlost = n > 0 ? s_renew_call(self, n, ids, tokens, lost) : -1;
+    /* Those asked for and still pooled (the loop may have taken some meanwhile). */
+    for (int i = 0; nlost >= 0 && i < self->npool;) {
+        pooled_t *p = &self->pool[(self->head + i) % RING];
+        bool gone = false;
+        for (int k = 0; k < nlost && !gone; k++)
+            gone = lost[k] == p->r.id;
+        if (!gone) {
+            if (p->since <= cutoff)
+                p->since = now;
+            i++;
+            continue;
         }
-        free(lost);
+        bf_range_clear(&p->r);
+        pooled_t *last = &self->pool[(self->head + self->npool - 1) % RING];
+        *p = *last;
+        memset(&last->r, 0, sizeof last->r);
+        self->npool--;
     }
     free(ids);
     free(tokens);
+    free(lost);
 }
 
-/* Renews the leases of workers that sent a heartbeat. mu held (released). */
+/* Renews the leases of workers that sent a heartbeat; the lost ones go back to
+ * the loop. mu held (released for the call). */
 static void s_renew(bf_leaser_t *self, ref_t *refs, int n)
 {
     int64_t *ids = bf_xcalloc((size_t)n, sizeof *ids);
@@ -218,14 +225,7 @@ static void s_renew(bf_leaser_t *self, ref_t *refs, int n)
         ids[i] = refs[i].id;
         tokens[i] = refs[i].token;
     }
-    int nlost = n;
-    pthread_mutex_unlock(&self->mu);
-    int rc = bf_rstate_renew(self->redis, self->ttl_ms, n, ids, tokens, lost, &nlost);
-    pthread_mutex_lock(&self->mu);
-    if (rc != 0) {
-        s_error(self);
-        nlost = 0;
-    }
+    int nlost = s_renew_call(self, n, ids, tokens, lost);
     for (int k = 0; k < nlost; k++)
         for (int i = 0; i < n; i++)
             if (refs[i].id == lost[k]) {
@@ -475,14 +475,13 @@ int bf_leaser_take(bf_leaser_t *self, int n, int cap, bf_range_t *out, bool *exh
         self->head = (self->head + 1) % RING;
     }
     self->npool -= k;
-    long long now = bf_now_ms();
-    s_target(self, now); /* rolls the rate window */
+    int target = s_target(self, bf_now_ms()); /* (also rolls the rate window) */
     self->taken_now += k;
     int was = self->unmet;
     self->unmet = n - k;
     *exhausted = self->npool == 0 && self->exhausted;
     /* Wake the thread for a shortage, or when the pool runs low. */
-    if ((self->unmet > 0 && self->unmet > was) || (k > 0 && self->npool < s_target(self, now) / 2))
+    if ((self->unmet > 0 && self->unmet > was) || (k > 0 && self->npool < target / 2))
         pthread_cond_signal(&self->cv);
     pthread_mutex_unlock(&self->mu);
     return k;
@@ -535,7 +534,7 @@ int bf_leaser_lost(bf_leaser_t *self, int max, uint64_t *sids, int64_t *ids, int
     return k;
 }
 
-uint64_t bf_leaser_recount(bf_leaser_t *self)
+void bf_leaser_recount(bf_leaser_t *self)
 {
     pthread_mutex_lock(&self->mu);
     /* A read that starts after this call: one past any read under way. */
@@ -544,7 +543,6 @@ uint64_t bf_leaser_recount(bf_leaser_t *self)
         self->want_gen = want;
     pthread_cond_signal(&self->cv);
     pthread_mutex_unlock(&self->mu);
-    return want;
 }
 
 void bf_leaser_counts(bf_leaser_t *self, bf_leaser_counts_t *out)

@@ -59,8 +59,8 @@ typedef struct {
     int64_t nranges; /* meta nranges, read after done */
     bool cancel;     /* meta cancel */
 } bf_leaser_counts_t;
-/* Asks for a fresh read of the counts; returns the generation that will have it. */
-uint64_t bf_leaser_recount(bf_leaser_t *self);
+/* Asks for a fresh read of the counts (one that starts after this call). */
+void bf_leaser_recount(bf_leaser_t *self);
 /* The latest counts. */
 void bf_leaser_counts(bf_leaser_t *self, bf_leaser_counts_t *out);
 
