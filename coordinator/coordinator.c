@@ -35,7 +35,7 @@ typedef struct {
 
 /* Straggler splitting: a lease is asked to split (SHRINK) once it is this old, and
  * again at most this often, while workers are idle with nothing pending. */
-#define SPLIT_MIN_AGE_MS 200
+#define SPLIT_MIN_AGE_MS 50
 #define SPLIT_EVERY_MS 500
 /* At most this many SHRINKs per dispatch round. */
 #define SPLIT_MAX_ASKS 16
@@ -53,14 +53,16 @@ struct bf_coord {
     uint64_t epoch;           /* this coordinator's epoch (from Redis) */
     worker_t *workers;        /* connected workers */
     int nworkers, capworkers;
-    zhashx_t *by_identity;         /* hex of a worker's ROUTER identity -> its index + 1 */
-    int rr;                        /* where the next lease hand-out round starts (fairness) */
-    bool recount;                  /* the done count may have changed much: read it from Redis */
-    int64_t done_seen;             /* done count at the last read */
-    int64_t dones_since;           /* DONE messages since then */
-    int64_t nranges;               /* ranges in the plan (grows when ranges are split) */
-    long long next_split;          /* no SHRINK round before this (ms) */
-    bool cancelled;                /* `backfill cancel`: drain the workers and stop, resumable */
+    zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
+    int rr;                /* where the next lease hand-out round starts (fairness) */
+    bool recount;          /* the done count may have changed much: read it from Redis */
+    int64_t done_seen;     /* done count at the last read */
+    int64_t dones_since;   /* DONE messages since then */
+    bool drained;          /* the pool was empty with nothing pending at the last dispatch */
+    int64_t nranges;       /* ranges in the plan (grows when ranges are split) */
+    long long next_split;  /* no SHRINK round before this (ms) */
+    bool splitting;        /* workers idle, nothing pending: SHRINK rounds due */
+    bool cancelled;        /* `backfill cancel`: drain the workers and stop, resumable */
     long long next_throttle_check; /* throttle_query: when it runs next (ms) */
     int backoff;                   /* throttle_query above throttle_max: 1, below: 0, -1 unknown */
     long long next_throttle_warn;
@@ -515,28 +517,37 @@ static void s_forget_lease(worker_t *w, int64_t id)
         }
 }
 
-/* Workers are idle and nothing is pending: ask the owners of the oldest leases to
- * split their ranges, sharing the idle workers among them (SHRINK's credit: an
- * owner with 3 idle workers to feed splits its rest into 4 parts at once). An
- * owner splits between batches, past its cursor, and the new ranges are leased
- * out like any other. */
+/* Workers are idle and nothing is pending: ask the owners of the leases (oldest
+ * first, up to SPLIT_MAX_ASKS) to split their ranges, sharing the idle workers
+ * among them (SHRINK's credit: an owner with 3 idle workers to feed splits its
+ * rest into 4 parts at once; with more owners than idle workers each makes 2).
+ * An owner ends its batch in flight early, splits past its cursor (or declines:
+ * too little left), and the new ranges are leased out like any other. */
 static void s_ask_splits(bf_coord_t *self, int idle)
 {
     long long now = bf_now_ms();
     if (now < self->next_split)
         return;
-    self->next_split = now + 100;
     worker_t *ask_w[SPLIT_MAX_ASKS];
     int ask_k[SPLIT_MAX_ASKS], nask = 0;
-    while (nask < idle && nask < SPLIT_MAX_ASKS) {
+    long long soonest = 0; /* when the next lease may be asked, if none can now */
+    /* Every lease old enough, not only one per idle worker: which has the most
+     * left is the owner's to know, one that has too little declines, and the
+     * parts beyond the idle workers' wait pending for the next to finish. */
+    while (nask < SPLIT_MAX_ASKS) {
         worker_t *best = NULL;
         int best_i = 0;
         for (int i = 0; i < self->nworkers; i++) {
             worker_t *w = &self->workers[i];
             for (int k = 0; k < w->nleases; k++) {
-                if (now - w->lease_since[k] < SPLIT_MIN_AGE_MS ||
-                    (w->split_asked[k] && now - w->split_asked[k] < SPLIT_EVERY_MS))
+                long long from = w->lease_since[k] + SPLIT_MIN_AGE_MS;
+                if (w->split_asked[k] && w->split_asked[k] + SPLIT_EVERY_MS > from)
+                    from = w->split_asked[k] + SPLIT_EVERY_MS;
+                if (from > now) {
+                    if (!soonest || from < soonest)
+                        soonest = from;
                     continue;
+                }
                 if (!best || w->lease_since[k] < best->lease_since[best_i]) {
                     best = w;
                     best_i = k;
@@ -549,11 +560,13 @@ static void s_ask_splits(bf_coord_t *self, int idle)
         ask_w[nask] = best;
         ask_k[nask++] = best_i;
     }
+    /* The loop wakes for the next round (bf_coord_serve's wait). */
+    self->next_split = nask > 0 || !soonest ? now + 100 : soonest;
     for (int a = 0; a < nask; a++) {
         bf_msg_t m = {.type = BF_MSG_SHRINK,
                       .range_id = ask_w[a]->lease_ids[ask_k[a]],
                       .token = ask_w[a]->lease_tokens[ask_k[a]],
-                      .credit = idle / nask + (a < idle % nask)};
+                      .credit = nask >= idle ? 1 : idle / nask + (a < idle % nask)};
         s_send(self, ask_w[a], &m);
         log_debug("asked %s to split range %lld for %lld of %d idle workers", ask_w[a]->id,
                   (long long)m.range_id, (long long)m.credit, idle);
@@ -625,6 +638,8 @@ static void s_dispatch(bf_coord_t *self)
         if (n < LEASE_BATCH)
             break;
     }
+    self->drained = exhausted;
+    self->splitting = false;
     if (total == 0 || !exhausted)
         return;
     /* Nothing pending for anyone: say so once to those left waiting, and find
@@ -641,6 +656,7 @@ static void s_dispatch(bf_coord_t *self)
             w->nowork_sent = true;
         }
     }
+    self->splitting = idle > 0;
     if (idle > 0)
         s_ask_splits(self, idle);
 }
@@ -734,8 +750,10 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
         break;
     case BF_MSG_DONE:
         /* Read the count when these DONEs may have finished the job (a read per
-         * DONE would be one more Redis round trip per lease hand-out). */
-        if (self->done_seen + ++self->dones_since >= self->nranges)
+         * DONE would be one more Redis round trip per lease hand-out): by the
+         * count, or once nothing is pending (the tail: any DONE may be the last,
+         * and a DONE that crossed a count read is not in either). */
+        if (self->done_seen + ++self->dones_since >= self->nranges || self->drained)
             self->recount = true;
         s_forget_lease(w, m->range_id);
         if (m->credit > 0) /* a CREDIT along with it */
@@ -909,7 +927,13 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             rc = BF_EXIT_INTERRUPTED;
             break;
         }
-        int ready = bf_net_wait_fd(self->router, bf_leaser_fd(self->leaser), 100);
+        /* At most 100 ms, less when a SHRINK round is due sooner. */
+        int wait_ms = 100;
+        if (self->splitting) {
+            long long until = self->next_split - bf_now_ms();
+            wait_ms = until < 1 ? 1 : until < wait_ms ? (int)until : wait_ms;
+        }
+        int ready = bf_net_wait_fd(self->router, bf_leaser_fd(self->leaser), wait_ms);
         if (ready & 1) {
             for (int n = 0; n < 1000 && (zsock_events(self->router) & ZMQ_POLLIN); n++) {
                 zframe_t *identity = NULL;
@@ -973,6 +997,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             break;
         }
         if (c.done >= self->nranges) {
+            log_debug("all %lld ranges done", (long long)c.done);
             rc = BF_EXIT_OK;
             break;
         }
@@ -985,6 +1010,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
     }
     /* Names still to write, and the leases taken ahead back to pending. */
     bf_leaser_stop(&self->leaser);
+    log_debug("leaser stopped");
     if (self->opts.progress_tty) {
         s_progress(self, true); /* the last frame stays on screen */
         bf_log_set_hook(NULL, NULL);

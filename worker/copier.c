@@ -244,6 +244,11 @@ static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n
     return 0;
 }
 
+/* During a batch the worker's socket is looked at this often (SHRINK, REVOKE,
+ * DRAIN, heartbeats): a clock read every 1024 rows, a look at the socket (a
+ * getsockopt) when due. */
+#define RELAY_TICK_MS 20
+
 /* Streams the source COPY into the target COPY without parsing rows (keyed: see
  * s_relay_keyed; only the framing and the first field are looked at). */
 static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
@@ -264,7 +269,7 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         self->last_key[0] = '\0';
     self->have_raw_key = false;
     self->cut = false;
-    long long next_tick = bf_now_ms() + 500;
+    long long next_tick = bf_now_ms() + RELAY_TICK_MS;
     for (unsigned chunks = 1;; chunks++) {
         char *buf = NULL;
         int n = PQgetCopyData(src->conn, &buf, 0);
@@ -283,7 +288,7 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
                 cut = true;
                 bf_pg_cancel(src);
             }
-            next_tick = bf_now_ms() + 500;
+            next_tick = bf_now_ms() + RELAY_TICK_MS;
         }
         if (cut) {
             PQfreemem(buf);
@@ -1065,8 +1070,9 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
     int64_t left = s_estimate_rows(self->src, tp, cond);
     free(cond);
     w->short_batches = true;
-    /* Every part at least a (quarter) batch: less is not worth a lease. */
-    int64_t piece = (self->batch_size[r->table] + 3) / 4;
+    /* Every part at least an eighth of a batch (about 1/8 s of copying at the
+     * default batch_ms): less is not worth its queries and a lease. */
+    int64_t piece = (self->batch_size[r->table] + 7) / 8;
     if (piece < SPLIT_MIN_ROWS)
         piece = SPLIT_MIN_ROWS;
     if (parts > SPLIT_MAX_PARTS)
