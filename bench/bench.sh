@@ -106,6 +106,7 @@ STAGING_RATE=0
 PGCOPYDB_RATE=0 # 4 jobs
 PGCOPYDB_BEST=0
 PGCOPYDB_BEST_JOBS=0
+PGCOPYDB_BEST_IDX=""
 declare -A PGC
 declare -A IDX # path name -> its row in the table
 # record NAME SECONDS [CPU_S] [WORKER_RSS_MB] [COORDINATOR_RSS_MB]: one timed run of a
@@ -128,10 +129,18 @@ record() {
         RATES[i]=$rate; MBS[i]=$mb; CPUS[i]=$cpu; BUSYS[i]=${BUSY:--}; RSS[i]=$rss; CRSS[i]=$crss
     fi
     RATE=${RATES[$i]}
+    LAST_IDX=$i
     [ "$1" = "pipe (binary COPY)" ] && PIPE_RATE=$RATE
     echo "bench: $1: $rate rows/s (x$(ratio "$rate" "$PIPE_RATE")), round $ROUND" >&2
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
+NCPU=$(nproc)
+# cpu_per_m I: CPU seconds (all processes, all cores) per million rows of the
+# path in row I of the table, from its best run's rate and busy share.
+cpu_per_m() {
+    awk -v b="${BUSYS[$1]}" -v r="${RATES[$1]}" -v n="$NCPU" \
+        'BEGIN { if (b != "-" && r > 0) printf "%.2f", b / 100 * n * 1e6 / r; else printf "-" }'
+}
 reset_target() { q bench_tgt "TRUNCATE trading_order; CHECKPOINT" >/dev/null; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 
@@ -190,6 +199,7 @@ run_pgcopydb() {
             if [ "${RATE%.*}" -gt "${PGCOPYDB_BEST%.*}" ]; then
                 PGCOPYDB_BEST=$RATE
                 PGCOPYDB_BEST_JOBS=$jobs
+                PGCOPYDB_BEST_IDX=$LAST_IDX
             fi
         done
         PGCOPYDB_RATE=${PGC[4]}
@@ -312,10 +322,10 @@ if [ "$SKEW_ROWS" -gt 0 ]; then
 fi
 
 {
-    echo "| path | rows/s | MB/s | vs. pipe | machine CPU busy % | worker CPU s / M rows | worker peak RSS MB | coordinator peak RSS MB |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "| path | rows/s | MB/s | vs. pipe | machine CPU busy % | machine CPU s / M rows | worker CPU s / M rows | worker peak RSS MB | coordinator peak RSS MB |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     for i in "${!NAMES[@]}"; do
-        echo "| ${NAMES[$i]} | ${RATES[$i]} | ${MBS[$i]} | $(ratio "${RATES[$i]}" "$PIPE_RATE") | ${BUSYS[$i]} | ${CPUS[$i]} | ${RSS[$i]} | ${CRSS[$i]} |"
+        echo "| ${NAMES[$i]} | ${RATES[$i]} | ${MBS[$i]} | $(ratio "${RATES[$i]}" "$PIPE_RATE") | ${BUSYS[$i]} | $(cpu_per_m "$i") | ${CPUS[$i]} | ${RSS[$i]} | ${CRSS[$i]} |"
     done
     echo
     [ -z "${BEST[insert/2]:-}" ] || echo "- insert, 2 workers vs. binary pipe: $(ratio "${BEST[insert/2]}" "$PIPE_RATE")"
@@ -331,6 +341,15 @@ fi
         done
         [ "$fastw" = 0 ] ||
             echo "- fastest insert ($fastw workers) vs. fastest pgcopydb ($PGCOPYDB_BEST_JOBS jobs): $(ratio "$fast" "$PGCOPYDB_BEST")"
+    fi
+    if [ "$PGCOPYDB_BEST" != 0 ] && [ "$fastw" != 0 ]; then
+        # What one row costs the whole machine (every process: backends, workers,
+        # Redis), and the rate that cost allows with every core busy.
+        bi=${IDX["backfill insert, $fastw workers"]} pi=$PGCOPYDB_BEST_IDX
+        if [ "$(cpu_per_m "$bi")" != - ]; then
+            cap=$(awk -v c="$(cpu_per_m "$bi")" -v n="$NCPU" 'BEGIN { printf "%.0f", n * 1e6 / c }')
+            echo "- machine CPU per million rows: pipe $(cpu_per_m "${IDX["pipe (binary COPY)"]}") s, fastest pgcopydb $(cpu_per_m "$pi") s, fastest insert $(cpu_per_m "$bi") s; with all $NCPU cores busy that cost allows insert at most $cap rows/s = $(ratio "$cap" "$PGCOPYDB_BEST") x fastest pgcopydb"
+        fi
     fi
     [ -z "$WIDE" ] || echo "- wide rows: $WIDE"
     [ -z "$SKEW" ] || echo "$SKEW"

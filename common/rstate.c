@@ -196,15 +196,14 @@ int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field,
     return 0;
 }
 
-int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const char *field,
-                           int64_t *out)
+int bf_rstate_lease_info(bf_rstate_t *self, int n, const int64_t *ids, int64_t *tbl, bool *pooled)
 {
     if (!self->ctx && s_connect(self, false) != 0)
         return -1;
     for (int i = 0; i < n; i++) {
         char suffix[48];
         snprintf(suffix, sizeof suffix, "range:%lld", (long long)ids[i]);
-        if (redisAppendCommand(self->ctx, "HGET %s %s", bf_rstate_key(self, suffix), field) !=
+        if (redisAppendCommand(self->ctx, "HMGET %s tbl owner", bf_rstate_key(self, suffix)) !=
             REDIS_OK) {
             s_check(self, NULL);
             return -1;
@@ -216,12 +215,15 @@ int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const c
             s_check(self, NULL); /* the rest of the replies are lost with the connection */
             return -1;
         }
-        if (!(r = s_check(self, r)))
-            out[i] = -1; /* an error reply for this one: the others are still good */
-        else {
-            out[i] = r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : 0;
-            freeReplyObject(r);
+        tbl[i] = -1; /* an error reply for this one: the others are still good */
+        pooled[i] = false;
+        if ((r = s_check(self, r)) && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+            redisReply *t = r->element[0], *o = r->element[1];
+            tbl[i] = t->type == REDIS_REPLY_STRING ? strtoll(t->str, NULL, 10) : 0;
+            pooled[i] = o->type == REDIS_REPLY_STRING &&
+                        strncmp(o->str, BF_POOL_OWNER_PREFIX, strlen(BF_POOL_OWNER_PREFIX)) == 0;
         }
+        freeReplyObject(r);
     }
     return 0;
 }

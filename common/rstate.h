@@ -122,11 +122,14 @@ int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out);
 /* Reads an integer field of a hash (0 when missing); -1 on error. */
 int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field, int64_t *out);
 
-/* The same field of n hashes "range:<ids[i]>" in one pipelined round trip:
- * out[i] (0 when missing, -1 when Redis answered an error for it). 0, or -1 when
- * the connection failed. */
-int bf_rstate_range_fields(bf_rstate_t *self, int n, const int64_t *ids, const char *field,
-                           int64_t *out);
+/* Owner names of the leases a coordinator takes ahead start with this (then its
+ * epoch); a worker's lease is named for the worker. */
+#define BF_POOL_OWNER_PREFIX "coordinator:"
+
+/* The table of leased ranges ids[0..n-1] and whether each is in a coordinator's
+ * pool (taken ahead, not handed out), in one pipelined round trip: tbl[i] (-1 when
+ * Redis answered an error for it), pooled[i]. 0, or -1 when the connection failed. */
+int bf_rstate_lease_info(bf_rstate_t *self, int n, const int64_t *ids, int64_t *tbl, bool *pooled);
 
 /* Replaces any stored state of the job with a new plan: for table t,
  * ranges[t][0..nranges[t]) (lo/hi as key text, NULL = open) with their estimates.

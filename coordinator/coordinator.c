@@ -128,8 +128,10 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
     freeReplyObject(meta);
     freeReplyObject(st);
 
-    /* Leased ranges per table: the lease set is small (one per worker). A lease
-     * past its expiry (the reaper has not run yet) is stuck: its worker is silent. */
+    /* Leased ranges per table: the lease set is small (one per worker, and the
+     * coordinator's pool). A lease past its expiry (the reaper has not run yet) is
+     * stuck: its worker is silent. Pooled leases are not counted: no worker copies
+     * them yet (they show as pending). */
     redisReply *now = bf_rstate_cmd(redis, "TIME");
     if (!now)
         return -1;
@@ -146,11 +148,12 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
     int n = (int)(ls->elements / 2);
     int64_t *ids = bf_xcalloc((size_t)n + 1, sizeof *ids);
     int64_t *tbl = bf_xcalloc((size_t)n + 1, sizeof *tbl);
+    bool *pooled = bf_xcalloc((size_t)n + 1, sizeof *pooled);
     for (int i = 0; i < n; i++)
         ids[i] = atoll(ls->element[2 * i]->str);
-    int rc = bf_rstate_range_fields(redis, n, ids, "tbl", tbl);
+    int rc = bf_rstate_lease_info(redis, n, ids, tbl, pooled);
     for (int i = 0; i < n && rc == 0; i++) {
-        if (tbl[i] < 0 || tbl[i] >= ntables)
+        if (tbl[i] < 0 || tbl[i] >= ntables || pooled[i])
             continue;
         out[tbl[i]].leased++;
         if (atoll(ls->element[2 * i + 1]->str) < now_ms)
@@ -158,6 +161,7 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
     }
     free(ids);
     free(tbl);
+    free(pooled);
     freeReplyObject(ls);
     return rc;
 }
@@ -285,7 +289,7 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
     freeReplyObject(e);
     freeReplyObject(f);
     /* Leases a coordinator that died had taken ahead and not handed out. */
-    int64_t unpooled = bf_rstate_unpool(r, "coordinator:", 0, NULL, NULL);
+    int64_t unpooled = bf_rstate_unpool(r, BF_POOL_OWNER_PREFIX, 0, NULL, NULL);
     if (unpooled > 0)
         log_info("%lld ranges an earlier coordinator had leased ahead are pending again",
                  (long long)unpooled);
@@ -904,7 +908,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
     if (!lr)
         return BF_EXIT_CONNECT;
     char owner[64];
-    snprintf(owner, sizeof owner, "coordinator:%" PRIu64, self->epoch);
+    snprintf(owner, sizeof owner, BF_POOL_OWNER_PREFIX "%" PRIu64, self->epoch);
     self->leaser = bf_leaser_start(lr, owner, self->opts.lease_ttl_ms, self->opts.heartbeat_ms);
     if (!self->leaser) {
         log_error("cannot start the leaser thread");

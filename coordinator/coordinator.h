@@ -54,9 +54,10 @@ void bf_coord_summary(bf_coord_t *self, FILE *out);
 /* Per-table progress from Redis; used by status and the progress line. */
 typedef struct {
     char name[256];
-    int64_t ranges, done, failed, leased, est, rows, bytes, rejects;
-    int64_t stuck; /* leased ranges past their lease's expiry (worker silent) */
-    int64_t width; /* average row width from the source's statistics, 0 = unknown */
+    int64_t ranges, done, failed, est, rows, bytes, rejects;
+    int64_t leased; /* held by workers (not the coordinator's pool: those are pending) */
+    int64_t stuck;  /* leased ranges past their lease's expiry (worker silent) */
+    int64_t width;  /* average row width from the source's statistics, 0 = unknown */
 } bf_table_progress_t;
 
 /* Fills n entries (n = job->ntables) and the retries and batches totals.

@@ -6,7 +6,8 @@
 #  2. one killed (-9) leaves its pool leased under its name; the next coordinator
 #     puts that pool back at start, long before the leases would expire, and
 #     leaves the leases of workers alone;
-#  3. every range ends done by a worker, named as such (not by the pool).
+#  3. `status` counts a pool as pending, a worker's lease as leased;
+#  4. every range ends done by a worker, named as such (not by the pool).
 . "$(dirname "$0")/lib.sh"
 : "${BF_SIMWORKERS:?BF_SIMWORKERS must point to bf_simworkers}"
 fresh_db lp_src lp_tgt
@@ -74,6 +75,12 @@ echo "after kill -9: $left leases pooled"
 # A worker that outlives the coordinator holds a lease (taken here by hand).
 mapfile -t held < <(redis_cmd FCALL bf_lease 1 'bf:{lpj}:meta' 600000 held-by-worker)
 [ "${#held[@]}" -eq 7 ] || fail "could not take a lease by hand: ${held[*]}"
+# status: the dead coordinator's pool is pending (no worker copies it), the
+# worker's lease is leased.
+"$BF" status "$WORK/job.yaml" --json >"$WORK/status.json"
+expect_eq "$(sed -n 's/.*"leased":\([0-9]*\).*/\1/p' "$WORK/status.json")" 1 "leased ranges in status"
+expect_eq "$(sed -n 's/.*"pending":\([0-9]*\).*/\1/p' "$WORK/status.json")" \
+    "$(($(pending) + left))" "pending ranges in status (pending set and the pool)"
 start_coordinator c3 auto "$WORK/job.yaml" --lease-ttl 10
 c3=$CPID
 grep -q "$left ranges an earlier coordinator had leased ahead are pending again" "$WORK/c3.err" ||
@@ -84,7 +91,7 @@ expect_eq "$(leases_owned held-by-worker)" 1 "the worker's lease"
 expect_eq "$(redis_cmd FCALL bf_release 1 'bf:{lpj}:meta' "${held[0]}" "${held[1]}" '' 0 5)" \
     PENDING "hand-back"
 
-# 3. The rest of the job.
+# 4. The rest of the job.
 sim 2000
 wait "$c3" || { tail "$WORK/c3.err" >&2; fail "coordinator exit code $?"; }
 wait "$SIM" 2>/dev/null || true
