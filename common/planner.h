@@ -28,7 +28,7 @@ size_t bf_plan_pick(const char *const *sorted, size_t n, double total_rows, int6
                     bf_plan_range_t *out);
 
 /* Plans one table on the source: estimates its rows, samples keys, picks
- * boundaries and (for tables up to 20M rows) counts each range exactly. Returns
+ * boundaries (exact row counts when every key was read). Returns
  * the ranges (malloc'd, lo/hi owned) in *out and their number, or -1 (logged). */
 int bf_plan_table(bf_pg_t *src, const bf_tableplan_t *tp, int64_t range_rows, bf_plan_range_t **out,
                   size_t *nout);
