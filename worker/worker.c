@@ -51,6 +51,7 @@ typedef struct {
     long long last_heard;   /* ms of the last message from the coordinator */
     long long next_hb;      /* ms when the next heartbeat is due */
     long long next_hello;   /* ms when HELLO may be sent again */
+    int hello_retry_ms;     /* s_hello's wait while the connection is not up */
     long long backoff_ms;   /* reconnect backoff */
     bf_job_t *job;          /* from the first WELCOME */
     bf_copier_t *copier;    /* copy engine */
@@ -105,7 +106,8 @@ static void s_send(worker_t *w, bf_msg_t *m)
 }
 
 /* Says HELLO; returns the ms to wait before saying it again: soon when the
- * connection is not up yet (ZMQ_IMMEDIATE refuses the send), else 1 s. */
+ * connection is not up yet (ZMQ_IMMEDIATE refuses the send: 2 ms, doubling up to
+ * 50 ms, so that a worker started with its coordinator joins at once), else 1 s. */
 static long long s_hello(worker_t *w)
 {
     bf_msg_t m = {.type = BF_MSG_HELLO,
@@ -115,7 +117,14 @@ static long long s_hello(worker_t *w)
                   .pid = getpid(),
                   .credit = 0};
     m.sid = m.ep = 0;
-    return bf_net_send(w->sock, NULL, &m) == 0 ? 1000 : 50;
+    if (bf_net_send(w->sock, NULL, &m) == 0) {
+        w->hello_retry_ms = 0;
+        return 1000;
+    }
+    w->hello_retry_ms = w->hello_retry_ms ? w->hello_retry_ms * 2 : 2;
+    if (w->hello_retry_ms > 50)
+        w->hello_retry_ms = 50;
+    return w->hello_retry_ms;
 }
 
 static const char *s_env_from_msg(const char *name, void *arg)
@@ -529,7 +538,12 @@ int bf_cmd_worker(int argc, char **argv)
     while (!w.finished) {
         /* Read what arrived first (a long batch may have kept us from it), waiting
          * a little only when there is no work in hand. */
-        s_service(&w, w.lease ? 0 : 100);
+        int wait_ms = w.lease ? 0 : 100;
+        if (!w.sid && !w.lease) { /* not joined: not past the next HELLO */
+            long long until = w.next_hello - bf_now_ms();
+            wait_ms = until < 1 ? 1 : until < wait_ms ? (int)until : wait_ms;
+        }
+        s_service(&w, wait_ms);
         if (w.finished)
             break;
         long long now = bf_now_ms();
