@@ -141,7 +141,11 @@ cpu_per_m() {
     awk -v b="${BUSYS[$1]}" -v r="${RATES[$1]}" -v n="$NCPU" \
         'BEGIN { if (b != "-" && r > 0) printf "%.2f", b / 100 * n * 1e6 / r; else printf "-" }'
 }
-reset_target() { q bench_tgt "TRUNCATE trading_order; CHECKPOINT" >/dev/null; }
+# A fresh target table for each timed path: one path's leftovers (pgcopydb ends
+# with VACUUM ANALYZE, whose statistics a TRUNCATE keeps) do not carry over.
+reset_target() {
+    q bench_tgt "DROP TABLE IF EXISTS trading_order; CREATE TABLE trading_order $TABLE_DDL; CHECKPOINT" >/dev/null
+}
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
 
 PSQL=(psql -X -q -h 127.0.0.1 -p "$BF_PGPORT" -U "$BF_PGUSER")
