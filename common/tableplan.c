@@ -413,6 +413,9 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
         bool same_type = (long long)PQftype(probe, k) == atoll(PQgetvalue(tcols, i, C_OID));
         char *sq = bf_pg_ident(src, name);
         bool plain = s_find_col(scols, name) >= 0 && s_names_col(src, exprs[i], sq);
+        if (k == 0)
+            rp->key_first = plain && same_type && tp->nkeys == 1 && tp->key_bin &&
+                            strcmp(sq, tp->key_cols[0]) == 0;
         free(sq);
         const char *paren_l = plain ? "" : "(", *paren_r = plain ? "" : ")";
         size_t from = sel.len + (k ? 2 : 0);

@@ -25,6 +25,8 @@ typedef struct {
     char *target_cols;  /* quoted target columns, same order */
     char *select_named; /* select_list with each expression named after its column */
     int ncols;          /* number of written columns */
+    bool key_first;     /* the first written column is the table's integer key (key_bin) as
+                         * is: a keyed COPY reads the key off it (no extra column) */
     char *src_row;      /* verify: ROW(...)::text of the values as the target stores them */
     char *tgt_row;      /* verify: ROW(...)::text of the written columns on the target */
     char *tkey_row;     /* verify: target columns holding the source key as is ("c" or

@@ -32,6 +32,7 @@ struct bf_copier {
     char *last_key;      /* the key of the last row relayed (keyed relay) */
     size_t last_key_cap;
     int relay_key_bin;        /* keyed relay: the key comes binary, this wide (else as text) */
+    bool relay_key_first;     /* and is the row's own first column (not an extra one) */
     unsigned char raw_key[8]; /* and the last one as it came */
     bool have_raw_key;
     char *out; /* rows for the target, sent as one CopyData message when full */
@@ -222,12 +223,13 @@ static void s_out(bf_copier_t *self, bf_pg_t *tgt, const char *p, size_t n, bool
     self->nout += n;
 }
 
-/* Keyed relay: the source's first column is the row's key as text, which the
- * target must not get. Each CopyData message of a binary COPY TO is one tuple
- * (the first also carries the file header, the last may be the -1 trailer): the
- * tuple goes on with its field count less one and without that first field, and
- * the key is kept in self->last_key (the batch's new cursor). No copy of the row
- * is made. Returns 0, or -1 when the message is not framed as expected. */
+/* Keyed relay: the source's first column is the row's key (as text, or binary
+ * for an integer key), which the target must not get. Each CopyData message of a
+ * binary COPY TO is one tuple (the first also carries the file header, the last
+ * may be the -1 trailer): the tuple goes on with its field count less one and
+ * without that first field, and the key is kept (the batch's new cursor). When
+ * the key is the row's own first column (relay_key_first) the tuple goes on
+ * whole. Returns 0, or -1 when the message is not framed as expected. */
 static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n, bool first,
                          bool *put_failed)
 {
@@ -248,7 +250,7 @@ static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n
         s_out(self, tgt, p, (size_t)(e - p), put_failed);
         return e - p == 2 ? 0 : -1;
     }
-    if (nf < 2 || e - p < 6)
+    if (nf < (self->relay_key_first ? 1 : 2) || e - p < 6)
         return -1;
     uint32_t klen = s_be32(p + 2);
     if (klen == UINT32_MAX || klen > (uint32_t)(e - p - 6))
@@ -266,6 +268,10 @@ static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n
         }
         memcpy(self->last_key, p + 6, klen);
         self->last_key[klen] = '\0';
+    }
+    if (self->relay_key_first) { /* the key is the row's: the row goes as it came */
+        s_out(self, tgt, p, (size_t)(e - p), put_failed);
+        return 0;
     }
     char count[2] = {(char)((nf - 1) >> 8), (char)((nf - 1) & 0xff)};
     const char *rest = p + 6 + klen;
@@ -518,7 +524,10 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
 {
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
-    if (limit > 0)
+    /* Keyed: the key first, as an extra column (binary for integers, else as text)
+     * unless the row's first column is the integer key itself. */
+    bool key_first = limit > 0 && rp->key_first;
+    if (limit > 0 && !key_first)
         bf_strbuf_appendf(&sql, "COPY (SELECT %s AS bf_key, %s FROM %s WHERE ",
                           tp->key_bin ? tp->key_cols[0] : tp->key_text, rp->select_list,
                           tp->src_qname);
@@ -531,6 +540,7 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
     char *copy_in = bf_xasprintf("COPY %s (%s) FROM STDIN (FORMAT binary)",
                                  rp->stage ? rp->stage : rp->qname, rp->target_cols);
     self->relay_key_bin = limit > 0 ? tp->key_bin : 0;
+    self->relay_key_first = key_first;
     int rc = s_relay(self, src, tgt, sql.buf, copy_in, limit > 0, rows, bytes);
     bf_strbuf_free(&sql);
     free(copy_in);

@@ -23,9 +23,14 @@ CREATE TABLE ukey (id serial PRIMARY KEY, email text NOT NULL UNIQUE, name text)
 CREATE TABLE empty (id integer PRIMARY KEY, v text);
 CREATE TABLE small (id smallint PRIMARY KEY, v text);
 CREATE TABLE mid (id integer PRIMARY KEY, v text);
-CREATE TABLE one (k text PRIMARY KEY, v text);"
+CREATE TABLE one (k text PRIMARY KEY, v text);
+CREATE TABLE late (v text, id bigint PRIMARY KEY);"
 q kt_src "$ddl" >/dev/null
 q kt_tgt "$ddl" >/dev/null
+# An integer key copied to a wider column (cast: not relayed as the row's first
+# field) and one that is not the first column: the key comes as an extra column.
+q kt_src "CREATE TABLE widened (id integer PRIMARY KEY, v text)" >/dev/null
+q kt_tgt "CREATE TABLE widened (id bigint PRIMARY KEY, v text)" >/dev/null
 q kt_src "
 INSERT INTO big SELECT g * 7919 - 40000000, CASE WHEN g % 11 = 0 THEN NULL WHEN g % 13 = 0
         THEN 'NaN' ELSE (g * 1.000000001) ^ 3 END,
@@ -56,6 +61,8 @@ INSERT INTO small SELECT g, 's' || g FROM generate_series(-32768, 32766, 7) g;
 INSERT INTO small VALUES (32767, 'max');
 INSERT INTO mid SELECT g::bigint * 429497 - 2147483648, 'm' || g FROM generate_series(0, 9999) g;
 INSERT INTO mid VALUES (2147483647, 'max'), (-1, 'minus one');
+INSERT INTO late SELECT 'l' || g, g * 13 - 30000 FROM generate_series(1, 5000) g;
+INSERT INTO widened SELECT g * 3 - 7000, 'w' || g FROM generate_series(1, 5000) g;
 ANALYZE;" >/dev/null
 forget_job kt
 cat >"$WORK/job.yaml" <<YAML
@@ -82,13 +89,17 @@ tables:
     to: svc.empty
   - from: one
     to: svc.one
+  - from: late
+    to: svc.late
+  - from: widened
+    to: svc.widened
   - from: small
     to: svc.small
   - from: mid
     to: svc.mid
 YAML
 "$BF" plan "$WORK/job.yaml" >"$WORK/plan.out" 2>"$WORK/plan.err" || fail "plan: $(cat "$WORK/plan.err")"
-for t in big txt uu comp ukey small mid; do
+for t in big txt uu comp ukey small mid late widened; do
     n=$(grep -c "public.$t " "$WORK/plan.out" || true)
     [ "$n" -ge 2 ] || fail "table $t planned as $n ranges, expected several: $(cat "$WORK/plan.out")"
 done
@@ -96,7 +107,7 @@ done
     fail "run: $(tail -5 "$WORK/run.err")"
 "$BF" verify "$WORK/job.yaml" >"$WORK/verify.out" 2>&1 || { cat "$WORK/verify.out"; fail "verify"; }
 for spec in big:id txt:code uu:id "comp:tenant, code, seq" ukey:email empty:id one:k small:id \
-    mid:id; do
+    mid:id late:id widened:id; do
     t=${spec%%:*} k=${spec#*:}
     expect_eq "$(q kt_tgt "SELECT count(*) FROM $t")" "$(q kt_src "SELECT count(*) FROM $t")" \
         "row count of $t"
