@@ -10,7 +10,7 @@ the other keys of the job share its "bf:{job}:" prefix (one hash slot).
   bf:{job}:range:<id>  hash: tbl lo hi state token owner seq cursor rows bytes
                              attempts est last_error done_by split_from
                              (lo/hi/cursor absent = open; owner: the worker that holds
-                             or last held it, "coordinator:<epoch>" while in that
+                             or last held it, "@coordinator:<epoch>" while in that
                              coordinator's pool of leases taken ahead)
   bf:{job}:pending     zset of range ids waiting for a lease (score = id)
   bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)

@@ -123,8 +123,10 @@ int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out);
 int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field, int64_t *out);
 
 /* Owner names of the leases a coordinator takes ahead start with this (then its
- * epoch); a worker's lease is named for the worker. */
-#define BF_POOL_OWNER_PREFIX "coordinator:"
+ * epoch); a worker's lease is named for the worker ("host:pid:tag"), and no host
+ * name has an '@': a worker on a host called "coordinator" is not taken for a pool
+ * (whose leases a starting coordinator puts back). */
+#define BF_POOL_OWNER_PREFIX "@coordinator:"
 
 /* The table of leased ranges ids[0..n-1] and whether each is in a coordinator's
  * pool (taken ahead, not handed out), in one pipelined round trip: tbl[i] (-1 when

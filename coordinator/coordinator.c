@@ -288,11 +288,6 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
     self->epoch = (uint64_t)e->integer;
     freeReplyObject(e);
     freeReplyObject(f);
-    /* Leases a coordinator that died had taken ahead and not handed out. */
-    int64_t unpooled = bf_rstate_unpool(r, BF_POOL_OWNER_PREFIX, 0, NULL, NULL);
-    if (unpooled > 0)
-        log_info("%lld ranges an earlier coordinator had leased ahead are pending again",
-                 (long long)unpooled);
     return self;
 fail:
     bf_coord_destroy(&self);
@@ -343,6 +338,13 @@ int bf_coord_bind(bf_coord_t *self, const char *endpoint)
         log_error("cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
         return -1;
     }
+    /* Leases a coordinator that died had taken ahead and not handed out. Only
+     * once bound: one that cannot bind (the port is taken, perhaps by a running
+     * coordinator of this job) must not take that one's pool away. */
+    int64_t unpooled = bf_rstate_unpool(self->ctx.redis, BF_POOL_OWNER_PREFIX, 0, NULL, NULL);
+    if (unpooled > 0)
+        log_info("%lld ranges an earlier coordinator had leased ahead are pending again",
+                 (long long)unpooled);
     log_info("coordinator listening on %s (epoch %" PRIu64 ", %lld ranges)", endpoint, self->epoch,
              (long long)self->nranges);
     if (self->opts.metrics) {

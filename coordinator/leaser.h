@@ -1,6 +1,6 @@
 /* The coordinator's Redis work off its message loop. A thread with its own Redis
  * connection
- *   - keeps a pool of leases taken ahead (owner "coordinator:<epoch>"), so that a
+ *   - keeps a pool of leases taken ahead (owner "@coordinator:<epoch>"), so that a
  *     worker's request is answered from memory whatever Redis is doing at that
  *     moment (an AOF write the kernel holds for 100 ms stalls every client); the
  *     pool holds about 0.2 s of hand-outs, none when the rate is low;

@@ -6,7 +6,9 @@
 #  2. one killed (-9) leaves its pool leased under its name; the next coordinator
 #     puts that pool back at start, long before the leases would expire, and
 #     leaves the leases of workers alone;
-#  3. `status` counts a pool as pending, a worker's lease as leased;
+#  3. `status` counts a pool as pending, a worker's lease as leased; a coordinator
+#     that cannot bind its port leaves a pool alone; a worker on a host called
+#     "coordinator" is not taken for a pool;
 #  4. every range ends done by a worker, named as such (not by the pool).
 . "$(dirname "$0")/lib.sh"
 : "${BF_SIMWORKERS:?BF_SIMWORKERS must point to bf_simworkers}"
@@ -51,14 +53,14 @@ start_coordinator c1 auto "$WORK/job.yaml" --lease-ttl 10
 c1=$CPID
 sim 1000
 sleep 2
-pooled=$(leases_owned coordinator:)
+pooled=$(leases_owned @coordinator:)
 echo "while running: $pooled leases pooled, $(leases_owned sim-) held by workers"
 [ "$pooled" -gt 0 ] || fail "no pool at 1,000 hand-outs per second"
 kill -TERM "$c1"
 wait "$c1" 2>/dev/null || true
 kill -9 "$SIM" 2>/dev/null || true
 wait "$SIM" 2>/dev/null || true
-expect_eq "$(leases_owned coordinator:)" 0 "pooled leases after the coordinator stopped"
+expect_eq "$(leases_owned @coordinator:)" 0 "pooled leases after the coordinator stopped"
 
 # 2. A killed coordinator's pool is put back by the next one, at start.
 start_coordinator c2 auto "$WORK/job.yaml" --lease-ttl 10
@@ -69,26 +71,40 @@ kill -9 "$c2"
 wait "$c2" 2>/dev/null || true
 kill -9 "$SIM" 2>/dev/null || true
 wait "$SIM" 2>/dev/null || true
-left=$(leases_owned coordinator:)
+left=$(leases_owned @coordinator:)
 echo "after kill -9: $left leases pooled"
 [ "$left" -gt 0 ] || fail "the killed coordinator had no pool"
-# A worker that outlives the coordinator holds a lease (taken here by hand).
+# A coordinator that cannot bind (here: PostgreSQL's port; in life, perhaps a
+# running coordinator's) leaves the pool alone.
+if "$BF" coordinator "$WORK/job.yaml" --bind "tcp://127.0.0.1:$BF_PGPORT" \
+    >"$WORK/nobind.out" 2>"$WORK/nobind.err"; then
+    fail "a coordinator bound a taken port"
+fi
+grep -q 'cannot bind' "$WORK/nobind.err" || { cat "$WORK/nobind.err" >&2; fail "no bind error"; }
+expect_eq "$(leases_owned @coordinator:)" "$left" "pooled leases after a coordinator failed to bind"
+# Workers that outlive the coordinator hold leases (taken here by hand), one on a
+# host named "coordinator" (worker ids are host:pid:tag).
 mapfile -t held < <(redis_cmd FCALL bf_lease 1 'bf:{lpj}:meta' 600000 held-by-worker)
 [ "${#held[@]}" -eq 7 ] || fail "could not take a lease by hand: ${held[*]}"
+mapfile -t held2 < <(redis_cmd FCALL bf_lease 1 'bf:{lpj}:meta' 600000 coordinator:4242:beef)
+[ "${#held2[@]}" -eq 7 ] || fail "could not take a lease by hand: ${held2[*]}"
 # status: the dead coordinator's pool is pending (no worker copies it), the
 # worker's lease is leased.
 "$BF" status "$WORK/job.yaml" --json >"$WORK/status.json"
-expect_eq "$(sed -n 's/.*"leased":\([0-9]*\).*/\1/p' "$WORK/status.json")" 1 "leased ranges in status"
+expect_eq "$(sed -n 's/.*"leased":\([0-9]*\).*/\1/p' "$WORK/status.json")" 2 "leased ranges in status"
 expect_eq "$(sed -n 's/.*"pending":\([0-9]*\).*/\1/p' "$WORK/status.json")" \
     "$(($(pending) + left))" "pending ranges in status (pending set and the pool)"
 start_coordinator c3 auto "$WORK/job.yaml" --lease-ttl 10
 c3=$CPID
 grep -q "$left ranges an earlier coordinator had leased ahead are pending again" "$WORK/c3.err" ||
     { cat "$WORK/c3.err" >&2; fail "the new coordinator did not put the old pool back"; }
-expect_eq "$(leases_owned coordinator:)" 0 "leases of the killed coordinator's pool"
+expect_eq "$(leases_owned @coordinator:)" 0 "leases of the killed coordinator's pool"
 expect_eq "$(leases_owned held-by-worker)" 1 "the worker's lease"
-# That worker gives its range back (clean hand-back, not an attempt).
+expect_eq "$(leases_owned coordinator:4242:)" 1 "the lease of the worker on host 'coordinator'"
+# Those workers give their ranges back (clean hand-back, not an attempt).
 expect_eq "$(redis_cmd FCALL bf_release 1 'bf:{lpj}:meta' "${held[0]}" "${held[1]}" '' 0 5)" \
+    PENDING "hand-back"
+expect_eq "$(redis_cmd FCALL bf_release 1 'bf:{lpj}:meta' "${held2[0]}" "${held2[1]}" '' 0 5)" \
     PENDING "hand-back"
 
 # 4. The rest of the job.
