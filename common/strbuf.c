@@ -133,6 +133,12 @@ long long bf_now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int bf_ms_until(long long deadline_ms, int max_ms)
+{
+    long long left = deadline_ms - bf_now_ms();
+    return left < 1 ? 1 : left < max_ms ? (int)left : max_ms;
+}
+
 long long bf_wall_ms(void)
 {
     struct timespec ts;

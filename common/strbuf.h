@@ -31,5 +31,7 @@ char *bf_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Milliseconds from CLOCK_MONOTONIC / CLOCK_REALTIME. */
 long long bf_now_ms(void);
 long long bf_wall_ms(void);
+/* A poll timeout: the ms from now until deadline_ms, at least 1, at most max_ms. */
+int bf_ms_until(long long deadline_ms, int max_ms);
 
 #endif

@@ -934,11 +934,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
             break;
         }
         /* At most 100 ms, less when a SHRINK round is due sooner. */
-        int wait_ms = 100;
-        if (self->splitting) {
-            long long until = self->next_split - bf_now_ms();
-            wait_ms = until < 1 ? 1 : until < wait_ms ? (int)until : wait_ms;
-        }
+        int wait_ms = self->splitting ? bf_ms_until(self->next_split, 100) : 100;
         int ready = bf_net_wait_fd(self->router, bf_leaser_fd(self->leaser), wait_ms);
         if (ready & 1) {
             for (int n = 0; n < 1000 && (zsock_events(self->router) & ZMQ_POLLIN); n++) {

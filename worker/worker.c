@@ -538,12 +538,8 @@ int bf_cmd_worker(int argc, char **argv)
     while (!w.finished) {
         /* Read what arrived first (a long batch may have kept us from it), waiting
          * a little only when there is no work in hand. */
-        int wait_ms = w.lease ? 0 : 100;
-        if (!w.sid && !w.lease) { /* not joined: not past the next HELLO */
-            long long until = w.next_hello - bf_now_ms();
-            wait_ms = until < 1 ? 1 : until < wait_ms ? (int)until : wait_ms;
-        }
-        s_service(&w, wait_ms);
+        /* (Not joined: not past the next HELLO.) */
+        s_service(&w, w.lease ? 0 : !w.sid ? bf_ms_until(w.next_hello, 100) : 100);
         if (w.finished)
             break;
         long long now = bf_now_ms();
