@@ -344,6 +344,44 @@ local function bf_admit(keys, args)
   return {'run', rows, math.floor(wait)}
 end
 
+-- The job's coordinator lock (KEYS[1] = bf:{job}:lock), its value naming the
+-- holder: one coordinator per job at a time.
+-- bf_lock_take(lock; me, ttl_ms, stale) -> {1} taken, or {0, holder, pttl}. stale
+-- is a holder the caller found gone (a process of its own machine that is not
+-- running), '' for none: replaced as if free.
+local function bf_lock_take(keys, args)
+  local cur = redis.call('GET', keys[1])
+  if not cur or cur == args[1] or (args[3] ~= '' and cur == args[3]) then
+    redis.call('SET', keys[1], args[1], 'PX', tonumber(args[2]))
+    return {1}
+  end
+  return {0, cur, redis.call('PTTL', keys[1])}
+end
+
+-- bf_lock_renew(lock; me, ttl_ms) -> {1} renewed, {2} taken again (it had
+-- vanished: expired while Redis was out of reach, or Redis lost it), {0, holder}
+-- another coordinator holds it.
+local function bf_lock_renew(keys, args)
+  local cur = redis.call('GET', keys[1])
+  if cur == args[1] then
+    redis.call('PEXPIRE', keys[1], tonumber(args[2]))
+    return {1}
+  end
+  if not cur then
+    redis.call('SET', keys[1], args[1], 'PX', tonumber(args[2]))
+    return {2}
+  end
+  return {0, cur}
+end
+
+-- bf_lock_release(lock; me) -> 1 released, 0 not held by me
+local function bf_lock_release(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    return redis.call('DEL', keys[1])
+  end
+  return 0
+end
+
 -- bf_retry_failed(meta) -> number of failed ranges put back to pending
 local function bf_retry_failed(keys, args)
   local p = prefix(keys[1])
@@ -372,3 +410,6 @@ redis.register_function('bf_reap', bf_reap)
 redis.register_function('bf_retry_failed', bf_retry_failed)
 redis.register_function('bf_split', bf_split)
 redis.register_function('bf_admit', bf_admit)
+redis.register_function('bf_lock_take', bf_lock_take)
+redis.register_function('bf_lock_renew', bf_lock_renew)
+redis.register_function('bf_lock_release', bf_lock_release)

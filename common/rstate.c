@@ -588,6 +588,9 @@ int bf_rstate_forget(bf_rstate_t *self)
             size_t kl = strlen(k);
             if (kl >= 6 && strcmp(k + kl - 6, ":fence") == 0)
                 continue;
+            /* Nor the coordinator lock: the coordinator that replans holds it. */
+            if (kl >= 5 && strcmp(k + kl - 5, ":lock") == 0)
+                continue;
             redisReply *d = bf_rstate_cmd(self, "UNLINK %s", keys->element[i]->str);
             if (!d) {
                 freeReplyObject(r);

@@ -140,7 +140,8 @@ struct bf_plan_range;
 int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
                          const struct bf_plan_range *const *ranges, const size_t *nranges);
 
-/* Deletes every key of the job. 0 or -1. */
+/* Deletes every key of the job but the fencing counter and the coordinator
+ * lock. 0 or -1. */
 int bf_rstate_forget(bf_rstate_t *self);
 
 #endif

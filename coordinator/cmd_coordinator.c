@@ -3,6 +3,7 @@
 #include "commands.h"
 #include "coordinator.h"
 #include "exitcodes.h"
+#include "joblock.h"
 #include "log.h"
 #include "metrics.h"
 #include "strbuf.h"
@@ -179,7 +180,10 @@ static void s_coordinator_usage(FILE *f)
         "DIR]\n\n"
         "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
         "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
-        "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable).\n"
+        "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable), %d when\n"
+        "another coordinator runs the job (one per job at a time: a lock in Redis, which a\n"
+        "killed coordinator's successor waits for up to %d s, or not at all on the same\n"
+        "machine).\n"
         "  --bind ENDPOINT    ZeroMQ endpoint to listen on (default tcp://0.0.0.0:5570)\n"
         "  --lease-ttl S      a range returns to pending S seconds after its worker's last\n"
         "                     sign of life (default 30)\n"
@@ -194,7 +198,7 @@ static void s_coordinator_usage(FILE *f)
         "                     certificate (FILE and FILE_secret, from `backfill keygen`)\n"
         "  --curve-allow DIR  with --curve-cert: accept only workers whose public\n"
         "                     certificate is in DIR (others are refused and logged)\n",
-        BF_EXIT_DATA, BF_EXIT_INTERRUPTED);
+        BF_EXIT_DATA, BF_EXIT_INTERRUPTED, BF_EXIT_USAGE, BF_JOBLOCK_TTL_MS / 1000);
 }
 
 int bf_cmd_coordinator(int argc, char **argv)
@@ -205,6 +209,9 @@ int bf_cmd_coordinator(int argc, char **argv)
         return rc < 0 ? BF_EXIT_OK : rc;
     bf_log_set_role("coordinator");
     s_signals();
+    char where[400];
+    snprintf(where, sizeof where, "listening on %s", a.bind);
+    a.opts.where = where;
     bf_coord_t *coord = s_prepare(&a, &rc);
     if (!coord)
         return rc;
@@ -387,7 +394,7 @@ static void s_run_usage(FILE *f)
         "on stderr: a live display per table on a terminal (workers then log warnings\n"
         "only), a line every 2 s otherwise. Interrupted (Ctrl-C), it hands every range back\n"
         "at its last checkpoint; run it again to resume. On a finished job it says so and\n"
-        "exits 0.\n"
+        "exits 0; while another coordinator runs the job it exits 2 naming it.\n"
         "  --workers N     local worker processes (default 4)\n"
         "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
         "  --replan        plan afresh although the targets hold progress of this job while\n"
@@ -408,6 +415,7 @@ static int s_run(coord_args_t *ap)
                           !(term && strcmp(term, "dumb") == 0);
     bf_log_set_role("run");
     s_signals();
+    a.opts.where = "`backfill run` with its own local workers";
     bf_coord_t *coord = s_prepare(&a, &rc);
     if (!coord)
         return rc;

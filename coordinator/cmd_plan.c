@@ -3,6 +3,7 @@
 #include "coordinator.h"
 #include "exitcodes.h"
 #include "jobctx.h"
+#include "joblock.h"
 #include "log.h"
 #include "planner.h"
 #include "progress.h"
@@ -149,7 +150,8 @@ int bf_cmd_status(int argc, char **argv)
     static const char *usage =
         "usage: backfill status JOB.yaml [--json] [--watch [--interval SECONDS]]\n\n"
         "Per table: ranges done/leased/pending/failed, rows copied, rate and ETA, read\n"
-        "from the job's checkpoints in Redis. Works while the job runs and after.\n"
+        "from the job's checkpoints in Redis, and the coordinator running the job (pid,\n"
+        "host, endpoint). Works while the job runs and after.\n"
         "  --json          one JSON object (for scripts)\n"
         "  --watch         redraw a progress bar per table (rows, bytes, rate over the last\n"
         "                  5 s, ETA, workers, rejects, stuck ranges) until the job is\n"
@@ -256,12 +258,16 @@ int bf_cmd_status(int argc, char **argv)
     /* Live control: pause, cancel, throttle, backoff. */
     bf_progress_info_t ctl = {0};
     bf_progress_control(ctx.redis, &ctl);
+    char holder[700] = "";
+    int held = bf_joblock_holder(ctx.redis, holder, sizeof holder);
     if (json)
-        printf("{\"job\":\"%s\",\"planned\":true,\"rows_per_second\":%.0f,\"batches\":%lld,"
+        printf("{\"job\":\"%s\",\"planned\":true,\"coordinator\":%s%s%s,"
+               "\"rows_per_second\":%.0f,\"batches\":%lld,"
                "\"retries\":%lld,\"paused\":%s,\"cancelled\":%s,\"backoff\":%s,"
                "\"rows_per_second_limit\":%lld,"
                "\"tables\":[",
-               ctx.job->name, rate, (long long)batches, (long long)retries,
+               ctx.job->name, held == 1 ? "\"" : "", held == 1 ? holder : "null",
+               held == 1 ? "\"" : "", rate, (long long)batches, (long long)retries,
                ctl.paused ? "true" : "false", ctl.cancelled ? "true" : "false",
                ctl.backoff ? "true" : "false", ctl.throttle);
     else
@@ -293,6 +299,8 @@ int bf_cmd_status(int argc, char **argv)
     else
         printf("rate: %.0f rows/s, %lld batches, %lld retries%s\n", rate, (long long)batches,
                (long long)retries, done_ranges == all_ranges ? ", job complete" : "");
+    if (!json)
+        printf("coordinator: %s\n", held == 1 ? holder : held == 0 ? "none running" : "unknown");
     if (!json && (ctl.paused || ctl.cancelled || ctl.throttle > 0 || ctl.backoff)) {
         printf("control:");
         if (ctl.cancelled)

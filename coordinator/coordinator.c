@@ -2,6 +2,7 @@
 
 #include "curve.h"
 #include "exitcodes.h"
+#include "joblock.h"
 #include "leaser.h"
 #include "log.h"
 #include "metrics.h"
@@ -44,6 +45,7 @@ struct bf_coord {
     bf_jobctx_t ctx;          /* job, connections, resolved tables */
     bf_coord_opts_t opts;     /* timing */
     zsock_t *router;          /* bound ROUTER */
+    bf_joblock_t *lock;       /* the job's coordinator lock, held from start to destroy */
     bf_leaser_t *leaser;      /* leases, renewals, counts: Redis off the message loop */
     bf_metrics_t *metrics;    /* Prometheus endpoint, or NULL */
     bf_curve_server_t *curve; /* CURVE authentication, or NULL */
@@ -229,6 +231,11 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
                  self->ctx.job->throttle_max);
         self->backoff = -1;
     }
+    /* Before anything that changes the job's state in Redis. */
+    self->lock =
+        bf_joblock_take(self->ctx.job->redis, self->ctx.job->name, self->opts.where, exit_code);
+    if (!self->lock)
+        goto fail;
     int planned = bf_rstate_is_planned(r);
     if (planned < 0) {
         log_error("%s", r->errmsg);
@@ -308,6 +315,7 @@ void bf_coord_destroy(bf_coord_t **self_p)
     zsock_destroy(&self->router);
     bf_curve_server_destroy(&self->curve);
     bf_jobctx_close(&self->ctx);
+    bf_joblock_release(&self->lock); /* last: the pool is back, the workers told */
     free(self);
     *self_p = NULL;
 }
@@ -969,6 +977,14 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         if (self->failed) {
             rc = BF_EXIT_DATA; /* a worker hit a data error: stop now (all committed is
                                 * checkpointed) */
+            break;
+        }
+        char holder[700];
+        if (bf_joblock_lost(self->lock, holder, sizeof holder)) {
+            log_error("another coordinator took job %s while this one could not renew its lock: "
+                      "%s. This one stops; its workers hand their ranges back",
+                      self->ctx.job->name, holder);
+            rc = BF_EXIT_USAGE;
             break;
         }
         /* Ranges end with a DONE, or (worker gone) by a reap or another

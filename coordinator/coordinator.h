@@ -22,10 +22,13 @@ typedef struct {
     const char *metrics;     /* serve Prometheus metrics on this address (HOST:PORT), or NULL */
     const char *curve_cert;  /* CURVE: the coordinator's certificate (with its _secret) */
     const char *curve_allow; /* CURVE: folder of the public certificates of allowed workers */
+    const char *where;       /* how workers reach it, shown to a second coordinator of the job */
 } bf_coord_opts_t;
 
-/* Prepares the job: resolves every table (errors before any row moves), plans
- * and stores the plan when Redis has none. *exit_code is set on failure (NULL
+/* Prepares the job: takes the job's coordinator lock (bf_joblock_take: exits
+ * with BF_EXIT_USAGE while another coordinator runs the job), resolves every
+ * table (errors before any row moves), plans and stores the plan when Redis has
+ * none. *exit_code is set on failure (NULL
  * returned). Takes over ctx (closed by destroy). */
 bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code);
 void bf_coord_destroy(bf_coord_t **self_p);
