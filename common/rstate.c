@@ -28,7 +28,9 @@ static int s_connect(bf_rstate_t *self, bool log)
             log_error("redis %s: %s", self->redacted, err);
         return -1;
     }
-    struct timeval tv = {5, 0};
+    struct timeval tv = {5, 0}, cmd_tv = {30, 0};
+    if (self->timeout_ms > 0)
+        tv = cmd_tv = (struct timeval){self->timeout_ms / 1000, (self->timeout_ms % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout(u.host, u.port, tv);
     if (!c || c->err) {
         snprintf(self->errmsg, sizeof self->errmsg, "cannot connect to redis at %s: %s",
@@ -39,7 +41,7 @@ static int s_connect(bf_rstate_t *self, bool log)
             log_error("%s", self->errmsg);
         return -1;
     }
-    redisSetTimeout(c, (struct timeval){30, 0});
+    redisSetTimeout(c, cmd_tv);
     redisReply *r = NULL;
     if (u.password[0]) {
         r = u.user[0] ? redisCommand(c, "AUTH %s %s", u.user, u.password)
@@ -99,6 +101,13 @@ void bf_rstate_destroy(bf_rstate_t **self_p)
     }
     free(self);
     *self_p = NULL;
+}
+
+void bf_rstate_set_timeout(bf_rstate_t *self, int ms)
+{
+    self->timeout_ms = ms;
+    if (self->ctx && ms > 0)
+        redisSetTimeout(self->ctx, (struct timeval){ms / 1000, (ms % 1000) * 1000});
 }
 
 const char *bf_rstate_key(bf_rstate_t *self, const char *suffix)
@@ -585,11 +594,10 @@ int bf_rstate_forget(bf_rstate_t *self)
         for (size_t i = 0; i < keys->elements; i++) {
             /* The fencing counter survives: a token is never issued twice. */
             const char *k = keys->element[i]->str;
-            size_t kl = strlen(k);
-            if (kl >= 6 && strcmp(k + kl - 6, ":fence") == 0)
+            if (strcmp(k, bf_rstate_key(self, "fence")) == 0)
                 continue;
             /* Nor the coordinator lock: the coordinator that replans holds it. */
-            if (kl >= 5 && strcmp(k + kl - 5, ":lock") == 0)
+            if (strcmp(k, bf_rstate_key(self, "lock")) == 0)
                 continue;
             redisReply *d = bf_rstate_cmd(self, "UNLINK %s", keys->element[i]->str);
             if (!d) {

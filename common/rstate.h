@@ -14,6 +14,7 @@ typedef struct {
     char prefix[200];   /* "bf:{job}:" */
     char key[320];      /* scratch for bf_rstate_key() */
     char errmsg[512];   /* last error, one line */
+    int timeout_ms;     /* connect and command timeout, 0 = the defaults (5 s, 30 s) */
 } bf_rstate_t;
 
 /* A range as stored: [lo, hi) on the key, open where NULL. */
@@ -36,6 +37,10 @@ void bf_range_clear(bf_range_t *r);
  * one line naming the redacted URL on failure and returns NULL. */
 bf_rstate_t *bf_rstate_connect(const char *url, const char *job_name);
 void bf_rstate_destroy(bf_rstate_t **self_p);
+
+/* Connect and command timeout from now on (this connection and later ones): for a
+ * caller that must not wait long, e.g. one renewing a lock with a TTL. */
+void bf_rstate_set_timeout(bf_rstate_t *self, int ms);
 
 /* "bf:{job}:<suffix>" in a scratch buffer valid until the next call. */
 const char *bf_rstate_key(bf_rstate_t *self, const char *suffix);

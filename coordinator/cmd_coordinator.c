@@ -182,8 +182,8 @@ static void s_coordinator_usage(FILE *f)
         "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
         "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable), %d when\n"
         "another coordinator runs the job (one per job at a time: a lock in Redis, which a\n"
-        "killed coordinator's successor waits for up to %d s, or not at all on the same\n"
-        "machine).\n"
+        "killed coordinator's successor waits for up to %d s, or not at all in the same\n"
+        "PID namespace of the same machine).\n"
         "  --bind ENDPOINT    ZeroMQ endpoint to listen on (default tcp://0.0.0.0:5570)\n"
         "  --lease-ttl S      a range returns to pending S seconds after its worker's last\n"
         "                     sign of life (default 30)\n"
@@ -212,6 +212,7 @@ int bf_cmd_coordinator(int argc, char **argv)
     char where[400];
     snprintf(where, sizeof where, "listening on %s", a.bind);
     a.opts.where = where;
+    a.opts.stop = &s_stop;
     bf_coord_t *coord = s_prepare(&a, &rc);
     if (!coord)
         return rc;
@@ -416,6 +417,8 @@ static int s_run(coord_args_t *ap)
     bf_log_set_role("run");
     s_signals();
     a.opts.where = "`backfill run` with its own local workers";
+    a.opts.own_workers = true;
+    a.opts.stop = &s_stop;
     bf_coord_t *coord = s_prepare(&a, &rc);
     if (!coord)
         return rc;

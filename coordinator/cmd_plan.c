@@ -207,11 +207,17 @@ int bf_cmd_status(int argc, char **argv)
         return rc;
     }
     int planned = bf_rstate_is_planned(ctx.redis);
+    char holder[700] = "";
+    int held = planned >= 0 ? bf_joblock_holder(ctx.redis, holder, sizeof holder) : -1;
     if (planned <= 0) {
         if (planned < 0)
             log_error("%s", ctx.redis->errmsg);
         else if (json)
-            printf("{\"job\":\"%s\",\"planned\":false}\n", ctx.job->name);
+            printf("{\"job\":\"%s\",\"planned\":false,\"coordinator\":%s%s%s}\n", ctx.job->name,
+                   held == 1 ? "\"" : "", held == 1 ? holder : "null", held == 1 ? "\"" : "");
+        else if (held == 1)
+            printf("job %s has no plan in redis yet; its coordinator is planning it: %s\n",
+                   ctx.job->name, holder);
         else
             printf("job %s has not started (no plan in redis)\n", ctx.job->name);
         bf_jobctx_close(&ctx);
@@ -258,8 +264,6 @@ int bf_cmd_status(int argc, char **argv)
     /* Live control: pause, cancel, throttle, backoff. */
     bf_progress_info_t ctl = {0};
     bf_progress_control(ctx.redis, &ctl);
-    char holder[700] = "";
-    int held = bf_joblock_holder(ctx.redis, holder, sizeof holder);
     if (json)
         printf("{\"job\":\"%s\",\"planned\":true,\"coordinator\":%s%s%s,"
                "\"rows_per_second\":%.0f,\"batches\":%lld,"

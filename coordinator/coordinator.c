@@ -202,6 +202,18 @@ static bool s_has_fence_rows(bf_coord_t *self)
 
 static int s_throttle_value(bf_coord_t *self, double *value, char *err, size_t errlen);
 
+/* True (logged) when another coordinator took the job's lock: this one must stop. */
+static bool s_lock_lost(bf_coord_t *self)
+{
+    char holder[700];
+    if (!bf_joblock_lost(self->lock, holder, sizeof holder))
+        return false;
+    log_error("another coordinator took job %s while this one could not renew its lock: %s. "
+              "This one stops",
+              self->ctx.job->name, holder);
+    return true;
+}
+
 bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code)
 {
     bf_coord_t *self = bf_xcalloc(1, sizeof *self);
@@ -232,8 +244,8 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         self->backoff = -1;
     }
     /* Before anything that changes the job's state in Redis. */
-    self->lock =
-        bf_joblock_take(self->ctx.job->redis, self->ctx.job->name, self->opts.where, exit_code);
+    self->lock = bf_joblock_take(self->ctx.job->redis, self->ctx.job->name, self->opts.where,
+                                 self->opts.stop, exit_code);
     if (!self->lock)
         goto fail;
     int planned = bf_rstate_is_planned(r);
@@ -244,6 +256,10 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
     }
     if (!planned) {
         if (!opts->replan && s_has_fence_rows(self)) {
+            *exit_code = BF_EXIT_USAGE;
+            goto fail;
+        }
+        if (s_lock_lost(self)) { /* storing the plan replaces the job's state */
             *exit_code = BF_EXIT_USAGE;
             goto fail;
         }
@@ -282,6 +298,11 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         goto fail;
     }
     freeReplyObject(mr);
+    /* Planning may have taken long. */
+    if (s_lock_lost(self)) {
+        *exit_code = BF_EXIT_USAGE;
+        goto fail;
+    }
     /* A new epoch: messages queued for an earlier coordinator are dropped. Tokens
      * jump so that none is ever reissued, even if Redis lost its last writes. */
     redisReply *e = bf_rstate_cmd(r, "HINCRBY %s epoch 1", bf_rstate_key(r, "meta"));
@@ -935,6 +956,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         bf_log_set_hook(s_erase_progress, &self->view);
     }
     int rc = BF_EXIT_OK;
+    bool lock_lost = false;
     uint64_t seen_gen = 0;
     for (;;) {
         if (stop && *stop) {
@@ -979,12 +1001,9 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
                                 * checkpointed) */
             break;
         }
-        char holder[700];
-        if (bf_joblock_lost(self->lock, holder, sizeof holder)) {
-            log_error("another coordinator took job %s while this one could not renew its lock: "
-                      "%s. This one stops; its workers hand their ranges back",
-                      self->ctx.job->name, holder);
+        if (s_lock_lost(self)) {
             rc = BF_EXIT_USAGE;
+            lock_lost = true;
             break;
         }
         /* Ranges end with a DONE, or (worker gone) by a reap or another
@@ -1034,8 +1053,15 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         bf_log_set_hook(NULL, NULL);
         self->view.lines = 0;
     }
-    /* Tell every worker: done (exit) or drain (hand back and exit). */
-    for (int i = 0; i < self->nworkers; i++) {
+    /* Tell every worker: done (exit) or drain (hand back and exit). Not when the
+     * job went to another coordinator: its workers (unless they are this
+     * process's own) reconnect when they find this one silent, keep their
+     * leases meanwhile, and join whichever coordinator answers on the endpoint. */
+    bool tell = !lock_lost || self->opts.own_workers;
+    if (!tell)
+        log_warn("the workers of this coordinator reconnect to it when they find it silent; "
+                 "their leases expire unless a coordinator answers there");
+    for (int i = 0; i < self->nworkers && tell; i++) {
         bf_msg_t m = {.type = BF_MSG_DRAIN, .done = rc == BF_EXIT_OK, .deadline_ms = 10000};
         s_send(self, &self->workers[i], &m);
     }

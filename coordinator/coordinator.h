@@ -23,6 +23,8 @@ typedef struct {
     const char *curve_cert;  /* CURVE: the coordinator's certificate (with its _secret) */
     const char *curve_allow; /* CURVE: folder of the public certificates of allowed workers */
     const char *where;       /* how workers reach it, shown to a second coordinator of the job */
+    bool own_workers;        /* `run`: its workers are its children, reachable only through it */
+    volatile sig_atomic_t *stop; /* set by a signal: stop waiting for the job's lock */
 } bf_coord_opts_t;
 
 /* Prepares the job: takes the job's coordinator lock (bf_joblock_take: exits

@@ -5,14 +5,18 @@
  *
  * A second coordinator of a running job waits while the lock may be a dead
  * one's and stops with an error naming the holder as soon as it sees the lock
- * renewed. The holder of a lock is judged gone at once when it is a process of
- * this machine (same boot, same PID namespace) that is no longer running, so a
- * coordinator restarted where it was killed does not wait out the lock. */
+ * renewed (Redis's time left on it grew). The holder is judged gone at once when
+ * it is a process of this boot and PID namespace that no longer runs (or is a
+ * zombie), so a coordinator restarted where it was killed does not wait out the
+ * lock; a container restarted in a new PID namespace does wait. A lock that
+ * vanished (Redis lost it, or it expired while Redis was out of reach) is taken
+ * again at the next renewal; one another coordinator took makes this one stop. */
 #ifndef BF_JOBLOCK_H
 #define BF_JOBLOCK_H
 
 #include "rstate.h"
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -25,9 +29,10 @@ typedef struct bf_joblock bf_joblock_t;
  * coordinator is reached, for those who find the lock taken ("listening on
  * tcp://0.0.0.0:5570"). Returns NULL with *exit_code set when another
  * coordinator runs the job (BF_EXIT_USAGE, logged with its pid, host and
- * endpoint) or Redis cannot be reached (BF_EXIT_CONNECT). */
+ * endpoint), Redis cannot be reached (BF_EXIT_CONNECT), or *stop was set while
+ * it waited (BF_EXIT_INTERRUPTED; stop may be NULL). */
 bf_joblock_t *bf_joblock_take(const char *redis_url, const char *job, const char *what,
-                              int *exit_code);
+                              volatile sig_atomic_t *stop, int *exit_code);
 
 /* True once another coordinator holds the lock (taken while this one could not
  * renew it): this one must stop. Its holder's description in buf. */

@@ -187,6 +187,10 @@ start_coordinator() {
             ENDPOINT="tcp://127.0.0.1:$PORT"
             return 0
         fi
+        # Not listening after 10 s (a slow machine): stop this attempt before the
+        # next (a second coordinator of the job would be refused its lock).
+        kill -9 "$CPID" 2>/dev/null || true
+        wait "$CPID" 2>/dev/null || true
         [ "$want" = auto ] || sleep 1
     done
     cat "$WORK/$name.err" >&2
