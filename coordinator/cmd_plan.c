@@ -124,6 +124,8 @@ static int s_watch(bf_jobctx_t *ctx, int interval_ms)
             bf_progress_estimate(&info, &win, &bwin, p, n, now, WATCH_WINDOW_MS,
                                  (double)ctx->job->batch_ms / 2000.0);
             bf_progress_control(ctx->redis, &info);
+            char holder[700];
+            info.no_coordinator = bf_joblock_holder(ctx->redis, holder, sizeof holder) == 0;
             if (!view.tty && win.n > 1)
                 fputc('\n', stdout); /* plain frames, one after the other */
             bf_progress_draw(&view, ctx->job->name, p, n, &info);
@@ -154,8 +156,9 @@ int bf_cmd_status(int argc, char **argv)
         "host, endpoint). Works while the job runs and after.\n"
         "  --json          one JSON object (for scripts)\n"
         "  --watch         redraw a progress bar per table (rows, bytes, rate over the last\n"
-        "                  5 s, ETA, workers, rejects, stuck ranges) until the job is\n"
-        "                  complete (exit 0), ranges failed for good (exit 1) or Ctrl-C;\n"
+        "                  5 s, ETA, workers, rejects, stuck ranges, whether a coordinator\n"
+        "                  runs the job) until the job is complete (exit 0), ranges\n"
+        "                  failed for good (exit 1) or Ctrl-C;\n"
         "                  plain frames when stdout is not a terminal\n"
         "  --interval S    seconds between redraws (default 2)\n";
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},

@@ -230,6 +230,8 @@ void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_pro
         fputs("  BACKING OFF (throttle_query)", f);
     if (info->throttle > 0)
         fprintf(f, "  throttled to %s rows/s", bf_progress_count(info->throttle, b, sizeof b));
+    if (info->no_coordinator && !complete)
+        fputs("  NO COORDINATOR RUNNING", f);
     fputc('\n', f);
     lines++;
     if (v->tty)

@@ -15,8 +15,9 @@ typedef struct {
     double rate;      /* rows/s */
     double eta_s;     /* seconds left, -1 = unknown */
     bool paused, cancelled;
-    long long throttle; /* rows/s limit, 0 = none */
-    bool backoff;       /* throttle_query above throttle_max: workers wait */
+    long long throttle;  /* rows/s limit, 0 = none */
+    bool backoff;        /* throttle_query above throttle_max: workers wait */
+    bool no_coordinator; /* (status --watch) no coordinator holds the job's lock */
 } bf_progress_info_t;
 
 typedef struct {

@@ -43,6 +43,9 @@ e1=$(epoch)
 "$BF" status "$WORK/job.yaml" >"$WORK/status.txt"
 grep -q "^coordinator: pid $c1 on .*, listening on tcp://127.0.0.1:$port1, since " "$WORK/status.txt" ||
     { cat "$WORK/status.txt" >&2; fail "status does not name the running coordinator"; }
+timeout 2 "$BF" status "$WORK/job.yaml" --watch --interval 0.5 >"$WORK/watch1.txt" || true
+grep -q '^clj ' "$WORK/watch1.txt" || { cat "$WORK/watch1.txt" >&2; fail "status --watch drew no frame"; }
+if grep -q 'NO COORDINATOR' "$WORK/watch1.txt"; then fail "status --watch: no coordinator while c1 runs"; fi
 "$BF" status "$WORK/job.yaml" --json >"$WORK/status.json"
 grep -q "\"coordinator\":\"pid $c1 on " "$WORK/status.json" ||
     fail "status --json does not name the running coordinator"
@@ -63,6 +66,9 @@ kill -TERM "$c1"
 wait "$c1" 2>/dev/null || true
 expect_eq "$(redis_cmd EXISTS "$LOCK")" 0 "lock after a clean stop"
 "$BF" status "$WORK/job.yaml" | grep -q '^coordinator: none running' || fail "status after stop"
+timeout 2 "$BF" status "$WORK/job.yaml" --watch --interval 0.5 >"$WORK/watch.txt" || true
+grep -q '^clj .* NO COORDINATOR RUNNING$' "$WORK/watch.txt" ||
+    { cat "$WORK/watch.txt" >&2; fail "status --watch does not say no coordinator runs the job"; }
 
 # 2. Another machine's lock: expired (its coordinator was killed), renewed (it runs),
 # or with no expiry.
