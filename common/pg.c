@@ -44,9 +44,13 @@ bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
     snprintf(self->what, sizeof self->what, "%s", what);
     bf_redact(dsn, self->redacted, sizeof self->redacted);
 
-    /* connect_timeout comes before dbname so that the DSN can override it. */
-    const char *keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
-    const char *vals[] = {"5", "backfill", dsn, NULL};
+    /* connect_timeout comes before dbname so that the DSN can override it. Text
+     * travels as UTF-8 (also in binary COPY: each side converts from and to its
+     * database's encoding; without it a UTF8 source's bytes would reach a LATIN1
+     * target unconverted). */
+    const char *keys[] = {"connect_timeout", "fallback_application_name", "client_encoding",
+                          "dbname", NULL};
+    const char *vals[] = {"5", "backfill", "UTF8", dsn, NULL};
     self->conn = PQconnectdbParams(keys, vals, 1);
     if (!self->conn || PQstatus(self->conn) != CONNECTION_OK) {
         s_one_line(self->errmsg, sizeof self->errmsg,
@@ -56,6 +60,16 @@ bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
         return NULL;
     }
     PQsetNoticeProcessor(self->conn, s_notice, self);
+    /* Keys travel as text between sessions (the coordinator's range bounds, the
+     * workers' cursors in Redis and in fence rows): the same text on every
+     * session whatever the server's or the role's defaults. */
+    if (bf_pg_exec(self, "SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; "
+                         "SET extra_float_digits = 3") != 0) {
+        log_error("cannot set up the session on %s at %s: %s", self->what, self->redacted,
+                  self->errmsg);
+        bf_pg_destroy(&self);
+        return NULL;
+    }
     return self;
 }
 

@@ -40,6 +40,8 @@ struct bf_copier {
     bool abandoning;      /* the tick asked to abandon the batch in flight */
     bool cut_asked;       /* end the keyed batch in flight early (bf_copier_cut) */
     bool cut;             /* the last keyed relay ended early, at its last key */
+    int64_t src_rows;     /* rows the source sent in the last relay (its COPY count), -1
+                           * when not known (cut short, failed) */
     char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
 };
 
@@ -359,10 +361,12 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         snprintf(self->last_key, self->last_key_cap, "%" PRId64, v);
     }
     int rc = 0;
+    self->src_rows = -1;
     while ((res = PQgetResult(src->conn))) {
         const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK &&
-            !(cut && st && strcmp(st, "57014") == 0)) { /* the cancel of a cut */
+        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+            self->src_rows = atoll(PQcmdTuples(res));
+        } else if (!(cut && st && strcmp(st, "57014") == 0)) { /* the cancel of a cut */
             bf_pg_set_error(src, res);
             rc = -1;
         }
@@ -551,10 +555,11 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
 }
 
 /* Writes the one row of route rp in (lower, end] to backfill_rejects with the
- * error it got, in the batch's transaction (the fence then moves past it). */
+ * error it got, in the batch's transaction (the fence then moves past it). Its key
+ * in *key_out (free it; NULL when there is no row). */
 static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
                           const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
-                          const char *end, const char *error, char *key_out, size_t key_len)
+                          const char *end, const char *error, char **key_out)
 {
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
@@ -572,7 +577,7 @@ static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const b
     if (PQntuples(res) == 1) {
         char ids[24];
         snprintf(ids, sizeof ids, "%lld", (long long)r->id);
-        snprintf(key_out, key_len, "%s", PQgetvalue(res, 0, 0));
+        *key_out = bf_xstrdup(PQgetvalue(res, 0, 0)); /* whole: it becomes the cursor */
         const char *params[] = {self->job->name,       ids,   rp->label,
                                 PQgetvalue(res, 0, 0), error, PQgetvalue(res, 0, 1)};
         PGresult *ins = NULL;
@@ -727,9 +732,11 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         rows += n;
         bytes += b;
         if (limit > 0) {
-            /* Keyed batch: it ends at the last row copied, or at the range's end
-             * (fewer rows than asked for, unless it was cut short). */
-            final = n < limit && !self->cut;
+            /* Keyed batch: it ends at the last row copied, or at the range's end:
+             * the source sent fewer rows than asked for (not the target's count:
+             * a trigger may drop rows), unless it was cut short. */
+            int64_t sent = self->src_rows >= 0 ? self->src_rows : n;
+            final = sent < limit && !self->cut;
             if (self->cut)
                 log_debug("range %lld: batch ended early after %lld rows, at key %s, to split",
                           (long long)r->id, (long long)n, self->last_key);
@@ -749,9 +756,9 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         goto rollback;
     }
     if (reject_route >= 0) {
-        char key[512] = "";
+        char *key = NULL;
         int rc = s_write_reject(self, src, tgt, tp, &tp->routes[reject_route], r, lower, end,
-                                reject_error, key, sizeof key);
+                                reject_error, &key);
         if (rc != 0) {
             result = s_fail(self, w, tp, tp->routes[reject_route].label, rc == -1 ? src : tgt,
                             "recording a rejected row of");
@@ -759,16 +766,17 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         }
         if (limit > 0) {
             /* Keyed batch: it is that one row (none: the range is done here). */
-            final = !key[0];
-            *end_p = key[0] ? bf_xstrdup(key) : NULL;
+            final = !key;
+            *end_p = key ? bf_xstrdup(key) : NULL;
             end = *end_p;
         }
-        if (key[0]) {
+        if (key) {
             w->rejects++;
             log_warn("table %s -> %s: row with key %s rejected, kept in public.backfill_rejects "
                      "on target %s: %s",
                      tp->src_label, tp->routes[reject_route].label, key, job->targets[ti].alias,
                      reject_error);
+            free(key);
         }
     }
     fparams[4] = end ? end : lower;
