@@ -7,7 +7,9 @@
 #include "strbuf.h"
 #include "tableplan.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,9 +285,28 @@ static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n
 }
 
 /* During a batch the worker's socket is looked at this often (SHRINK, REVOKE,
- * DRAIN, heartbeats): a clock read every 1024 rows, a look at the socket (a
- * getsockopt) when due. */
+ * DRAIN, heartbeats): a clock read every 1024 rows and whenever the source has
+ * nothing buffered, a look at the socket (a getsockopt) when due. */
 #define RELAY_TICK_MS 20
+
+/* The relay's look at the worker's socket: stop (abandon the batch), or end it
+ * here to split the range (cut: keyed relay only). */
+static void s_relay_tick(bf_copier_t *self, bf_pg_t *src, bool keyed, bool *abandoned,
+                         bool *put_failed, bool *cut)
+{
+    if (s_tick(self)) {
+        /* Stop now: cancel the source COPY (the loop drains what is in flight)
+         * and abort the target's. */
+        *abandoned = *put_failed = true;
+        bf_pg_cancel(src);
+    } else if (keyed && self->cut_asked && !*cut) {
+        /* Asked to split the range: end the batch at the last row relayed (rows
+         * come in key order, so everything up to its key is in), stop the source
+         * and drop what it still sends. */
+        *cut = true;
+        bf_pg_cancel(src);
+    }
+}
 
 /* Streams the source COPY into the target COPY without parsing rows (keyed: see
  * s_relay_keyed; only the framing and the first field are looked at). */
@@ -308,24 +329,30 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
     self->have_raw_key = false;
     self->cut = false;
     long long next_tick = bf_now_ms() + RELAY_TICK_MS;
-    for (unsigned chunks = 1;; chunks++) {
+    for (unsigned chunks = 0;;) {
         char *buf = NULL;
-        int n = PQgetCopyData(src->conn, &buf, 0);
+        int n = PQgetCopyData(src->conn, &buf, 1);
+        if (n == 0) {
+            /* Nothing buffered (a slow or selective source, or just between two
+             * reads): tick when due, then wait for the source at most a tick, so
+             * that heartbeats and SHRINK are never held up by a quiet source. */
+            if (self->tick && !abandoned && bf_now_ms() >= next_tick) {
+                s_relay_tick(self, src, keyed, &abandoned, &put_failed, &cut);
+                next_tick = bf_now_ms() + RELAY_TICK_MS;
+            }
+            struct pollfd pfd = {.fd = PQsocket(src->conn), .events = POLLIN};
+            int pr = poll(&pfd, 1, RELAY_TICK_MS);
+            if (pr < 0 && errno != EINTR)
+                break;
+            if (pr > 0 && !PQconsumeInput(src->conn))
+                break; /* connection lost: PQgetResult below reports it */
+            continue;
+        }
         if (n < 0)
             break;
+        chunks++;
         if (self->tick && !abandoned && (chunks & 1023) == 0 && bf_now_ms() >= next_tick) {
-            if (s_tick(self)) {
-                /* Stop now: cancel the source COPY (the loop drains what is in
-                 * flight) and abort the target's. */
-                abandoned = put_failed = true;
-                bf_pg_cancel(src);
-            } else if (keyed && self->cut_asked && !cut) {
-                /* Asked to split the range: end the batch at the last row relayed
-                 * (rows come in key order, so everything up to its key is in),
-                 * stop the source and drop what it still sends. */
-                cut = true;
-                bf_pg_cancel(src);
-            }
+            s_relay_tick(self, src, keyed, &abandoned, &put_failed, &cut);
             next_tick = bf_now_ms() + RELAY_TICK_MS;
         }
         if (cut) {
