@@ -15,11 +15,20 @@ grep -q 'expected HOST:PORT' "$WORK/bad.err" || { cat "$WORK/bad.err"; fail "unc
 
 copied() { redis_cmd HGET 'bf:{mt}:stats' rows:0; }
 has_rows() { [ "$(copied)" -gt 0 ] 2>/dev/null; }
-PORT=$((20000 + RANDOM % 30000))
-"$BF" run "$WORK/job.yaml" --workers 2 --metrics "tcp://127.0.0.1:$PORT" >"$WORK/run.out" 2>"$WORK/run.err" &
-RUN=$!
-BG_PIDS+=("$RUN")
-wait_for 60 has_rows || { tail "$WORK/run.err"; fail "no rows copied"; }
+# A random port: another one when it happens to be taken (the run stops at once,
+# before any row moves; the next run resumes the same plan).
+started() { has_rows || ! kill -0 "$RUN" 2>/dev/null; }
+for attempt in 1 2 3 4 5; do
+    PORT=$((20000 + RANDOM % 30000))
+    "$BF" run "$WORK/job.yaml" --workers 2 --metrics "tcp://127.0.0.1:$PORT" >"$WORK/run.out" 2>"$WORK/run.err" &
+    RUN=$!
+    BG_PIDS+=("$RUN")
+    wait_for 60 started || { tail "$WORK/run.err"; fail "no rows copied"; }
+    has_rows && break
+    grep -q 'cannot serve metrics' "$WORK/run.err" && [ "$attempt" -lt 5 ] ||
+        { tail "$WORK/run.err"; fail "no rows copied"; }
+    wait "$RUN" 2>/dev/null || true
+done
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 30000 >/dev/null
 URL="http://127.0.0.1:$PORT/metrics"
 # Both workers joined (the first rows may come before the second one has).
