@@ -342,10 +342,12 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
             }
             struct pollfd pfd = {.fd = PQsocket(src->conn), .events = POLLIN};
             int pr = poll(&pfd, 1, RELAY_TICK_MS);
-            if (pr < 0 && errno != EINTR)
+            /* Connection lost: PQgetResult below reports it and ends the COPY
+             * (libpq does so for a COPY OUT on a broken connection). */
+            if ((pr > 0 && !PQconsumeInput(src->conn)) || PQstatus(src->conn) != CONNECTION_OK)
                 break;
-            if (pr > 0 && !PQconsumeInput(src->conn))
-                break; /* connection lost: PQgetResult below reports it */
+            if (pr < 0 && errno != EINTR)
+                usleep(1000); /* not expected; no busy loop if it happens */
             continue;
         }
         if (n < 0)
