@@ -432,6 +432,7 @@ static int s_run(coord_args_t *ap)
     if (len <= 0 || bf_coord_bind(coord, s.endpoint) != 0) {
         log_error("cannot start the local coordinator");
         bf_coord_destroy(&coord);
+        unlink(s.endpoint + strlen("ipc://")); /* bound before --metrics failed */
         return BF_EXIT_INTERNAL;
     }
     s.self_exe[len] = 0;

@@ -28,6 +28,8 @@ for attempt in 1 2 3 4 5; do
     grep -q 'cannot serve metrics' "$WORK/run.err" && [ "$attempt" -lt 5 ] ||
         { tail "$WORK/run.err"; fail "no rows copied"; }
     wait "$RUN" 2>/dev/null || true
+    # A run that stopped there leaves no socket file behind.
+    [ ! -e "/tmp/backfill-run-$RUN.sock" ] || fail "run left /tmp/backfill-run-$RUN.sock"
 done
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 30000 >/dev/null
 URL="http://127.0.0.1:$PORT/metrics"
