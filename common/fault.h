@@ -7,7 +7,9 @@
  * which makes the N-th pass through POINT in this process raise SIGKILL (kill)
  * or SIGSTOP (stop) against itself. Points: "in-copy" (a batch's rows are
  * streaming into the target, its transaction holds the range), "after-commit"
- * (a batch is committed on the target, its Redis checkpoint not yet written). */
+ * (a batch is committed on the target, its Redis checkpoint not yet written),
+ * "between-targets" (a routed batch was written to one target, the next target's
+ * rows are not read yet). */
 #ifndef BF_FAULT_H
 #define BF_FAULT_H
 

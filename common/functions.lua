@@ -5,14 +5,22 @@ Job state transitions, loaded with FUNCTION LOAD so they survive a Redis restart
 the other keys of the job share its "bf:{job}:" prefix (one hash slot).
 
   bf:{job}:meta        hash: planned nranges ntables created_ms epoch max_rejects
-                             tbl:<t>:name tbl:<t>:ranges tbl:<t>:est; live control:
+                             tbl:<t>:name tbl:<t>:ranges tbl:<t>:est tbl:<t>:after
+                             ("2,5": tables done before t starts) waits (1: some
+                             table has tbl:<t>:after); live control:
                              paused cancel rate (rows/s) backoff
   bf:{job}:range:<id>  hash: tbl lo hi state token owner seq cursor rows bytes
                              attempts est last_error done_by split_from
+                             defers defer_mark (bf_defer)
                              (lo/hi/cursor absent = open; owner: the worker that holds
                              or last held it, "@coordinator:<epoch>" while in that
                              coordinator's pool of leases taken ahead)
   bf:{job}:pending     zset of range ids waiting for a lease (score = id)
+  bf:{job}:waiting:<t> zset of the ranges of table t while it waits for the tables
+                       listed in meta tbl:<t>:after (its target tables refer to theirs
+                       by foreign keys): moved to pending when those are all done
+  bf:{job}:delayed     zset of ranges set back for a while (score = ms, Redis clock):
+                       a batch referred to rows the target does not have yet
   bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)
   bf:{job}:fence       counter: every lease gets a new, larger fencing token
   bf:{job}:tat         throttle: ms at which the row budget handed out is used up
@@ -43,6 +51,12 @@ local function bf_lease(keys, args)
   local out = {}
   local zadd = {}
   local want = #args - 1
+  -- ranges set back by bf_defer whose time has come
+  local due = redis.call('ZRANGEBYSCORE', p .. 'delayed', '-inf', exp - tonumber(args[1]))
+  for _, id in ipairs(due) do
+    redis.call('ZREM', p .. 'delayed', id)
+    redis.call('ZADD', p .. 'pending', tonumber(id), id)
+  end
   while #out < want do
     local popped = redis.call('ZPOPMIN', p .. 'pending', want - #out)
     if #popped == 0 then
@@ -69,6 +83,40 @@ local function bf_lease(keys, args)
     redis.call('ZADD', p .. 'leases', unpack(zadd))
   end
   return out
+end
+
+-- True when every range of table t is done.
+local function table_done(meta, p, t)
+  local ranges = tonumber(redis.call('HGET', meta, 'tbl:' .. t .. ':ranges') or '0')
+  return tonumber(redis.call('HGET', p .. 'stats', 'done:' .. t) or '0') >= ranges
+end
+
+-- Moves the ranges of every waiting table whose tables to wait for are all done to
+-- pending; returns how many ranges moved.
+local function release_waiting(meta, p)
+  if redis.call('HGET', meta, 'waits') ~= '1' then
+    return 0
+  end
+  local n = tonumber(redis.call('HGET', meta, 'ntables') or '0')
+  local moved = 0
+  for t = 0, n - 1 do
+    local wk = p .. 'waiting:' .. t
+    if redis.call('EXISTS', wk) == 1 then
+      local ready = true
+      for u in string.gmatch(redis.call('HGET', meta, 'tbl:' .. t .. ':after') or '', '%d+') do
+        if not table_done(meta, p, u) then
+          ready = false
+          break
+        end
+      end
+      if ready then
+        moved = moved + redis.call('ZCARD', wk)
+        redis.call('ZUNIONSTORE', p .. 'pending', 2, p .. 'pending', wk)
+        redis.call('DEL', wk)
+      end
+    end
+  end
+  return moved
 end
 
 -- Batch duration histogram buckets (ms; the last is +Inf), for /metrics.
@@ -160,6 +208,9 @@ local function bf_checkpoint(keys, args)
     end
     redis.call('HINCRBY', st, 'done:' .. tbl, 1)
     redis.call('HINCRBY', st, 'done_total', 1)
+    if table_done(keys[1], p, tbl) then
+      release_waiting(keys[1], p) -- tables that waited for this one may start
+    end
   elseif cur[3] == 'leased' then
     redis.call('ZADD', p .. 'leases', now_ms() + tonumber(args[9]), id)
   end
@@ -215,6 +266,43 @@ local function bf_release(keys, args)
   redis.call('HSET', rk, 'state', 'pending')
   redis.call('ZADD', p .. 'pending', tonumber(id), id)
   return 'PENDING'
+end
+
+-- bf_defer(meta; id, token, reason, delay_ms) -> {'DEFERRED', ms} | {'NO', 0} | {'STALE', 0}
+--   a batch of lease (id, token) referred to rows the target does not have (a
+--   foreign key): the range goes back, not counted as an attempt, and is leased
+--   again in delay_ms (doubling with each deferral of the range, at most 8 times
+--   delay_ms) - unless no batch of the job was committed since its last deferral:
+--   then waiting cannot help ('NO'; the worker isolates the row).
+local function bf_defer(keys, args)
+  local p = prefix(keys[1])
+  local id, token = args[1], args[2]
+  local rk = p .. 'range:' .. id
+  local cur = redis.call('HMGET', rk, 'token', 'state', 'defer_mark', 'defers')
+  if cur[1] ~= token or cur[2] ~= 'leased' then
+    return {'STALE', 0}
+  end
+  local batches = tonumber(redis.call('HGET', p .. 'stats', 'batches') or '0')
+  if cur[3] and tonumber(cur[3]) >= batches then
+    return {'NO', 0}
+  end
+  local defers = tonumber(cur[4] or '0')
+  local delay = tonumber(args[4]) * 2 ^ math.min(defers, 3)
+  redis.call('ZREM', p .. 'leases', id)
+  redis.call('HDEL', rk, 'owner')
+  redis.call('HINCRBY', rk, 'attempts', -1)
+  redis.call('HSET', rk, 'state', 'pending', 'defer_mark', batches, 'defers', defers + 1,
+             'last_error', args[3])
+  redis.call('ZADD', p .. 'delayed', now_ms() + delay, id)
+  redis.call('HINCRBY', p .. 'stats', 'deferred', 1)
+  return {'DEFERRED', delay}
+end
+
+-- bf_unblock(meta) -> ranges of waiting tables moved to pending (their tables to
+--   wait for are done): run by a coordinator at start, in case a table finished
+--   without releasing them (a plan stored by hand, a Redis that lost writes).
+local function bf_unblock(keys, args)
+  return release_waiting(keys[1], prefix(keys[1]))
 end
 
 -- Puts leased range rk (id) back to pending without counting an attempt.
@@ -406,6 +494,8 @@ redis.register_function('bf_unpool', bf_unpool)
 redis.register_function('bf_checkpoint', bf_checkpoint)
 redis.register_function('bf_renew', bf_renew)
 redis.register_function('bf_release', bf_release)
+redis.register_function('bf_defer', bf_defer)
+redis.register_function('bf_unblock', bf_unblock)
 redis.register_function('bf_reap', bf_reap)
 redis.register_function('bf_retry_failed', bf_retry_failed)
 redis.register_function('bf_split', bf_split)

@@ -443,6 +443,46 @@ int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *
     return res;
 }
 
+int bf_rstate_defer(bf_rstate_t *self, int64_t id, int64_t token, const char *reason,
+                    int64_t delay_ms, int64_t *after_ms)
+{
+    char ids[24], toks[24], delay[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)id);
+    snprintf(toks, sizeof toks, "%lld", (long long)token);
+    snprintf(delay, sizeof delay, "%lld", (long long)delay_ms);
+    const char *argv[] = {"FCALL", "bf_defer",           "1",  bf_rstate_key(self, "meta"), ids,
+                          toks,    reason ? reason : "", delay};
+    redisReply *r = bf_rstate_argv(self, 8, argv);
+    if (!r)
+        return -1;
+    int res = -1;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING) {
+        const char *st = r->element[0]->str;
+        res = strcmp(st, "DEFERRED") == 0 ? 0 : strcmp(st, "NO") == 0 ? 1 : 2;
+        if (after_ms)
+            *after_ms = r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : 0;
+    } else {
+        snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: bf_defer: %s", self->redacted,
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    }
+    freeReplyObject(r);
+    return res;
+}
+
+int64_t bf_rstate_unblock(bf_rstate_t *self)
+{
+    redisReply *r = bf_rstate_cmd(self, "FCALL bf_unblock 1 %s", bf_rstate_key(self, "meta"));
+    if (!r)
+        return -1;
+    int64_t n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (n < 0)
+        snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: bf_unblock: %s", self->redacted,
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    freeReplyObject(r);
+    return n;
+}
+
 /* FCALL fn 1 meta head id1 token1 id2 token2 ...: the reply, or NULL (errmsg set). */
 static redisReply *s_fcall_pairs(bf_rstate_t *self, const char *fn, const char *head, int n,
                                  const int64_t *ids, const int64_t *tokens)
@@ -612,7 +652,8 @@ int bf_rstate_forget(bf_rstate_t *self)
 }
 
 int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
-                         const struct bf_plan_range *const *ranges, const size_t *nranges)
+                         const struct bf_plan_range *const *ranges, const size_t *nranges,
+                         const char *const *after)
 {
     if (bf_rstate_forget(self) != 0 || (!self->ctx && s_connect(self, true) != 0)) {
         log_error("cannot store the plan: %s", self->errmsg);
@@ -620,14 +661,20 @@ int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labe
     }
     redisContext *c = self->ctx;
     char key[400], pend[400], meta[400], stats[400];
-    snprintf(pend, sizeof pend, "%spending", self->prefix);
     snprintf(meta, sizeof meta, "%smeta", self->prefix);
     snprintf(stats, sizeof stats, "%sstats", self->prefix);
     size_t queued = 1;
     redisAppendCommand(c, "MULTI");
     long long id = 0;
+    bool waits = false;
     for (int t = 0; t < ntables; t++) {
         long long est = 0;
+        bool wait = after && after[t] && after[t][0];
+        waits = waits || wait;
+        if (wait)
+            snprintf(pend, sizeof pend, "%swaiting:%d", self->prefix, t);
+        else
+            snprintf(pend, sizeof pend, "%spending", self->prefix);
         for (size_t i = 0; i < nranges[t]; i++, id++) {
             const bf_plan_range_t *r = &ranges[t][i];
             snprintf(key, sizeof key, "%srange:%lld", self->prefix, id);
@@ -651,6 +698,14 @@ int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labe
                            labels[t], t, (long long)nranges[t], t, est);
         redisAppendCommand(c, "HSET %s rows:%d 0 done:%d 0 failed:%d 0", stats, t, t, t);
         queued += 2;
+        if (wait) {
+            redisAppendCommand(c, "HSET %s tbl:%d:after %s", meta, t, after[t]);
+            queued++;
+        }
+    }
+    if (waits) {
+        redisAppendCommand(c, "HSET %s waits 1", meta);
+        queued++;
     }
     redisAppendCommand(c, "HSET %s done_total 0 failed_total 0 batches 0 retries 0", stats);
     redisAppendCommand(c, "HSET %s planned 1 nranges %lld ntables %d created_ms %lld", meta, id,

@@ -118,6 +118,17 @@ int64_t bf_rstate_assign(bf_rstate_t *self, int n, const int64_t *ids, const cha
  * Only leases still leased and owned so are touched. Returns how many, or -1. */
 int64_t bf_rstate_unpool(bf_rstate_t *self, const char *owner_prefix, int n, const int64_t *ids,
                          const int64_t *tokens);
+/* A batch of lease (id, token) referred to rows the target does not have yet (a
+ * foreign key): sets the range back for delay_ms or more (doubling with each
+ * deferral of it), not counted as an attempt. Returns 0 (deferred: *after_ms set),
+ * 1 (no batch of the job committed since its last deferral: waiting would not
+ * help; the lease is still held), 2 (the lease is not held), -1 (error). */
+int bf_rstate_defer(bf_rstate_t *self, int64_t id, int64_t token, const char *reason,
+                    int64_t delay_ms, int64_t *after_ms);
+/* Moves the ranges of waiting tables whose tables to wait for are done to
+ * pending; returns how many, or -1. */
+int64_t bf_rstate_unblock(bf_rstate_t *self);
+
 /* Returns expired leases to pending; returns how many, or -1. */
 int bf_rstate_reap(bf_rstate_t *self);
 
@@ -140,10 +151,13 @@ int bf_rstate_lease_info(bf_rstate_t *self, int n, const int64_t *ids, int64_t *
 
 /* Replaces any stored state of the job with a new plan: for table t,
  * ranges[t][0..nranges[t]) (lo/hi as key text, NULL = open) with their estimates.
- * labels[t] names the table. Atomic (MULTI/EXEC). 0 or -1 (logged). */
+ * labels[t] names the table. after (may be NULL): after[t] lists the tables
+ * ("2,5") whose ranges must all be done before table t's are leased (NULL or ""
+ * = none). Atomic (MULTI/EXEC). 0 or -1 (logged). */
 struct bf_plan_range;
 int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
-                         const struct bf_plan_range *const *ranges, const size_t *nranges);
+                         const struct bf_plan_range *const *ranges, const size_t *nranges,
+                         const char *const *after);
 
 /* Deletes every key of the job but the fencing counter and the coordinator
  * lock. 0 or -1. */

@@ -2,6 +2,7 @@
 #include "commands.h"
 #include "coordinator.h"
 #include "exitcodes.h"
+#include "fkorder.h"
 #include "jobctx.h"
 #include "joblock.h"
 #include "log.h"
@@ -52,8 +53,10 @@ int bf_cmd_plan(int argc, char **argv)
         s_args(argc, argv, NULL,
                "usage: backfill plan JOB.yaml\n\n"
                "Checks the job against the real source and target schemas and prints the\n"
-               "ranges it would hand out (table, lo, hi, estimated rows). Copies nothing and\n"
-               "does not touch Redis. lo is inclusive, hi exclusive, '-' is an open end.\n",
+               "ranges it would hand out (table, lo, hi, estimated rows), then the order the\n"
+               "targets' foreign keys impose (a table whose target table refers to another\n"
+               "job table's is copied after it). Copies nothing and does not touch Redis.\n"
+               "lo is inclusive, hi exclusive, '-' is an open end.\n",
                &rc);
     if (!path)
         return rc;
@@ -75,6 +78,22 @@ int bf_cmd_plan(int argc, char **argv)
                        r[i].lo ? r[i].lo : "-", r[i].hi ? r[i].hi : "-", (long long)r[i].est);
             bf_plan_ranges_free(r, n);
         }
+    }
+    if (rc == BF_EXIT_OK) {
+        /* The order the targets' foreign keys impose. */
+        bf_fk_graph_t fks;
+        char err[1024];
+        const char **labels = bf_xcalloc((size_t)ctx.job->ntables, sizeof *labels);
+        for (int t = 0; t < ctx.job->ntables; t++)
+            labels[t] = ctx.tables[t].src_label;
+        if (bf_fk_read(&fks, ctx.job, ctx.tables, ctx.tgt, err, sizeof err) != 0) {
+            log_error("%s", err);
+            rc = BF_EXIT_CONNECT;
+        } else {
+            bf_fk_report(&fks, labels, ctx.job, stdout);
+            bf_fk_clear(&fks);
+        }
+        free(labels);
     }
     bf_jobctx_close(&ctx);
     return rc;
@@ -287,19 +306,38 @@ int bf_cmd_status(int argc, char **argv)
         if (pct > 100 || p[t].done == p[t].ranges)
             pct = 100;
         double eta = rate > 0 && p[t].est > p[t].rows ? (double)(p[t].est - p[t].rows) / rate : 0;
-        if (json)
+        char waits[160];
+        bool waiting = bf_progress_waits(p, n, t, waits, sizeof waits);
+        if (json) {
             printf("%s{\"table\":\"%s\",\"ranges\":%lld,\"done\":%lld,\"leased\":%lld,"
                    "\"pending\":%lld,\"failed\":%lld,\"rows\":%lld,\"bytes\":%lld,"
-                   "\"est_rows\":%lld,\"eta_seconds\":%.0f,\"rejects\":%lld}",
+                   "\"est_rows\":%lld,\"eta_seconds\":%.0f,\"rejects\":%lld,\"waits_for\":[",
                    t ? "," : "", p[t].name, (long long)p[t].ranges, (long long)p[t].done,
                    (long long)p[t].leased, (long long)pending, (long long)p[t].failed,
                    (long long)p[t].rows, (long long)p[t].bytes, (long long)p[t].est, eta,
                    (long long)p[t].rejects);
-        else
+            for (const char *a = waiting ? p[t].after : "", *sep = ""; *a;) {
+                char *end;
+                long u = strtol(a, &end, 10);
+                if (end == a)
+                    break;
+                a = *end == ',' ? end + 1 : end;
+                if (u >= 0 && u < n && p[u].done < p[u].ranges) {
+                    printf("%s\"%s\"", sep, p[u].name);
+                    sep = ",";
+                }
+            }
+            printf("]}");
+        } else
             printf("%-32s %7lld %7lld %7lld %7lld %12lld %12lld %5.1f%% %8.0f %8lld\n", p[t].name,
                    (long long)p[t].done, (long long)p[t].leased, (long long)pending,
                    (long long)p[t].failed, (long long)p[t].rows, (long long)p[t].est, pct, eta,
                    (long long)p[t].rejects);
+    }
+    for (int t = 0; t < n && !json; t++) {
+        char waits[160];
+        if (bf_progress_waits(p, n, t, waits, sizeof waits))
+            printf("%s waits for %s (foreign keys on the target)\n", p[t].name, waits);
     }
     if (json)
         printf("]}\n");

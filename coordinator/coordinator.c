@@ -111,6 +111,8 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
         p->est = (v = s_stats_field(meta, f)) ? atoll(v) : 0;
         snprintf(f, sizeof f, "tbl:%d:width", t);
         p->width = (v = s_stats_field(meta, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "tbl:%d:after", t);
+        snprintf(p->after, sizeof p->after, "%s", (v = s_stats_field(meta, f)) ? v : "");
         snprintf(f, sizeof f, "rows:%d", t);
         p->rows = (v = s_stats_field(st, f)) ? atoll(v) : 0;
         snprintf(f, sizeof f, "bytes:%d", t);
@@ -272,6 +274,12 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         if (rf && rf->type == REDIS_REPLY_INTEGER && rf->integer > 0)
             log_info("%lld failed ranges are pending again", (long long)rf->integer);
         freeReplyObject(rf);
+        /* Tables waiting for others (foreign keys) that are done by now. */
+        int64_t moved = bf_rstate_unblock(r);
+        if (moved > 0)
+            log_info("%lld ranges of tables that waited for others are pending", (long long)moved);
+        else if (moved < 0)
+            log_warn("%s", r->errmsg);
     }
     if (bf_rstate_hget_int(r, "meta", "nranges", &self->nranges) != 0) {
         *exit_code = BF_EXIT_CONNECT;

@@ -63,6 +63,7 @@ typedef struct {
     int64_t leased; /* held by workers (not the coordinator's pool: those are pending) */
     int64_t stuck;  /* leased ranges past their lease's expiry (worker silent) */
     int64_t width;  /* average row width from the source's statistics, 0 = unknown */
+    char after[128]; /* the tables ("2,5") it is copied after (foreign keys), "" = none */
 } bf_table_progress_t;
 
 /* Fills n entries (n = job->ntables) and the retries and batches totals.

@@ -171,6 +171,27 @@ void bf_progress_erase(bf_progress_view_t *v)
     v->lines = 0;
 }
 
+bool bf_progress_waits(const bf_table_progress_t *p, int n, int t, char *names, size_t len)
+{
+    size_t used = 0;
+    bool waits = false;
+    names[0] = '\0';
+    for (const char *s = p[t].after; *s;) {
+        char *end;
+        long u = strtol(s, &end, 10);
+        if (end == s)
+            break;
+        s = *end == ',' ? end + 1 : end;
+        if (u < 0 || u >= n || p[u].done >= p[u].ranges)
+            continue;
+        int w = snprintf(names + used, len - used, "%s%s", waits ? ", " : "", p[u].name);
+        if (w > 0 && (size_t)w < len - used)
+            used += (size_t)w;
+        waits = true;
+    }
+    return waits;
+}
+
 void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_progress_t *p, int n,
                       const bf_progress_info_t *info)
 {
@@ -205,10 +226,13 @@ void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_pro
                  bf_progress_count(p[t].est, b, sizeof b));
         fprintf(f, "%-28.28s ", p[t].name);
         s_bar(f, frac);
-        fprintf(f, " %5.1f%%  %-30s %8.1f MB  ranges %lld/%lld  %lld workers%s%s\n", 100 * frac,
+        char waits[160];
+        bool waiting = bf_progress_waits(p, n, t, waits, sizeof waits);
+        fprintf(f, " %5.1f%%  %-30s %8.1f MB  ranges %lld/%lld  %lld workers%s%s%s%s\n", 100 * frac,
                 count, (double)p[t].bytes / 1e6, (long long)p[t].done, (long long)p[t].ranges,
                 (long long)p[t].leased, p[t].rejects ? "  rejects " : "",
-                p[t].rejects ? bf_progress_count(p[t].rejects, a, sizeof a) : "");
+                p[t].rejects ? bf_progress_count(p[t].rejects, a, sizeof a) : "",
+                waiting ? "  waits for " : "", waiting ? waits : "");
         lines++;
     }
     double frac = complete ? 1.0 : est > 0 ? (double)rows / (double)est : 0.0;

@@ -45,7 +45,15 @@ struct bf_copier {
     int64_t src_rows;     /* rows the source sent in the last relay (its COPY count), -1
                            * when not known (cut short, failed) */
     char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
+    char row_sqlstate[6]; /* and its SQLSTATE */
 };
+
+/* A range set back because a row refers to one the target does not have yet is
+ * leased again after this long (doubling with each deferral, at most 8 times). */
+#define DEFER_MS 500
+
+/* SQLSTATE foreign_key_violation. */
+#define SQLSTATE_FK "23503"
 
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
 {
@@ -666,7 +674,10 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     PGresult *res = NULL;
     char *lower = NULL;
 
-    if (bf_pg_exec(tgt, "BEGIN") != 0) {
+    /* Deferred constraints (Django's foreign keys are DEFERRABLE INITIALLY
+     * DEFERRED) are checked at the end of each statement: a refused row fails its
+     * COPY, where it can be isolated, not the COMMIT. */
+    if (bf_pg_exec(tgt, "BEGIN; SET CONSTRAINTS ALL IMMEDIATE") != 0) {
         result = s_fail(self, w, tp, label, tgt, "opening a transaction on the target for");
         goto rollback;
     }
@@ -755,6 +766,7 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
                 result = BF_BATCH_ROW_ERROR;
                 snprintf(self->row_error, sizeof self->row_error, "%s%s%s%s", tgt->errmsg,
                          tgt->detail[0] ? " (" : "", tgt->detail, tgt->detail[0] ? ")" : "");
+                snprintf(self->row_sqlstate, sizeof self->row_sqlstate, "%s", tgt->sqlstate);
             }
             goto rollback;
         }
@@ -868,6 +880,134 @@ static void s_adapt(bf_copier_t *self, const bf_job_t *job, int t, int64_t n, in
     self->batch_size[t] = next;
 }
 
+/* A batch's reads and writes: its end (several routes), then each target of the
+ * table in turn, one transaction each (none spans two databases). Returns
+ * BF_BATCH_MORE when every target committed (*end_p, *final_p, *rows, *bytes and
+ * *all_done set), with *redo when nothing was committed and the batch is to run
+ * again with fewer rows (isolating a refused row); else the batch's result. */
+static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf_tableplan_t *tp,
+                                       int64_t batch_rows, int64_t limit, char **end_p,
+                                       bool *final_p, int64_t *rows, int64_t *bytes, bool *all_done,
+                                       bool *redo)
+{
+    const bf_job_t *job = self->job;
+    bf_range_t *r = &w->range;
+    char *end = NULL;
+    bool final = false;
+    if (limit == 0 && s_batch_end(self->src, tp, r, batch_rows, &end, &final) != 0) {
+        free(end);
+        return s_fail(self, w, tp, tp->routes[0].label, self->src, "reading the source");
+    }
+
+    /* Each target of the table in turn (one transaction each; no transaction spans
+     * two databases). */
+    for (int i = 0; i < tp->nroutes; i++) {
+        int ti = tp->routes[i].target;
+        bool seen = false;
+        for (int j = 0; j < i; j++)
+            seen = seen || tp->routes[j].target == ti;
+        if (seen)
+            continue;
+        if (i > 0)
+            bf_fault_point("between-targets");
+        bool done = false;
+        int failed_route = -1;
+        bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL, rows,
+                                              bytes, &done, &failed_route);
+        bool fk = br == BF_BATCH_ROW_ERROR && strcmp(self->row_sqlstate, SQLSTATE_FK) == 0;
+        if (fk && w->limit == 0) {
+            /* A row refers to one the target does not have: it may come with a range
+             * copied meanwhile (a self-reference, a cycle, a table outside the order).
+             * Set the range back for a while, as long as the job still commits
+             * batches; else isolate the row below. */
+            char why[1100];
+            snprintf(why, sizeof why, "target %s: %s", job->targets[ti].alias, self->row_error);
+            int64_t after = 0;
+            int d = bf_rstate_defer(self->redis, r->id, r->token, why, DEFER_MS, &after);
+            if (d == 0 || d == 2) {
+                free(end);
+                if (d == 2) {
+                    snprintf(w->error, sizeof w->error,
+                             "range %lld: %s; the lease is no longer held", (long long)r->id, why);
+                    return BF_BATCH_FENCED;
+                }
+                snprintf(w->error, sizeof w->error,
+                         "range %lld: a row refers to one target %s does not have yet (%s); the "
+                         "range is retried in %.1f s",
+                         (long long)r->id, job->targets[ti].alias, self->row_error,
+                         (double)after / 1000.0);
+                return BF_BATCH_DEFERRED;
+            }
+            if (d < 0) {
+                free(end);
+                snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
+                return BF_BATCH_RETRY;
+            }
+            log_info("range %lld: a row refers to one target %s does not have, and no batch was "
+                     "committed since the range was last set back: isolating the row",
+                     (long long)r->id, job->targets[ti].alias);
+        }
+        if (br == BF_BATCH_ROW_ERROR) {
+            /* The target refused a row. Isolate it by halving the batch; then keep it
+             * aside in backfill_rejects as far as --max-rejects allows, else stop the
+             * job naming the row's key. */
+            if (batch_rows > 1) {
+                w->limit = batch_rows / 2;
+                log_info("range %lld: target %s rejected a row of a %lld-row batch; retrying "
+                         "with %lld rows to isolate it",
+                         (long long)r->id, job->targets[ti].alias, (long long)batch_rows,
+                         (long long)w->limit);
+                free(end);
+                *redo = true; /* nothing committed: the batch is redone */
+                return BF_BATCH_MORE;
+            }
+            char *key = end ? bf_xstrdup(end) : s_first_key(self->src, tp, r);
+            const bf_route_plan_t *rp = &tp->routes[failed_route];
+            snprintf(w->error, sizeof w->error,
+                     "table %s -> %s: the target refused the row with key %s: %s", tp->src_label,
+                     rp->label, key ? key : "?", self->row_error);
+            free(key);
+            int64_t max = 0, total = 0;
+            if (bf_rstate_hget_int(self->redis, "meta", "max_rejects", &max) != 0 ||
+                bf_rstate_hget_int(self->redis, "stats", "rejects_total", &total) != 0) {
+                free(end);
+                snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
+                return BF_BATCH_RETRY;
+            }
+            if (total + 1 > max) {
+                free(end);
+                size_t n = strlen(w->error);
+                if (max > 0)
+                    snprintf(w->error + n, sizeof w->error - n,
+                             "; %lld rows were refused already, the most --max-rejects allows "
+                             "(%lld): see public.backfill_rejects on the targets",
+                             (long long)total, (long long)max);
+                else if (fk)
+                    snprintf(w->error + n, sizeof w->error - n,
+                             "; the row it refers to is not on the target and no other range "
+                             "brought it: copy that table in this job too (tables are copied "
+                             "in the order of their foreign keys), or let the job set such "
+                             "rows aside with --max-rejects N");
+                else
+                    snprintf(w->error + n, sizeof w->error - n,
+                             "; fix the row or the target, or let the job set such rows aside "
+                             "with --max-rejects N");
+                return BF_BATCH_FATAL;
+            }
+            br = s_batch_target(self, w, tp, ti, &end, &final, limit, failed_route, self->row_error,
+                                rows, bytes, &done, &failed_route);
+        }
+        if (br != BF_BATCH_MORE) {
+            free(end);
+            return br;
+        }
+        *all_done = *all_done && done;
+    }
+    *end_p = end;
+    *final_p = final;
+    return BF_BATCH_MORE;
+}
+
 bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
 {
     self->abandoning = false;
@@ -924,75 +1064,20 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     batch_rows = granted;
     int64_t limit = tp->nroutes == 1 ? batch_rows : 0;
     long long t0 = bf_now_ms();
-    if (limit == 0 && s_batch_end(self->src, tp, r, batch_rows, &end, &final) != 0) {
-        free(end);
+    /* A table with several routes reads the source once per route: one snapshot
+     * for all of them, so that a row whose routing columns change meanwhile goes
+     * to exactly one target (READ ONLY: nothing to commit). */
+    bool snap = tp->nroutes > 1;
+    if (snap && bf_pg_exec(self->src, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") != 0)
         return s_fail(self, w, tp, tp->routes[0].label, self->src, "reading the source");
-    }
-
-    /* Each target of the table in turn (one transaction each; no transaction spans
-     * two databases), then one checkpoint for the batch. */
     int64_t rows = 0, bytes = 0, rejects_before = w->rejects;
-    bool all_done = true;
-    for (int i = 0; i < tp->nroutes; i++) {
-        int ti = tp->routes[i].target;
-        bool seen = false;
-        for (int j = 0; j < i; j++)
-            seen = seen || tp->routes[j].target == ti;
-        if (seen)
-            continue;
-        bool done = false;
-        int failed_route = -1;
-        bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL, &rows,
-                                              &bytes, &done, &failed_route);
-        if (br == BF_BATCH_ROW_ERROR) {
-            /* The target refused a row. Isolate it by halving the batch; then keep it
-             * aside in backfill_rejects as far as --max-rejects allows, else stop the
-             * job naming the row's key. */
-            if (batch_rows > 1) {
-                w->limit = batch_rows / 2;
-                log_info("range %lld: target %s rejected a row of a %lld-row batch; retrying "
-                         "with %lld rows to isolate it",
-                         (long long)r->id, job->targets[ti].alias, (long long)batch_rows,
-                         (long long)w->limit);
-                free(end);
-                return BF_BATCH_MORE; /* nothing checkpointed: the batch is redone */
-            }
-            char *key = end ? bf_xstrdup(end) : s_first_key(self->src, tp, r);
-            const bf_route_plan_t *rp = &tp->routes[failed_route];
-            snprintf(w->error, sizeof w->error,
-                     "table %s -> %s: the target refused the row with key %s: %s", tp->src_label,
-                     rp->label, key ? key : "?", self->row_error);
-            free(key);
-            int64_t max = 0, total = 0;
-            if (bf_rstate_hget_int(self->redis, "meta", "max_rejects", &max) != 0 ||
-                bf_rstate_hget_int(self->redis, "stats", "rejects_total", &total) != 0) {
-                free(end);
-                snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
-                return BF_BATCH_RETRY;
-            }
-            if (total + 1 > max) {
-                free(end);
-                size_t n = strlen(w->error);
-                if (max > 0)
-                    snprintf(w->error + n, sizeof w->error - n,
-                             "; %lld rows were refused already, the most --max-rejects allows "
-                             "(%lld): see public.backfill_rejects on the targets",
-                             (long long)total, (long long)max);
-                else
-                    snprintf(w->error + n, sizeof w->error - n,
-                             "; fix the row or the target, or let the job set such rows aside "
-                             "with --max-rejects N");
-                return BF_BATCH_FATAL;
-            }
-            br = s_batch_target(self, w, tp, ti, &end, &final, limit, failed_route, self->row_error,
-                                &rows, &bytes, &done, &failed_route);
-        }
-        if (br != BF_BATCH_MORE) {
-            free(end);
-            return br;
-        }
-        all_done = all_done && done;
-    }
+    bool all_done = true, redo = false;
+    bf_batch_result_t br = s_batch_write(self, w, tp, batch_rows, limit, &end, &final, &rows,
+                                         &bytes, &all_done, &redo);
+    if (snap && bf_pg_is_alive(self->src))
+        bf_pg_exec_quiet(self->src, "ROLLBACK");
+    if (br != BF_BATCH_MORE || redo)
+        return br;
     if (w->limit > 0) /* back to full batches once past the rejected rows */
         w->limit = w->limit * 2 >= self->batch_size[r->table] ? 0 : w->limit * 2;
     else if (!final && !w->short_batches && !throttled)

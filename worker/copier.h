@@ -20,6 +20,8 @@ typedef enum {
     BF_BATCH_FATAL,     /* data or schema problem: needs a person */
     BF_BATCH_ROW_ERROR, /* internal to the copier: the target refused a row */
     BF_BATCH_PAUSED,    /* `backfill pause` (or cancel): nothing copied, ask again later */
+    BF_BATCH_DEFERRED,  /* a row refers to one the target does not have yet: the range
+                         * went back to Redis for a while (w->error says why) */
 } bf_batch_result_t;
 
 /* A lease being worked on. */

@@ -372,6 +372,16 @@ static void s_work(worker_t *w)
         log_warn("fenced: %s; dropping the range", l->error);
         s_send_fenced(w, &m);
         return;
+    case BF_BATCH_DEFERRED:
+        /* The range is back in Redis (not an attempt); take other work now. */
+        log_info("%s", l->error);
+        m.type = BF_MSG_FAIL;
+        m.code = (char *)"DEFERRED";
+        m.message = l->error;
+        m.retryable = true;
+        s_send(w, &m);
+        s_drop_lease(w); /* and asks for the next lease at once (no retry wait) */
+        return;
     case BF_BATCH_RETRY:
     case BF_BATCH_ROW_ERROR: /* never returned by bf_copier_batch */
     case BF_BATCH_FATAL: {

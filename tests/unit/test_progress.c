@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
 #include <string.h>
 
 #include "progress.h"
@@ -73,13 +74,41 @@ static void test_bytes_left(void **state)
     assert_int_equal(bf_progress_bytes_left(&q, 1), -1);
 }
 
+/* A table waits for the tables of its `after` list that are not done. */
+static void test_waits(void **state)
+{
+    (void)state;
+    bf_table_progress_t p[4];
+    memset(p, 0, sizeof p);
+    const char *names[] = {"public.customer", "public.order", "public.fill", "public.other"};
+    for (int t = 0; t < 4; t++) {
+        snprintf(p[t].name, sizeof p[t].name, "%s", names[t]);
+        p[t].ranges = 4;
+    }
+    snprintf(p[1].after, sizeof p[1].after, "0");
+    snprintf(p[2].after, sizeof p[2].after, "0,1,9,x");
+    char buf[160];
+    assert_false(bf_progress_waits(p, 4, 0, buf, sizeof buf));
+    assert_string_equal(buf, "");
+    assert_true(bf_progress_waits(p, 4, 1, buf, sizeof buf));
+    assert_string_equal(buf, "public.customer");
+    assert_true(bf_progress_waits(p, 4, 2, buf, sizeof buf)); /* 9: no such table, ignored */
+    assert_string_equal(buf, "public.customer, public.order");
+    p[0].done = 4; /* customer done: order starts, fill still waits for order */
+    assert_false(bf_progress_waits(p, 4, 1, buf, sizeof buf));
+    assert_true(bf_progress_waits(p, 4, 2, buf, sizeof buf));
+    assert_string_equal(buf, "public.order");
+    char tiny[8]; /* names cut, never overflowing */
+    assert_true(bf_progress_waits(p, 4, 2, tiny, sizeof tiny));
+    assert_true(strlen(tiny) < sizeof tiny);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_count),
-        cmocka_unit_test(test_rate_window),
-        cmocka_unit_test(test_eta_countdown),
-        cmocka_unit_test(test_bytes_left),
+        cmocka_unit_test(test_count),         cmocka_unit_test(test_rate_window),
+        cmocka_unit_test(test_eta_countdown), cmocka_unit_test(test_bytes_left),
+        cmocka_unit_test(test_waits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

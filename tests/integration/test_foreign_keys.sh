@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Foreign keys on the targets. A Django service's tables refer to each other
+# (DEFERRABLE INITIALLY DEFERRED) and a child row cannot land before its parent.
+#  1. Order: fill -> trading_order -> customer, listed child first in the job:
+#     the coordinator reads the targets' foreign keys and leases a table's ranges
+#     only once the tables it refers to are done. `plan` prints the order; `status`
+#     shows the tables waiting (a coordinator with no workers yet); no batch ever
+#     fails on a foreign key (nothing deferred), every row lands, verify passes.
+#  2. A self-reference (category.parent_id -> category, rows referring to rows of
+#     lower ranges) cannot be ordered: `plan` says so; batches that refer to rows
+#     not copied yet set their range back for a while (deferred) and the job ends
+#     with every row, nothing set aside.
+#  3. An orphan (a row referring to a row the source does not have): the range is
+#     set back while other batches commit, then the row is isolated: the job stops
+#     naming table, key and the missing row (exit 4); with --max-rejects it is set
+#     aside and the rest lands.
+#  4. A cycle (a -> b -> a, nullable): not ordered (`plan` says so), copied side by
+#     side with deferrals; every row lands.
+. "$(dirname "$0")/lib.sh"
+fresh_db fk_src fk_tgt fk_tgt2 fk_tgt3
+q fk_src "
+CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL);
+INSERT INTO customer SELECT g, 'customer ' || g FROM generate_series(1, 20000) g;
+CREATE TABLE trading_order (id bigint PRIMARY KEY, customer_id bigint NOT NULL, qty int);
+INSERT INTO trading_order SELECT g, 1 + (g::bigint * 7919) % 20000, g % 100 FROM generate_series(1, 60000) g;
+CREATE TABLE fill (id bigint PRIMARY KEY, order_id bigint NOT NULL, price numeric(12,2));
+INSERT INTO fill SELECT g, 1 + (g::bigint * 104729) % 60000, g / 100.0 FROM generate_series(1, 60000) g;
+CREATE TABLE category (id bigint PRIMARY KEY, parent_id bigint, name text);
+INSERT INTO category SELECT g, CASE WHEN g <= 10 THEN NULL ELSE 1 + (g * 7) % (g - 1) END,
+    'cat ' || g FROM generate_series(1, 12000) g;
+CREATE TABLE a (id bigint PRIMARY KEY, b_id bigint);
+CREATE TABLE b (id bigint PRIMARY KEY, a_id bigint);
+INSERT INTO b SELECT g, CASE WHEN g > 500 THEN 1 + g % 100 END FROM generate_series(1, 1000) g;
+INSERT INTO a SELECT g, 1 + g % 500 FROM generate_series(1, 1000) g;
+ANALYZE;" >/dev/null
+for db in fk_tgt fk_tgt2 fk_tgt3; do
+    q "$db" "
+    CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL);
+    CREATE TABLE trading_order (id bigint PRIMARY KEY, customer_id bigint NOT NULL
+        CONSTRAINT trading_order_customer_fk REFERENCES customer DEFERRABLE INITIALLY DEFERRED,
+        qty int);
+    CREATE TABLE fill (id bigint PRIMARY KEY, order_id bigint NOT NULL
+        CONSTRAINT fill_order_fk REFERENCES trading_order, price numeric(12,2));
+    CREATE TABLE category (id bigint PRIMARY KEY, parent_id bigint
+        CONSTRAINT category_parent_fk REFERENCES category DEFERRABLE INITIALLY DEFERRED, name text);
+    CREATE TABLE a (id bigint PRIMARY KEY, b_id bigint);
+    CREATE TABLE b (id bigint PRIMARY KEY, a_id bigint CONSTRAINT b_a_fk REFERENCES a);
+    ALTER TABLE a ADD CONSTRAINT a_b_fk FOREIGN KEY (b_id) REFERENCES b;" >/dev/null
+done
+
+job() { # job NAME DB TABLES...
+    local name=$1 db=$2
+    shift 2
+    cat <<YAML
+name: $name
+source: $(uri fk_src)
+redis: $BF_REDIS_URL
+targets:
+  svc: $(uri "$db")
+batch_rows: 2000
+batch_ms: 0
+range_rows: 5000
+tables:
+YAML
+    for t in "$@"; do printf '  - from: %s\n    to: svc.%s\n' "$t" "$t"; done
+}
+
+# 1. Order, with the children listed first.
+forget_job fko
+job fko fk_tgt fill trading_order customer >"$WORK/job.yaml"
+"$BF" plan "$WORK/job.yaml" >"$WORK/plan.out" 2>&1 || { cat "$WORK/plan.out"; fail "plan"; }
+grep -q '^table public.fill is copied after public.trading_order: foreign key fill_order_fk of svc.public.fill refers to svc.public.trading_order$' \
+    "$WORK/plan.out" || fail "plan does not show fill after trading_order: $(tail -5 "$WORK/plan.out")"
+grep -q '^table public.trading_order is copied after public.customer: foreign key trading_order_customer_fk' \
+    "$WORK/plan.out" || fail "plan does not show trading_order after customer: $(tail -5 "$WORK/plan.out")"
+# A coordinator with no workers: the plan is stored, the children wait.
+start_coordinator coord auto "$WORK/job.yaml"
+"$BF" status "$WORK/job.yaml" >"$WORK/status.out" 2>&1 || { cat "$WORK/status.out"; fail "status"; }
+grep -q '^public.fill waits for public.trading_order (foreign keys on the target)$' "$WORK/status.out" ||
+    fail "status does not show fill waiting: $(cat "$WORK/status.out")"
+grep -q '^public.trading_order waits for public.customer' "$WORK/status.out" ||
+    fail "status does not show trading_order waiting: $(cat "$WORK/status.out")"
+"$BF" status "$WORK/job.yaml" --json >"$WORK/status.json"
+if command -v python3 >/dev/null; then
+    python3 -m json.tool "$WORK/status.json" >/dev/null || fail "status --json is not JSON: $(cat "$WORK/status.json")"
+fi
+grep -q '"table":"public.fill",[^}]*"waits_for":\["public.trading_order"\]' "$WORK/status.json" ||
+    fail "status --json does not show fill waiting: $(cat "$WORK/status.json")"
+grep -q '"table":"public.customer",[^}]*"waits_for":\[\]' "$WORK/status.json" ||
+    fail "status --json: customer should wait for nothing: $(cat "$WORK/status.json")"
+expect_eq "$(redis_cmd ZCARD 'bf:{fko}:pending')" 4 "pending ranges before any worker (customer's)"
+start_worker w1
+W1=$WPID
+start_worker w2
+W2=$WPID
+start_worker w3
+W3=$WPID
+expect_job_done_fk() {
+    local rc=0
+    wait "$CPID" || rc=$?
+    [ "$rc" -eq 0 ] || tail -n 30 "$WORK/coord.err"
+    expect_eq "$rc" 0 "coordinator exit code"
+    for p in "$W1" "$W2" "$W3"; do wait "$p" || fail "a worker exited $?"; done
+}
+expect_job_done_fk
+grep -q 'table public.fill is copied after public.trading_order' "$WORK/coord.err" ||
+    fail "coordinator did not log the order"
+expect_eq "$(redis_cmd HGET 'bf:{fko}:stats' deferred)" "" "batches deferred (the order left none)"
+cat "$WORK"/w*.err >"$WORK/workers.err"
+if grep -q 'violates foreign key' "$WORK/workers.err"; then
+    fail "a batch failed on a foreign key: $(grep -m1 'violates foreign key' "$WORK/workers.err")"
+fi
+for t in customer trading_order fill; do
+    expect_eq "$(table_md5 fk_tgt "$t" id)" "$(table_md5 fk_src "$t" id)" "md5 of $t"
+done
+"$BF" verify "$WORK/job.yaml" >"$WORK/verify.out" 2>&1 || { cat "$WORK/verify.out"; fail "verify"; }
+
+# 2. A self-reference: not ordered, deferred until the rows it refers to landed.
+forget_job fks
+job fks fk_tgt category >"$WORK/self.yaml"
+"$BF" plan "$WORK/self.yaml" >"$WORK/plan2.out" 2>&1 || { cat "$WORK/plan2.out"; fail "plan"; }
+grep -q '^not ordered on svc: foreign key category_parent_fk of svc.public.category refers to its own table' \
+    "$WORK/plan2.out" || fail "plan does not warn about the self-reference: $(tail -3 "$WORK/plan2.out")"
+"$BF" run "$WORK/self.yaml" --workers 3 >"$WORK/run2.out" 2>"$WORK/run2.err" ||
+    { tail -20 "$WORK/run2.err"; fail "self-referencing table"; }
+expect_eq "$(table_md5 fk_tgt category id)" "$(table_md5 fk_src category id)" "md5 of category"
+deferred=$(redis_cmd HGET 'bf:{fks}:stats' deferred)
+[ "${deferred:-0}" -gt 0 ] || fail "no batch was deferred (the test did not exercise the path)"
+grep -q 'a row refers to one target svc does not have yet (insert or update on table "category" violates foreign key constraint "category_parent_fk"' \
+    "$WORK/run2.err" || fail "no deferral logged: $(grep -m3 -i 'foreign' "$WORK/run2.err")"
+expect_eq "$(q fk_tgt "SELECT count(*) FROM backfill_rejects")" 0 "rows set aside"
+
+# 3. An orphan: isolated once waiting cannot help; the job stops naming it.
+q fk_src "INSERT INTO trading_order VALUES (60001, 777777, 1); ANALYZE trading_order" >/dev/null
+forget_job fkx
+job fkx fk_tgt2 trading_order customer >"$WORK/orphan.yaml"
+rc=0
+"$BF" run "$WORK/orphan.yaml" --workers 2 >"$WORK/run3.out" 2>"$WORK/run3.err" || rc=$?
+expect_eq "$rc" 4 "exit code with an orphan row"
+grep -q 'table public.trading_order -> svc.public.trading_order: the target refused the row with key 60001: insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk" (Key (customer_id)=(777777) is not present in table "customer".); the row it refers to is not on the target' \
+    "$WORK/run3.err" || fail "error does not name the orphan: $(grep -i 'error' "$WORK/run3.err" | tail -3)"
+expect_eq "$(q fk_tgt2 "SELECT count(*) FROM customer")" 20000 "customers before the stop"
+forget_job fkx2
+sed 's/^name: fkx$/name: fkx2/' "$WORK/orphan.yaml" >"$WORK/orphan2.yaml"
+sed -i "s#$(uri fk_tgt2)#$(uri fk_tgt3)#" "$WORK/orphan2.yaml"
+"$BF" run "$WORK/orphan2.yaml" --workers 2 --max-rejects 5 >"$WORK/run4.out" 2>"$WORK/run4.err" ||
+    { tail -20 "$WORK/run4.err"; fail "orphan with --max-rejects"; }
+expect_eq "$(q fk_tgt3 "SELECT count(*) FROM trading_order")" 60000 "orders landed"
+expect_eq "$(q fk_tgt3 "SELECT key FROM backfill_rejects WHERE job = 'fkx2'")" 60001 "orphan set aside"
+q fk_src "DELETE FROM trading_order WHERE id = 60001" >/dev/null
+
+# 4. A cycle: not ordered; deferrals bring it through.
+forget_job fkc
+job fkc fk_tgt3 a b | sed 's/range_rows: 5000/range_rows: 400/; s/batch_rows: 2000/batch_rows: 200/' \
+    >"$WORK/cycle.yaml"
+"$BF" plan "$WORK/cycle.yaml" >"$WORK/plan4.out" 2>&1 || { cat "$WORK/plan4.out"; fail "plan"; }
+grep -q 'not ordered on svc: foreign key a_b_fk of svc.public.a refers to svc.public.b, which refers back to it (a cycle)' \
+    "$WORK/plan4.out" || fail "plan does not warn about the cycle: $(tail -3 "$WORK/plan4.out")"
+"$BF" run "$WORK/cycle.yaml" --workers 2 >"$WORK/run5.out" 2>"$WORK/run5.err" ||
+    { tail -20 "$WORK/run5.err"; fail "cycle"; }
+for t in a b; do
+    expect_eq "$(table_md5 fk_tgt3 "$t" id)" "$(table_md5 fk_src "$t" id)" "md5 of $t"
+done
+for j in fko fks fkx fkx2 fkc; do forget_job "$j"; done
