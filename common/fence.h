@@ -4,11 +4,35 @@
 #ifndef BF_FENCE_H
 #define BF_FENCE_H
 
+/* lo and hi: the range's bounds as its last writer knew them ("=" key, "-" open;
+ * NULL: not known yet). hi only shrinks (splits), and a split is recorded here
+ * before Redis hears of it: a lease whose hi is larger than its fence rows' lost
+ * that split in Redis (a failover, a crash with appendfsync everysec). */
 #define BF_FENCE_DDL                                                                               \
     "CREATE TABLE IF NOT EXISTS public.backfill_fence ("                                           \
     " job text NOT NULL, range_id bigint NOT NULL, token bigint NOT NULL,"                         \
     " seq bigint NOT NULL, cursor text, final boolean NOT NULL DEFAULT false,"                     \
-    " updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, range_id))"
+    " updated_at timestamptz NOT NULL DEFAULT now(), lo text, hi text,"                            \
+    " PRIMARY KEY (job, range_id))"
+
+/* A fence table of an earlier version gets lo and hi (only when missing: ALTER
+ * TABLE would wait for every open batch). */
+#define BF_FENCE_MIGRATE                                                                           \
+    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="                       \
+    " 'public.backfill_fence'::regclass AND attname = 'hi' AND NOT attisdropped) THEN"             \
+    " ALTER TABLE public.backfill_fence ADD COLUMN lo text, ADD COLUMN hi text;"                   \
+    " END IF; END $$"
+
+/* What the targets know of a job: one more than its largest range id, and its
+ * largest fencing token (a coordinator raises Redis's counters to these). */
+#define BF_FENCE_MAX                                                                               \
+    "SELECT coalesce(max(range_id) + 1, 0), coalesce(max(token), 0)"                               \
+    " FROM public.backfill_fence WHERE job = $1"
+
+/* Another range's fence row starting at lo: the part a lost split gave away. */
+#define BF_FENCE_FIND_LO                                                                           \
+    "SELECT range_id FROM public.backfill_fence WHERE job = $1 AND lo = $2 AND range_id <> $3"     \
+    " ORDER BY range_id LIMIT 1"
 
 /* Rows a target rejected (constraint violation, value too long...), when the job
  * allows some (--max-rejects): what was tried, and why it failed. */
@@ -32,12 +56,17 @@
     "ON CONFLICT (job, range_id) DO NOTHING"
 
 #define BF_FENCE_LOCK                                                                              \
-    "SELECT token, seq, cursor, final FROM public.backfill_fence "                                 \
+    "SELECT token, seq, cursor, final, lo, hi FROM public.backfill_fence "                         \
     "WHERE job = $1 AND range_id = $2 FOR UPDATE"
 
 #define BF_FENCE_UPDATE                                                                            \
     "UPDATE public.backfill_fence SET token = $3, seq = $4, cursor = $5, final = $6,"              \
-    " updated_at = now() WHERE job = $1 AND range_id = $2"
+    " lo = $7, hi = $8, updated_at = now() WHERE job = $1 AND range_id = $2"
+
+/* A split, before Redis makes it: the range's new hi ($3). */
+#define BF_FENCE_SET_HI                                                                            \
+    "UPDATE public.backfill_fence SET hi = $3, updated_at = now()"                                 \
+    " WHERE job = $1 AND range_id = $2"
 
 /* A transaction-scoped advisory lock per (job, range) on the target, taken first in
  * every batch: unlike the fence row's lock, its holder is visible in pg_locks, so

@@ -298,6 +298,22 @@ local function bf_defer(keys, args)
   return {'DEFERRED', delay}
 end
 
+-- bf_floor(meta; target_max) -> the fencing counter's increase, 0 when it was at
+--   least target_max (the largest token the targets hold). Below it, Redis lost
+--   writes (a failover, a crash with appendfsync everysec), and tokens it issued
+--   before are unknown: the counter jumps a million past, so that none is issued
+--   twice.
+local function bf_floor(keys, args)
+  local p = prefix(keys[1])
+  local cur = tonumber(redis.call('GET', p .. 'fence') or '0')
+  local max = tonumber(args[1])
+  if cur >= max then
+    return 0
+  end
+  redis.call('SET', p .. 'fence', string.format('%d', max + 1000000))
+  return max + 1000000 - cur
+end
+
 -- bf_unblock(meta) -> ranges of waiting tables moved to pending (their tables to
 --   wait for are done): run by a coordinator at start, in case a table finished
 --   without releasing them (a plan stored by hand, a Redis that lost writes).
@@ -362,11 +378,13 @@ local function bf_reap(keys, args)
   return ids
 end
 
--- bf_split(meta; id, token, key, est_new, est_kept) -> new range id | 'STALE'
+-- bf_split(meta; id, token, key, est_new, est_kept [, want_id]) -> new range id | 'STALE'
 --   the owner of lease (id, token), between batches, gives up [key, hi) of its range:
 --   its hi becomes key and [key, old hi) is a new pending range of the same table.
 --   The owner picked key past its cursor (only the source can compare keys), so no
---   row is in both parts and none in neither.
+--   row is in both parts and none in neither. want_id (>= 0): the id the part had
+--   before Redis lost this split (its fence rows on the targets carry it); 'TAKEN'
+--   when another range has it (Redis gave it again).
 local function bf_split(keys, args)
   local p = prefix(keys[1])
   local id, token, key = args[1], args[2], args[3]
@@ -375,7 +393,18 @@ local function bf_split(keys, args)
   if cur[1] ~= token or cur[2] ~= 'leased' then
     return 'STALE'
   end
-  local nid = redis.call('HINCRBY', keys[1], 'nranges', 1) - 1
+  local want = tonumber(args[6] or '-1')
+  local nid
+  if want >= 0 and redis.call('EXISTS', p .. 'range:' .. want) == 1 then
+    return 'TAKEN'
+  elseif want >= 0 then
+    nid = want
+    if tonumber(redis.call('HGET', keys[1], 'nranges') or '0') <= nid then
+      redis.call('HSET', keys[1], 'nranges', nid + 1)
+    end
+  else
+    nid = redis.call('HINCRBY', keys[1], 'nranges', 1) - 1
+  end
   local nk = p .. 'range:' .. nid
   local left = tonumber(args[4])
   redis.call('HSET', nk, 'tbl', cur[3], 'state', 'pending', 'seq', 0, 'rows', 0, 'bytes', 0,
@@ -496,6 +525,7 @@ redis.register_function('bf_renew', bf_renew)
 redis.register_function('bf_release', bf_release)
 redis.register_function('bf_defer', bf_defer)
 redis.register_function('bf_unblock', bf_unblock)
+redis.register_function('bf_floor', bf_floor)
 redis.register_function('bf_reap', bf_reap)
 redis.register_function('bf_retry_failed', bf_retry_failed)
 redis.register_function('bf_split', bf_split)

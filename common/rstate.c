@@ -361,16 +361,17 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
 }
 
 int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,
-                    int64_t est_kept, int64_t *new_id)
+                    int64_t est_kept, int64_t want_id, int64_t *new_id)
 {
-    char ids[24], toks[24], en[24], ek[24];
+    char ids[24], toks[24], en[24], ek[24], want[24];
     snprintf(ids, sizeof ids, "%lld", (long long)id);
     snprintf(toks, sizeof toks, "%lld", (long long)token);
     snprintf(en, sizeof en, "%lld", (long long)est_new);
     snprintf(ek, sizeof ek, "%lld", (long long)est_kept);
-    const char *argv[] = {"FCALL", "bf_split", "1", bf_rstate_key(self, "meta"), ids, toks,
-                          key,     en,         ek};
-    redisReply *r = bf_rstate_argv(self, 9, argv);
+    snprintf(want, sizeof want, "%lld", (long long)want_id);
+    const char *argv[] = {"FCALL", "bf_split", "1", bf_rstate_key(self, "meta"), ids, toks, key,
+                          en,      ek,         want};
+    redisReply *r = bf_rstate_argv(self, 10, argv);
     if (!r)
         return -1;
     int res = -1;
@@ -380,6 +381,9 @@ int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *ke
     } else if ((r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_STRING) &&
                strcmp(r->str, "STALE") == 0) {
         res = 1;
+    } else if ((r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_STRING) &&
+               strcmp(r->str, "TAKEN") == 0) {
+        res = 2;
     } else {
         snprintf(self->errmsg, sizeof self->errmsg, "bf_split: unexpected reply");
     }

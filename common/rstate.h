@@ -87,11 +87,12 @@ int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *
 /* The owner of lease (id, token) gives up [key, hi) of its range (key is past its
  * cursor, below hi): its hi becomes key, and [key, old hi) a new pending range,
  * *new_id. est_new / est_kept: estimated rows of the new part and left in the
- * owner's. Returns 0, 1 when the lease is no longer held, -1 on error (the split
- * may or may not have happened: the caller must not copy past key before it
- * knows). */
+ * owner's. want_id >= 0: the id the new part is to have (a split Redis lost, made
+ * again: the part's fence rows carry that id). Returns 0, 1 when the lease is no
+ * longer held, 2 when want_id is another range's, -1 on error (the split may or
+ * may not have happened: the caller must not copy past key before it knows). */
 int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,
-                    int64_t est_kept, int64_t *new_id);
+                    int64_t est_kept, int64_t want_id, int64_t *new_id);
 
 /* Live control (`backfill pause|resume|cancel|throttle`), asked before each batch. */
 typedef enum { BF_ADMIT_RUN = 0, BF_ADMIT_PAUSED, BF_ADMIT_CANCEL, BF_ADMIT_BACKOFF } bf_admit_t;

@@ -162,6 +162,7 @@ static bf_coord_t *s_prepare(const coord_args_t *a, int *rc)
     bf_coord_t *coord = bf_coord_new(&ctx, &a->opts, rc);
     bf_jobctx_close(&ctx);
     if (coord && bf_coord_complete(coord)) {
+        bf_coord_finish(coord);
         printf("job is already complete: every range is done (backfill verify %s checks it)\n",
                a->job_path);
         bf_coord_destroy(&coord);
@@ -179,8 +180,11 @@ static void s_coordinator_usage(FILE *f)
         "                            [--log-format text|json] [--curve-cert FILE --curve-allow "
         "DIR]\n\n"
         "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
-        "connect with `backfill worker --connect ENDPOINT`. Exits 0 when every range is\n"
-        "done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable), %d when\n"
+        "connect with `backfill worker --connect ENDPOINT` (tables whose target tables refer\n"
+        "to others by foreign key after those). When every range is done it advances the\n"
+        "sequences behind the target tables' columns past the copied ids. Exits 0 when\n"
+        "every range is done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable), %d "
+        "when\n"
         "another coordinator runs the job (one per job at a time: a lock in Redis, which a\n"
         "killed coordinator's successor waits for up to %d s, or not at all in the same\n"
         "PID namespace of the same machine).\n"
@@ -226,6 +230,7 @@ int bf_cmd_coordinator(int argc, char **argv)
         bf_coord_summary(coord, stdout);
         fflush(stdout);
         bf_coord_linger_done(coord, 3000, &s_stop);
+        bf_coord_finish(coord); /* the workers are told first: they need not wait */
     } else if (rc == BF_EXIT_INTERRUPTED) {
         log_info("interrupted; start the coordinator again to resume");
     }
@@ -394,8 +399,11 @@ static void s_run_usage(FILE *f)
         "Runs the coordinator and N local workers (default 4) in one command, with progress\n"
         "on stderr: a live display per table on a terminal (workers then log warnings\n"
         "only), a line every 2 s otherwise. Interrupted (Ctrl-C), it hands every range back\n"
-        "at its last checkpoint; run it again to resume. On a finished job it says so and\n"
-        "exits 0; while another coordinator runs the job it exits 2 naming it.\n"
+        "at its last checkpoint; run it again to resume. Tables whose target tables refer to\n"
+        "others by foreign key are copied after those. When every range is done, the\n"
+        "sequences behind the target tables' columns are advanced past the copied ids. On a\n"
+        "finished job it says so, advances them again and exits 0; while another\n"
+        "coordinator runs the job it exits 2 naming it.\n"
         "  --workers N     local worker processes (default 4)\n"
         "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
         "  --replan        plan afresh although the targets hold progress of this job while\n"
@@ -460,6 +468,7 @@ static int s_run(coord_args_t *ap)
         close(s.err_r);
     }
     if (rc == BF_EXIT_OK) {
+        bf_coord_finish(coord);
         printf("job complete\n");
         bf_coord_summary(coord, stdout);
         /* Resources of this run, for the benchmark: the workers' CPU in all and the

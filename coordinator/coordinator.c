@@ -2,11 +2,13 @@
 
 #include "curve.h"
 #include "exitcodes.h"
+#include "fence.h"
 #include "joblock.h"
 #include "leaser.h"
 #include "log.h"
 #include "metrics.h"
 #include "progress.h"
+#include "sequences.h"
 #include "net.h"
 #include "strbuf.h"
 
@@ -202,6 +204,47 @@ static bool s_has_fence_rows(bf_coord_t *self)
     return false;
 }
 
+/* Every target's fence table as this version writes it; on a resumed job, Redis's
+ * fencing counter raised past every token the targets hold (Redis may have lost
+ * writes). Returns BF_EXIT_OK or BF_EXIT_CONNECT (logged). */
+static int s_fence_prepare(bf_coord_t *self, bool resumed)
+{
+    const bf_job_t *job = self->ctx.job;
+    int64_t max_token = 0;
+    for (int i = 0; i < job->ntargets; i++) {
+        bf_pg_t *t = self->ctx.tgt[i];
+        if (bf_pg_exec(t, BF_FENCE_DDL) != 0 || bf_pg_exec(t, BF_FENCE_MIGRATE) != 0)
+            return BF_EXIT_CONNECT;
+        if (!resumed)
+            continue;
+        const char *params[] = {job->name};
+        PGresult *res = bf_pg_query(t, BF_FENCE_MAX, 1, params);
+        if (!res)
+            return BF_EXIT_CONNECT;
+        int64_t tok = atoll(PQgetvalue(res, 0, 1));
+        PQclear(res);
+        if (tok > max_token)
+            max_token = tok;
+    }
+    if (!resumed)
+        return BF_EXIT_OK;
+    bf_rstate_t *r = self->ctx.redis;
+    redisReply *f = bf_rstate_cmd(r, "FCALL bf_floor 1 %s %lld", bf_rstate_key(r, "meta"),
+                                  (long long)max_token);
+    if (!f || f->type != REDIS_REPLY_INTEGER) {
+        log_error("%s", f && f->type == REDIS_REPLY_ERROR ? f->str : r->errmsg);
+        freeReplyObject(f);
+        return BF_EXIT_CONNECT;
+    }
+    if (f->integer > 0)
+        log_warn("job %s: the targets hold fencing tokens up to %lld, more than redis has issued: "
+                 "redis lost writes (a failover, or a crash with appendfsync everysec); tokens "
+                 "continue past them",
+                 job->name, (long long)max_token);
+    freeReplyObject(f);
+    return BF_EXIT_OK;
+}
+
 static int s_throttle_value(bf_coord_t *self, double *value, char *err, size_t errlen);
 
 /* True (logged) when another coordinator took the job's lock: this one must stop. */
@@ -266,9 +309,14 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
             goto fail;
         }
         *exit_code = bf_jobctx_plan_and_store(&self->ctx);
+        if (*exit_code == BF_EXIT_OK)
+            *exit_code = s_fence_prepare(self, false);
         if (*exit_code != BF_EXIT_OK)
             goto fail;
     } else {
+        *exit_code = s_fence_prepare(self, true);
+        if (*exit_code != BF_EXIT_OK)
+            goto fail;
         log_info("resuming job %s from its checkpoints in redis", self->ctx.job->name);
         redisReply *rf = bf_rstate_cmd(r, "FCALL bf_retry_failed 1 %s", bf_rstate_key(r, "meta"));
         if (rf && rf->type == REDIS_REPLY_INTEGER && rf->integer > 0)
@@ -352,6 +400,25 @@ void bf_coord_destroy(bf_coord_t **self_p)
 bool bf_coord_complete(bf_coord_t *self)
 {
     return bf_rstate_is_complete(self->ctx.redis) == 1;
+}
+
+void bf_coord_finish(bf_coord_t *self)
+{
+    const bf_job_t *job = self->ctx.job;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (attempt > 0) /* idle for the whole job, a connection may be gone */
+            for (int i = 0; i < job->ntargets; i++) {
+                char what[96];
+                snprintf(what, sizeof what, "target %s", job->targets[i].alias);
+                bf_pg_destroy(&self->ctx.tgt[i]);
+                self->ctx.tgt[i] = bf_pg_connect(job->targets[i].dsn, what);
+            }
+        if (bf_sequences_advance(job, self->ctx.tables, self->ctx.tgt) >= 0)
+            return;
+    }
+    log_warn("every row is copied, but the targets' sequences could not be advanced past the "
+             "copied ids (see the error above); run the job again to do it: a finished job "
+             "only does that");
 }
 
 int bf_coord_bind(bf_coord_t *self, const char *endpoint)

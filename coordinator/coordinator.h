@@ -38,6 +38,11 @@ void bf_coord_destroy(bf_coord_t **self_p);
 /* True when every range is done already. */
 bool bf_coord_complete(bf_coord_t *self);
 
+/* Once every range is done: advances the targets' sequences past the copied ids
+ * (bf_sequences_advance; on fresh connections when those of the job are gone).
+ * A failure is logged, not fatal: the rows are all there. */
+void bf_coord_finish(bf_coord_t *self);
+
 /* Binds the ROUTER to endpoint, and starts the metrics server when asked. 0 or
  * -1 (logged). */
 int bf_coord_bind(bf_coord_t *self, const char *endpoint);
@@ -60,9 +65,9 @@ void bf_coord_summary(bf_coord_t *self, FILE *out);
 typedef struct {
     char name[256];
     int64_t ranges, done, failed, est, rows, bytes, rejects;
-    int64_t leased; /* held by workers (not the coordinator's pool: those are pending) */
-    int64_t stuck;  /* leased ranges past their lease's expiry (worker silent) */
-    int64_t width;  /* average row width from the source's statistics, 0 = unknown */
+    int64_t leased;  /* held by workers (not the coordinator's pool: those are pending) */
+    int64_t stuck;   /* leased ranges past their lease's expiry (worker silent) */
+    int64_t width;   /* average row width from the source's statistics, 0 = unknown */
     char after[128]; /* the tables ("2,5") it is copied after (foreign keys), "" = none */
 } bf_table_progress_t;
 

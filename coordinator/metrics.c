@@ -2,6 +2,7 @@
 
 #include "coordinator.h"
 #include "log.h"
+#include "progress.h"
 #include "rstate.h"
 #include "strbuf.h"
 
@@ -153,6 +154,16 @@ static char *s_render(bf_metrics_t *self)
     s_sample(&b, "backfill_retries_total", j, NULL, NULL, retries);
     s_head(&b, "backfill_splits_total", "counter", "Ranges split for idle workers.");
     s_sample(&b, "backfill_splits_total", j, NULL, NULL, s_field(st, "splits"));
+    s_head(&b, "backfill_deferred_total", "counter",
+           "Batches set back because a row referred to one the target did not have yet.");
+    s_sample(&b, "backfill_deferred_total", j, NULL, NULL, s_field(st, "deferred"));
+    s_head(&b, "backfill_table_waiting", "gauge",
+           "1 while a table waits for the tables its foreign keys refer to.");
+    for (int t = 0; t < n; t++) {
+        char names[8];
+        s_sample(&b, "backfill_table_waiting", j, p[t].name, NULL,
+                 bf_progress_waits(p, n, t, names, sizeof names));
+    }
     s_head(&b, "backfill_batch_duration_seconds", "histogram",
            "Time from a batch's start to its checkpoint.");
     long long cum = 0;

@@ -46,7 +46,15 @@ struct bf_copier {
                            * when not known (cut short, failed) */
     char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
     char row_sqlstate[6]; /* and its SQLSTATE */
+    char *resplit;        /* BF_BATCH_RESPLIT: the key the fence rows say the range ends at */
 };
+
+/* A range bound as fence rows and checkpoints carry it: "=" key, or "-" when
+ * open. malloc'd. */
+static char *s_bound(const char *key)
+{
+    return key ? bf_xasprintf("=%s", key) : bf_xstrdup("-");
+}
 
 /* A range set back because a row refers to one the target does not have yet is
  * leased again after this long (doubling with each deferral, at most 8 times). */
@@ -117,6 +125,7 @@ void bf_copier_destroy(bf_copier_t **self_p)
     free(self->stage_gen);
     free(self->batch_size);
     free(self->last_key);
+    free(self->resplit);
     free(self->out);
     free(self->tgt);
     free(self->tgt_gen);
@@ -211,10 +220,73 @@ static uint32_t s_be32(const char *p)
  * message's handling each (3M rows: 6M messages as two puts per row). */
 #define OUT_CAP 65536
 
+/* During a relay the target connection does not block: a target that stops
+ * reading (its COPY waits for a lock, a slow disk) would hold the worker inside
+ * libpq, silent, until the coordinator takes it for dead. Sends what libpq holds,
+ * reading what the target says meanwhile and ticking every RELAY_TICK_MS. -1 when
+ * the connection is lost or the worker stops. */
+#define RELAY_TICK_MS 20
+static int s_target_flush(bf_copier_t *self, bf_pg_t *tgt)
+{
+    long long next_tick = bf_now_ms() + RELAY_TICK_MS;
+    int f;
+    while ((f = PQflush(tgt->conn)) == 1) {
+        struct pollfd pfd = {.fd = PQsocket(tgt->conn), .events = POLLOUT | POLLIN};
+        int pr = poll(&pfd, 1, RELAY_TICK_MS);
+        if (pr > 0 && (pfd.revents & POLLIN) && !PQconsumeInput(tgt->conn))
+            return -1;
+        if (pr < 0 && errno != EINTR)
+            usleep(1000); /* not expected; no busy loop if it happens */
+        if (self->tick && bf_now_ms() >= next_tick) {
+            if (s_tick(self))
+                return -1;
+            next_tick = bf_now_ms() + RELAY_TICK_MS;
+        }
+    }
+    return f == 0 ? 0 : -1;
+}
+
+/* Queues one CopyData message and sends it (s_target_flush). */
+static void s_target_put(bf_copier_t *self, bf_pg_t *tgt, const char *p, int n, bool *put_failed)
+{
+    int r = PQputCopyData(tgt->conn, p, n);
+    if (r == 0 && s_target_flush(self, tgt) == 0) /* libpq's buffer full: send, then again */
+        r = PQputCopyData(tgt->conn, p, n);
+    if (r != 1 || s_target_flush(self, tgt) != 0)
+        *put_failed = true;
+}
+
+/* Ends the target's COPY (errmsg: aborts it) and waits for its result ticking: the
+ * end is where a COPY that waits for a lock, or checks its foreign keys, takes its
+ * time. A stop asked meanwhile cancels it. PQgetResult then returns at once. */
+static void s_target_end(bf_copier_t *self, bf_pg_t *tgt, const char *errmsg)
+{
+    if (PQputCopyEnd(tgt->conn, errmsg) == 0 && s_target_flush(self, tgt) == 0)
+        PQputCopyEnd(tgt->conn, errmsg);
+    s_target_flush(self, tgt);
+    bool cancelled = false;
+    long long next_tick = bf_now_ms() + RELAY_TICK_MS;
+    while (PQisBusy(tgt->conn)) {
+        struct pollfd pfd = {.fd = PQsocket(tgt->conn), .events = POLLIN};
+        int pr = poll(&pfd, 1, RELAY_TICK_MS);
+        if ((pr > 0 && !PQconsumeInput(tgt->conn)) || PQstatus(tgt->conn) != CONNECTION_OK)
+            break; /* lost: PQgetResult reports it */
+        if (pr < 0 && errno != EINTR)
+            usleep(1000);
+        if (self->tick && bf_now_ms() >= next_tick) {
+            if (s_tick(self) && !cancelled) {
+                bf_pg_cancel(tgt);
+                cancelled = true;
+            }
+            next_tick = bf_now_ms() + RELAY_TICK_MS;
+        }
+    }
+}
+
 static void s_out_flush(bf_copier_t *self, bf_pg_t *tgt, bool *put_failed)
 {
-    if (self->nout > 0 && !*put_failed && PQputCopyData(tgt->conn, self->out, (int)self->nout) != 1)
-        *put_failed = true;
+    if (self->nout > 0 && !*put_failed)
+        s_target_put(self, tgt, self->out, (int)self->nout, put_failed);
     self->nout = 0;
 }
 
@@ -225,8 +297,8 @@ static void s_out(bf_copier_t *self, bf_pg_t *tgt, const char *p, size_t n, bool
     if (self->nout + n > OUT_CAP)
         s_out_flush(self, tgt, put_failed);
     if (n >= OUT_CAP) { /* a wide row goes as it is, uncopied */
-        if (!*put_failed && PQputCopyData(tgt->conn, p, (int)n) != 1)
-            *put_failed = true;
+        if (!*put_failed)
+            s_target_put(self, tgt, p, (int)n, put_failed);
         return;
     }
     if (!self->out)
@@ -292,10 +364,10 @@ static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n
     return 0;
 }
 
-/* During a batch the worker's socket is looked at this often (SHRINK, REVOKE,
- * DRAIN, heartbeats): a clock read every 1024 rows and whenever the source has
- * nothing buffered, a look at the socket (a getsockopt) when due. */
-#define RELAY_TICK_MS 20
+/* During a batch the worker's socket is looked at every RELAY_TICK_MS (SHRINK,
+ * REVOKE, DRAIN, heartbeats): a clock read every 1024 rows and whenever the source
+ * or the target keeps the relay waiting, a look at the socket (a getsockopt) when
+ * due. */
 
 /* The relay's look at the worker's socket: stop (abandon the batch), or end it
  * here to split the range (cut: keyed relay only). */
@@ -317,15 +389,14 @@ static void s_relay_tick(bf_copier_t *self, bf_pg_t *src, bool keyed, bool *aban
 }
 
 /* Streams the source COPY into the target COPY without parsing rows (keyed: see
- * s_relay_keyed; only the framing and the first field are looked at). */
-static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
-                   const char *copy_in, bool keyed, int64_t *rows, int64_t *bytes)
+ * s_relay_keyed; only the framing and the first field are looked at). The target
+ * connection is non-blocking while the COPY lasts (s_target_flush). */
+static int s_relay_copy(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
+                        bool keyed, int64_t *rows, int64_t *bytes)
 {
     PGresult *res;
-    if (bf_pg_copy_start(tgt, copy_in, true) != 0)
-        return -2;
     if (bf_pg_copy_start(src, copy_out, false) != 0) {
-        PQputCopyEnd(tgt->conn, "source query failed");
+        s_target_end(self, tgt, "source query failed");
         while ((res = PQgetResult(tgt->conn)))
             PQclear(res);
         return -1;
@@ -420,7 +491,7 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         s_out_flush(self, tgt, &put_failed);
     self->nout = 0;
     if (bad_frame) {
-        PQputCopyEnd(tgt->conn, "unexpected COPY framing from the source");
+        s_target_end(self, tgt, "unexpected COPY framing from the source");
         while ((res = PQgetResult(tgt->conn)))
             PQclear(res);
         snprintf(src->errmsg, sizeof src->errmsg,
@@ -430,13 +501,13 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         return -1;
     }
     if (abandoned) {
-        PQputCopyEnd(tgt->conn, "batch abandoned: the worker is stopping");
+        s_target_end(self, tgt, "batch abandoned: the worker is stopping");
         while ((res = PQgetResult(tgt->conn)))
             PQclear(res);
         *bytes = nbytes;
         return -3;
     }
-    PQputCopyEnd(tgt->conn, rc == 0 ? NULL : "source COPY failed");
+    s_target_end(self, tgt, rc == 0 ? NULL : "source COPY failed");
     while ((res = PQgetResult(tgt->conn))) {
         if (PQresultStatus(res) == PGRES_COMMAND_OK) {
             *rows = atoll(PQcmdTuples(res));
@@ -451,6 +522,24 @@ static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *co
         rc = -2;
     }
     *bytes = nbytes;
+    return rc;
+}
+
+static int s_relay(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
+                   const char *copy_in, bool keyed, int64_t *rows, int64_t *bytes)
+{
+    if (bf_pg_copy_start(tgt, copy_in, true) != 0)
+        return -2;
+    if (PQsetnonblocking(tgt->conn, 1) != 0) {
+        bf_pg_set_error(tgt, NULL);
+        PQputCopyEnd(tgt->conn, "cannot relay");
+        PGresult *res;
+        while ((res = PQgetResult(tgt->conn)))
+            PQclear(res);
+        return -2;
+    }
+    int rc = s_relay_copy(self, src, tgt, copy_out, keyed, rows, bytes);
+    PQsetnonblocking(tgt->conn, 0);
     return rc;
 }
 
@@ -669,7 +758,8 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     snprintf(ids, sizeof ids, "%lld", (long long)r->id);
     snprintf(toks, sizeof toks, "%lld", (long long)r->token);
     snprintf(seqs, sizeof seqs, "%lld", (long long)(r->seq + 1));
-    const char *fparams[] = {job->name, ids, toks, seqs, NULL, NULL};
+    char *mylo = s_bound(r->lo), *myhi = s_bound(r->hi);
+    const char *fparams[] = {job->name, ids, toks, seqs, NULL, NULL, mylo, myhi};
     bf_batch_result_t result = BF_BATCH_RETRY;
     PGresult *res = NULL;
     char *lower = NULL;
@@ -703,19 +793,49 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     int64_t ftoken = atoll(PQgetvalue(res, 0, 0)), fseq = atoll(PQgetvalue(res, 0, 1));
     bool ffinal = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
     lower = PQgetisnull(res, 0, 2) ? NULL : bf_xstrdup(PQgetvalue(res, 0, 2));
+    char *flo = PQgetisnull(res, 0, 4) ? NULL : bf_xstrdup(PQgetvalue(res, 0, 4));
+    char *fhi = PQgetisnull(res, 0, 5) ? NULL : bf_xstrdup(PQgetvalue(res, 0, 5));
     PQclear(res);
     if (ftoken > r->token) {
         snprintf(w->error, sizeof w->error,
                  "range %lld is fenced: target %s holds token %lld, this lease has %lld",
                  (long long)r->id, job->targets[ti].alias, (long long)ftoken, (long long)r->token);
         result = BF_BATCH_FENCED;
-        goto rollback;
+    } else if (flo && strcmp(flo, mylo) != 0) {
+        /* Another range had this id: Redis lost its split and gave the id again. */
+        snprintf(w->error, sizeof w->error,
+                 "range %lld: its fence row on target %s belongs to another range (from %s to %s; "
+                 "this lease: from %s to %s): redis lost a split and gave the same id to a new "
+                 "range (a failover, or a crash with appendfsync everysec). Continuing could copy "
+                 "rows twice or skip some: empty the job's target tables and run it again with "
+                 "--replan (and keep redis on appendfsync always)",
+                 (long long)r->id, job->targets[ti].alias, flo, fhi ? fhi : "?", mylo, myhi);
+        result = BF_BATCH_FATAL;
+    } else if (fhi && strcmp(fhi, myhi) != 0) {
+        /* Splits are written here before Redis hears of them, and hi only shrinks:
+         * Redis lost a split of this range. */
+        if (fhi[0] == '=') {
+            self->resplit = bf_xstrdup(fhi + 1);
+            result = BF_BATCH_RESPLIT;
+        } else {
+            snprintf(w->error, sizeof w->error,
+                     "range %lld: target %s's fence row says the range is open-ended, redis says "
+                     "it ends at %s",
+                     (long long)r->id, job->targets[ti].alias, myhi);
+            result = BF_BATCH_FATAL;
+        }
     }
+    free(flo);
+    free(fhi);
+    if (result != BF_BATCH_RETRY)
+        goto rollback;
     if (ffinal) {
         /* An earlier lease finished this range here; its checkpoint was lost. */
         *done = true;
         bf_pg_exec_quiet(tgt, "ROLLBACK");
         free(lower);
+        free(mylo);
+        free(myhi);
         return BF_BATCH_MORE;
     }
     bool same = (!lower && !r->cursor) || (lower && r->cursor && strcmp(lower, r->cursor) == 0);
@@ -742,13 +862,35 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
             if (ahead) {
                 bf_pg_exec_quiet(tgt, "ROLLBACK");
                 free(lower);
+                free(mylo);
+                free(myhi);
                 return BF_BATCH_MORE;
             }
         }
     }
 
+    if (reject_route >= 0 && !same && limit == 0) {
+        /* Several routes: the batch here is not the one row isolated from the
+         * Redis cursor (this target is behind it or ahead): setting a row aside
+         * could skip others. (One route: every batch, the isolating ones too,
+         * starts at this fence, so the row is the one refused.) */
+        snprintf(w->error, sizeof w->error,
+                 "table %s -> %s: the target refused a row while it was behind its checkpoint "
+                 "(fence after %s, redis after %s): %s",
+                 tp->src_label, tp->routes[reject_route].label, lower ? lower : "the start",
+                 r->cursor ? r->cursor : "the start", reject_error);
+        result = BF_BATCH_FATAL;
+        goto rollback;
+    }
+    /* Setting a refused row aside: it is tried once more first (the row it refers
+     * to may have come, or the row changed), and set aside only if still refused. */
+    if (reject_route >= 0 && bf_pg_exec(tgt, "SAVEPOINT bf_row") != 0) {
+        result = s_fail(self, w, tp, label, tgt, "trying again a refused row of");
+        goto rollback;
+    }
     int64_t rows = 0, bytes = 0;
-    for (int i = 0; i < tp->nroutes && reject_route < 0; i++) {
+    bool set_aside = false;
+    for (int i = 0; i < tp->nroutes && !set_aside; i++) {
         const bf_route_plan_t *rp = &tp->routes[i];
         if (rp->target != ti)
             continue;
@@ -768,6 +910,16 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
                          tgt->detail[0] ? " (" : "", tgt->detail, tgt->detail[0] ? ")" : "");
                 snprintf(self->row_sqlstate, sizeof self->row_sqlstate, "%s", tgt->sqlstate);
             }
+            if (row_error && reject_route >= 0 &&
+                bf_pg_exec(tgt, "ROLLBACK TO SAVEPOINT bf_row") == 0) {
+                /* Refused again: set aside below, with this error. */
+                reject_route = i;
+                reject_error = self->row_error;
+                set_aside = true;
+                rows = bytes = 0;
+                result = BF_BATCH_RETRY;
+                continue;
+            }
             goto rollback;
         }
         rows += n;
@@ -785,18 +937,10 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
             end = *end_p;
         }
     }
-    if (reject_route >= 0 && !same) {
-        /* The batch here is not the one row isolated from the Redis cursor (this
-         * target is behind it): setting a row aside could skip others. */
-        snprintf(w->error, sizeof w->error,
-                 "table %s -> %s: the target refused a row while it was behind its checkpoint "
-                 "(fence after %s, redis after %s): %s",
-                 tp->src_label, tp->routes[reject_route].label, lower ? lower : "the start",
-                 r->cursor ? r->cursor : "the start", reject_error);
-        result = BF_BATCH_FATAL;
-        goto rollback;
-    }
-    if (reject_route >= 0) {
+    if (reject_route >= 0 && !set_aside)
+        log_info("range %lld: the row target %s refused went in when tried again (%s before)",
+                 (long long)r->id, job->targets[ti].alias, reject_error);
+    if (set_aside) {
         char *key = NULL;
         int rc = s_write_reject(self, src, tgt, tp, &tp->routes[reject_route], r, lower, end,
                                 reject_error, &key);
@@ -826,13 +970,15 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         result = s_fail(self, w, tp, label, tgt, "finishing");
         goto rollback;
     }
-    if (!(res = bf_pg_query(tgt, BF_FENCE_UPDATE, 6, fparams)) || bf_pg_exec(tgt, "COMMIT") != 0) {
+    if (!(res = bf_pg_query(tgt, BF_FENCE_UPDATE, 8, fparams)) || bf_pg_exec(tgt, "COMMIT") != 0) {
         PQclear(res);
         result = s_fail(self, w, tp, label, tgt, "committing");
         goto rollback;
     }
     PQclear(res);
     free(lower);
+    free(mylo);
+    free(myhi);
     bf_fault_point("after-commit");
     *final_p = final;
     *rows_out += rows;
@@ -844,6 +990,8 @@ rollback:
     if (bf_pg_is_alive(tgt))
         bf_pg_exec_quiet(tgt, "ROLLBACK");
     free(lower);
+    free(mylo);
+    free(myhi);
     return result;
 }
 
@@ -878,6 +1026,112 @@ static void s_adapt(bf_copier_t *self, const bf_job_t *job, int t, int64_t n, in
                   self->plans[t].src_label, (long long)next, (long long)rows, (double)bytes / 1e6,
                   ms);
     self->batch_size[t] = next;
+}
+
+/* A target's fence rows say the range ends at self->resplit, Redis that it goes
+ * on: Redis lost the split (a failover, a crash with appendfsync everysec). Make
+ * it again; the part after the key gets the id it had when its fence rows show
+ * one (they tell where it got to) and no range has it since. BF_BATCH_MORE: the
+ * batch is to run again (nothing was committed). */
+static bf_batch_result_t s_resplit(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp)
+{
+    bf_range_t *r = &w->range;
+    char *key = self->resplit, *lo = s_bound(key), ids[24];
+    self->resplit = NULL;
+    snprintf(ids, sizeof ids, "%lld", (long long)r->id);
+    int64_t want = -1;
+    for (int i = 0; i < tp->nroutes && want < 0; i++) {
+        const char *params[] = {self->job->name, lo, ids};
+        PGresult *res = bf_pg_query(self->tgt[tp->routes[i].target], BF_FENCE_FIND_LO, 3, params);
+        if (!res) {
+            free(key);
+            free(lo);
+            return s_fail(self, w, tp, tp->routes[i].label, self->tgt[tp->routes[i].target],
+                          "looking for the other part of a lost split of");
+        }
+        if (PQntuples(res) == 1)
+            want = atoll(PQgetvalue(res, 0, 0));
+        PQclear(res);
+    }
+    free(lo);
+    int64_t nid = -1;
+    int s = bf_rstate_split(self->redis, r->id, r->token, key, 0, 0, want, &nid);
+    if (s != 0) {
+        if (s == 1)
+            snprintf(w->error, sizeof w->error, "range %lld was leased to another worker",
+                     (long long)r->id);
+        else if (s == 2)
+            snprintf(w->error, sizeof w->error,
+                     "range %lld: redis lost its split at key %s (a failover, or a crash with "
+                     "appendfsync everysec) and gave the id of the part after it, %lld, to "
+                     "another range since. Continuing could copy rows twice: empty the job's "
+                     "target tables and run it again with --replan (and keep redis on "
+                     "appendfsync always)",
+                     (long long)r->id, key, (long long)want);
+        else
+            snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
+        free(key);
+        return s == 1 ? BF_BATCH_FENCED : s == 2 ? BF_BATCH_FATAL : BF_BATCH_RETRY;
+    }
+    log_warn("range %lld: its fence rows say it was split at key %s, which redis does not know "
+             "(redis lost writes: a failover, or a crash with appendfsync everysec); split "
+             "again: range %lld takes the part after it%s",
+             (long long)r->id, key, (long long)nid,
+             want >= 0 ? " (the id it had: it goes on from its fence rows)" : "");
+    free(r->hi);
+    r->hi = key;
+    return BF_BATCH_MORE;
+}
+
+/* Before a split reaches Redis: the range's new hi (key) in its fence row on every
+ * target of the table, committed durably, so that a Redis that loses the split
+ * cannot make the part after key copied twice or not at all (s_resplit). 0, 1
+ * when the lease is fenced, -1 on error (w->error). */
+static int s_record_hi(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp,
+                       const char *key)
+{
+    bf_range_t *r = &w->range;
+    char ids[24], toks[24];
+    snprintf(ids, sizeof ids, "%lld", (long long)r->id);
+    snprintf(toks, sizeof toks, "%lld", (long long)r->token);
+    char *hi = s_bound(key);
+    const char *params[] = {self->job->name, ids, hi};
+    int rc = 0;
+    for (int i = 0; i < tp->nroutes && rc == 0; i++) {
+        int ti = tp->routes[i].target;
+        bool seen = false;
+        for (int j = 0; j < i; j++)
+            seen = seen || tp->routes[j].target == ti;
+        bf_pg_t *tgt = self->tgt[ti];
+        if (seen || !tgt)
+            continue;
+        PGresult *res = NULL;
+        rc = -1;
+        if (bf_pg_exec(tgt, "BEGIN") == 0 && s_take_range(self, tgt, r, params) == 0 &&
+            (res = bf_pg_query(tgt, BF_FENCE_LOCK, 2, params))) {
+            if (PQntuples(res) == 1 && atoll(PQgetvalue(res, 0, 0)) > r->token) {
+                rc = 1;
+            } else if (PQntuples(res) == 1) {
+                PQclear(res);
+                res = NULL;
+                if (bf_pg_exec(tgt, "SET LOCAL synchronous_commit = on") == 0 &&
+                    (res = bf_pg_query(tgt, BF_FENCE_SET_HI, 3, params)) &&
+                    bf_pg_exec(tgt, "COMMIT") == 0)
+                    rc = 0;
+            }
+        }
+        PQclear(res);
+        if (rc != 0) {
+            if (rc < 0)
+                snprintf(w->error, sizeof w->error,
+                         "target %s: recording a split of range %lld: %s",
+                         self->job->targets[ti].alias, (long long)r->id, tgt->errmsg);
+            if (bf_pg_is_alive(tgt))
+                bf_pg_exec_quiet(tgt, "ROLLBACK");
+        }
+    }
+    free(hi);
+    return rc;
 }
 
 /* A batch's reads and writes: its end (several routes), then each target of the
@@ -1076,6 +1330,8 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
                                          &bytes, &all_done, &redo);
     if (snap && bf_pg_is_alive(self->src))
         bf_pg_exec_quiet(self->src, "ROLLBACK");
+    if (br == BF_BATCH_RESPLIT)
+        return s_resplit(self, w, tp);
     if (br != BF_BATCH_MORE || redo)
         return br;
     if (w->limit > 0) /* back to full batches once past the rejected rows */
@@ -1269,12 +1525,23 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
         }
     }
     log_debug("range %lld: %d split keys from %s", (long long)r->id, nk, how);
-    /* From the far end: each split gives away [key, hi) and makes key the new hi. */
+    /* The range's new end on the targets first (durably), then Redis. */
     int rc = nk > 0 ? 0 : 1;
+    if (nk > 0) {
+        int rec = s_record_hi(self, w, tp, keys[0]);
+        if (rec != 0) {
+            if (rec < 0)
+                log_warn("range %lld: not split: %s", (long long)r->id, w->error);
+            for (int j = 0; j < nk; j++)
+                free(keys[j]);
+            return rec == 1 ? 2 : 1;
+        }
+    }
+    /* From the far end: each split gives away [key, hi) and makes key the new hi. */
     for (int j = nk - 1; j >= 0 && rc == 0; j--) {
         int64_t new_id = -1;
         int64_t est_new = j == nk - 1 && left > step * nk ? left - step * nk : step;
-        int s = bf_rstate_split(self->redis, r->id, r->token, keys[j], est_new, step * (j + 1),
+        int s = bf_rstate_split(self->redis, r->id, r->token, keys[j], est_new, step * (j + 1), -1,
                                 &new_id);
         if (s == 0) {
             log_info("range %lld split at key %s for idle workers: range %lld takes the part "

@@ -22,6 +22,8 @@ typedef enum {
     BF_BATCH_PAUSED,    /* `backfill pause` (or cancel): nothing copied, ask again later */
     BF_BATCH_DEFERRED,  /* a row refers to one the target does not have yet: the range
                          * went back to Redis for a while (w->error says why) */
+    BF_BATCH_RESPLIT,   /* internal to the copier: a target's fence rows say the range
+                         * was split where Redis does not know it */
 } bf_batch_result_t;
 
 /* A lease being worked on. */
@@ -64,11 +66,14 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w);
  * of the cursor from Redis (a batch committed, its checkpoint lost), and a key
  * picked past that cursor could give a new range rows a target holds already.
  * Finds real keys about every left/parts rows past the cursor on the source (an
- * EXPLAIN estimate, then index OFFSET reads) and splits the range at them in
+ * EXPLAIN estimate, then index OFFSET reads) and splits the range at them: first
+ * its new end in the range's fence rows on the targets (committed durably: a
+ * Redis that loses the split is found out and the split made again), then in
  * Redis from the far end; the lease's hi becomes the first key, and its batches
  * from now on are a quarter of the usual size (short_batches). Parts are at least
  * a quarter batch. Returns 0 split (*made new ranges), 1 not split (too little
- * left, or no batch yet), 2 the lease is no longer held, -1 Redis failed (w->error
+ * left, no batch yet, or a target could not record it), 2 the lease is no longer
+ * held, -1 Redis failed (w->error
  * says how) and a split may or may not have happened: the caller must stop copying
  * this lease (its expiry returns it to pending). */
 int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made);

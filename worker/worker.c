@@ -384,6 +384,7 @@ static void s_work(worker_t *w)
         return;
     case BF_BATCH_RETRY:
     case BF_BATCH_ROW_ERROR: /* never returned by bf_copier_batch */
+    case BF_BATCH_RESPLIT:
     case BF_BATCH_FATAL: {
         bool fatal = r != BF_BATCH_RETRY;
         /* Only data errors count against the range's attempts; a server that is

@@ -77,3 +77,42 @@ if grep -qi 'duplicate key' "$WORK"/*.err; then fail "routed: duplicate key erro
 "$BF" verify "$WORK/job2.yaml" >/dev/null || fail "routed: verify"
 expect_eq "$(q ka_b "SELECT count(*) FROM inv")" 10000 "routed: billing rows"
 expect_eq "$(q ka_o "SELECT count(*) FROM inv")" 10000 "routed: ops rows"
+
+# The row right after the fence is one the target refuses: killed after commit 3
+# (rows 1-3000; Redis one batch behind), the next lease starts at the fence, its
+# batch fails, is halved down to row 3001 and, with --max-rejects, sets it aside
+# (one route: every isolating batch starts at the fence, so the row is the one
+# refused; the job used to stop, the fence being ahead of Redis).
+fresh_db ka_src3 ka_t3
+q ka_src3 "CREATE TABLE items (id bigint PRIMARY KEY, code text NOT NULL);
+    INSERT INTO items SELECT g, 'C' || g FROM generate_series(1, 10000) g;
+    UPDATE items SET code = 'much-too-long' WHERE id = 3001; ANALYZE" >/dev/null
+q ka_t3 "CREATE TABLE items (id bigint PRIMARY KEY, code varchar(10) NOT NULL)" >/dev/null
+forget_job ka3
+cat >"$WORK/job3.yaml" <<YAML
+name: ka3
+source: $(uri ka_src3)
+redis: $BF_REDIS_URL
+targets:
+  svc: $(uri ka_t3)
+batch_rows: 1000
+batch_ms: 0
+range_rows: 1000000
+tables:
+  - from: items
+    to: svc.items
+YAML
+start_coordinator coord3 auto "$WORK/job3.yaml" --lease-ttl 5 --max-rejects 5
+start_worker wa3 BF_FAULT=after-commit:3:kill
+rc=0
+wait "$WPID" || rc=$?
+expect_eq "$rc" 137 "refused row: worker A's exit status"
+expect_eq "$(redis_cmd HGET 'bf:{ka3}:range:0' cursor)" 2000 "refused row: redis cursor (one behind)"
+start_worker wb3
+rc=0
+wait "$CPID" || rc=$?
+[ "$rc" -eq 0 ] || tail -n 5 "$WORK/wb3.err"
+expect_eq "$rc" 0 "refused row: coordinator exit code"
+expect_eq "$(q ka_t3 "SELECT count(*) FROM items")" 9999 "refused row: rows landed"
+expect_eq "$(q ka_t3 "SELECT key FROM backfill_rejects WHERE job = 'ka3'")" 3001 "refused row: set aside"
+for j in ka ka2 ka3; do forget_job "$j"; done

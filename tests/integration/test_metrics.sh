@@ -60,6 +60,9 @@ if command -v promtool >/dev/null; then
 fi
 grep -q '^backfill_throttle_rows_per_second{job="mt"} 30000$' "$WORK/m1.txt" || fail "throttle gauge"
 grep -q '^backfill_batch_duration_seconds_count{job="mt"} [1-9]' "$WORK/m1.txt" || fail "no batch latency"
+grep -q '^backfill_deferred_total{job="mt"} 0$' "$WORK/m1.txt" || fail "no deferred counter"
+grep -q '^backfill_table_waiting{job="mt",table="public.orders"} 0$' "$WORK/m1.txt" ||
+    fail "no waiting gauge"
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/nothing")
 expect_eq "$code" 404 "status of another path"
 
