@@ -13,11 +13,17 @@
  * truncate or round; without the modifier the target rejects what does not fit. */
 static const char *SQL_COLUMNS =
     "SELECT a.attname, quote_ident(n.nspname) || '.' || quote_ident(t.typname), a.attnotnull, "
-    "a.atthasdef, a.atttypid::int8, format_type(a.atttypid, a.atttypmod) "
+    "a.atthasdef, a.atttypid::int8, format_type(a.atttypid, a.atttypmod), "
+    "CASE WHEN a.attcollation IN (0, 100) THEN '' ELSE ' COLLATE ' || quote_ident(cn.nspname) "
+    "|| '.' || quote_ident(co.collname) END "
     "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-    "JOIN pg_namespace n ON n.oid = t.typnamespace WHERE a.attrelid = $1::regclass "
+    "JOIN pg_namespace n ON n.oid = t.typnamespace "
+    "LEFT JOIN pg_collation co ON co.oid = a.attcollation "
+    "LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE a.attrelid = $1::regclass "
     "AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' ORDER BY a.attnum";
-enum { C_NAME, C_CAST, C_NOTNULL, C_HASDEF, C_OID, C_TYPE };
+/* C_COLL: " COLLATE schema.name" for a column whose collation is not the
+ * database's default, else "". */
+enum { C_NAME, C_CAST, C_NOTNULL, C_HASDEF, C_OID, C_TYPE, C_COLL };
 
 /* Primary key columns, in key order. */
 static const char *SQL_PKEY =
@@ -67,6 +73,7 @@ void bf_tableplan_clear(bf_tableplan_t *tp)
     free(tp->src_qname);
     s_free_list(tp->key_cols, tp->nkeys);
     s_free_list(tp->key_types, tp->nkeys);
+    s_free_list(tp->key_colls, tp->nkeys);
     free(tp->key_list);
     free(tp->key_row);
     free(tp->key_text);
@@ -209,6 +216,7 @@ static int s_resolve_key(bf_tableplan_t *tp, const bf_job_t *job, const bf_table
     tp->nkeys = n;
     tp->key_cols = bf_xcalloc((size_t)n, sizeof *tp->key_cols);
     tp->key_types = bf_xcalloc((size_t)n, sizeof *tp->key_types);
+    tp->key_colls = bf_xcalloc((size_t)n, sizeof *tp->key_colls);
     bf_strbuf_t list, order, text;
     bf_strbuf_init(&list);
     bf_strbuf_init(&order);
@@ -217,6 +225,7 @@ static int s_resolve_key(bf_tableplan_t *tp, const bf_job_t *job, const bf_table
         int c = s_find_col(scols, names[i]);
         tp->key_cols[i] = bf_pg_ident(src, names[i]);
         tp->key_types[i] = bf_xstrdup(c >= 0 ? PQgetvalue(scols, c, C_TYPE) : "text");
+        tp->key_colls[i] = bf_xstrdup(c >= 0 ? PQgetvalue(scols, c, C_COLL) : "");
         bf_strbuf_appendf(&list, "%s%s", i ? ", " : "", tp->key_cols[i]);
         /* Qualified: a bare name in ORDER BY means an output column of that name
          * first (e.g. "id" of `SELECT id::text`), which would sort as text. */
@@ -819,7 +828,10 @@ bad:
 }
 
 /* "(lit1::t1, lit2::t2)" or "lit::t" for a key text; NULL when it does not split. */
-static char *s_key_literal(int nkeys, char *const *types, bf_pg_t *conn, const char *key)
+/* Key literals carry the key columns' collations: two literals compare (the
+ * "fence ahead" check) as the columns sort, not in the database's default. */
+static char *s_key_literal(int nkeys, char *const *types, char *const *colls, bf_pg_t *conn,
+                           const char *key)
 {
     char **parts = bf_xcalloc((size_t)nkeys, sizeof *parts);
     if (bf_key_split(key, nkeys, parts) != 0) {
@@ -832,7 +844,7 @@ static char *s_key_literal(int nkeys, char *const *types, bf_pg_t *conn, const c
         bf_strbuf_append(&sb, "(");
     for (int i = 0; i < nkeys; i++) {
         char *lit = bf_pg_literal(conn, parts[i]);
-        bf_strbuf_appendf(&sb, "%s%s::%s", i ? ", " : "", lit, types[i]);
+        bf_strbuf_appendf(&sb, "%s%s::%s%s", i ? ", " : "", lit, types[i], colls ? colls[i] : "");
         free(lit);
         free(parts[i]);
     }
@@ -842,10 +854,10 @@ static char *s_key_literal(int nkeys, char *const *types, bf_pg_t *conn, const c
     return bf_strbuf_take(&sb);
 }
 
-static char *s_cmp(const char *row, int nkeys, char *const *types, bf_pg_t *conn, const char *op,
-                   const char *key)
+static char *s_cmp(const char *row, int nkeys, char *const *types, char *const *colls,
+                   bf_pg_t *conn, const char *op, const char *key)
 {
-    char *lit = s_key_literal(nkeys, types, conn, key);
+    char *lit = s_key_literal(nkeys, types, colls, conn, key);
     /* A key text that does not parse can only come from a corrupted store: make the
      * statement fail loudly rather than match nothing. */
     char *out = lit ? bf_xasprintf("%s %s %s", row, op, lit)
@@ -856,27 +868,27 @@ static char *s_cmp(const char *row, int nkeys, char *const *types, bf_pg_t *conn
 
 char *bf_tableplan_key_literal(const bf_tableplan_t *tp, bf_pg_t *conn, const char *key)
 {
-    return s_key_literal(tp->nkeys, tp->key_types, conn, key);
+    return s_key_literal(tp->nkeys, tp->key_types, tp->key_colls, conn, key);
 }
 
 char *bf_tableplan_key_cmp(const bf_tableplan_t *tp, bf_pg_t *conn, const char *op, const char *key)
 {
-    return s_cmp(tp->key_row, tp->nkeys, tp->key_types, conn, op, key);
+    return s_cmp(tp->key_row, tp->nkeys, tp->key_types, tp->key_colls, conn, op, key);
 }
 
-static char *s_range(const char *row, int nkeys, char *const *types, bf_pg_t *conn, const char *lo,
-                     const char *cursor, const char *hi)
+static char *s_range(const char *row, int nkeys, char *const *types, char *const *colls,
+                     bf_pg_t *conn, const char *lo, const char *cursor, const char *hi)
 {
     bf_strbuf_t sb;
     bf_strbuf_init(&sb);
     const char *low = cursor ? cursor : lo;
     if (low) {
-        char *c = s_cmp(row, nkeys, types, conn, cursor ? ">" : ">=", low);
+        char *c = s_cmp(row, nkeys, types, colls, conn, cursor ? ">" : ">=", low);
         bf_strbuf_append(&sb, c);
         free(c);
     }
     if (hi) {
-        char *c = s_cmp(row, nkeys, types, conn, "<", hi);
+        char *c = s_cmp(row, nkeys, types, colls, conn, "<", hi);
         bf_strbuf_appendf(&sb, "%s%s", low ? " AND " : "", c);
         free(c);
     }
@@ -888,7 +900,7 @@ static char *s_range(const char *row, int nkeys, char *const *types, bf_pg_t *co
 char *bf_tableplan_range_cond(const bf_tableplan_t *tp, bf_pg_t *conn, const char *lo,
                               const char *cursor, const char *hi)
 {
-    return s_range(tp->key_row, tp->nkeys, tp->key_types, conn, lo, cursor, hi);
+    return s_range(tp->key_row, tp->nkeys, tp->key_types, tp->key_colls, conn, lo, cursor, hi);
 }
 
 char *bf_tableplan_target_range_cond(const bf_tableplan_t *tp, const bf_route_plan_t *rp,
@@ -896,5 +908,5 @@ char *bf_tableplan_target_range_cond(const bf_tableplan_t *tp, const bf_route_pl
 {
     if (!rp->tkey_row)
         return NULL;
-    return s_range(rp->tkey_row, tp->nkeys, rp->tkey_types, conn, lo, NULL, hi);
+    return s_range(rp->tkey_row, tp->nkeys, rp->tkey_types, NULL, conn, lo, NULL, hi);
 }

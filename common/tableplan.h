@@ -44,6 +44,7 @@ typedef struct {
     int nkeys;               /* key columns */
     char **key_cols;         /* quoted key columns on the source */
     char **key_types;        /* their types (format_type) */
+    char **key_colls;        /* their collations: " COLLATE schema.name", "" for the default */
     char *key_list;          /* "s"."t"."k1", ...: ORDER BY (qualified: never an output column) */
     char *key_row;           /* "k1" or "(k1, k2)": comparisons */
     char *key_text;          /* SQL giving the key as its text (see above) */

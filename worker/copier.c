@@ -1445,9 +1445,9 @@ static int s_histogram_keys(bf_pg_t *src, const bf_tableplan_t *tp, const bf_ran
          * one with its children (inherited) describes what the copy reads. */
         "SELECT %s FROM (SELECT unnest(histogram_bounds::text::%s[]) AS %s FROM (SELECT "
         "s.histogram_bounds FROM " BF_SQL_PG_STATS_OF " WHERE c.oid = to_regclass($1) AND "
-        "s.attname = $2 ORDER BY s.inherited DESC LIMIT 1) s) h WHERE %s ORDER BY h.%s",
-        /* h.: not the text output column */
-        tp->key_text, tp->key_types[0], tp->key_cols[0], cond, tp->key_cols[0]);
+        "s.attname = $2 ORDER BY s.inherited DESC LIMIT 1) s) h WHERE %s ORDER BY h.%s%s",
+        /* h.: not the text output column; in the key column's collation */
+        tp->key_text, tp->key_types[0], tp->key_cols[0], cond, tp->key_cols[0], tp->key_colls[0]);
     free(cond);
     const char *params[] = {tp->src_qname, col};
     PGresult *res = bf_pg_query_quiet(src, sql, 2, params);
