@@ -6,8 +6,8 @@
 #     only once the tables it refers to are done. `plan` prints the order; `status`
 #     shows the tables waiting (a coordinator with no workers yet); no batch ever
 #     fails on a foreign key (nothing deferred), every row lands, verify passes.
-#  2. A self-reference (category.parent_id -> category, rows referring to rows of
-#     lower ranges) cannot be ordered: `plan` says so; batches that refer to rows
+#  2. A self-reference (category.parent_id -> category, each row referring to a row
+#     anywhere below it, so most to lower ranges) cannot be ordered: `plan` says so; batches that refer to rows
 #     not copied yet set their range back for a while (deferred) and the job ends
 #     with every row, nothing set aside.
 #  3. An orphan (a row referring to a row the source does not have): the range is
@@ -26,8 +26,8 @@ INSERT INTO trading_order SELECT g, 1 + (g::bigint * 7919) % 20000, g % 100 FROM
 CREATE TABLE fill (id bigint PRIMARY KEY, order_id bigint NOT NULL, price numeric(12,2));
 INSERT INTO fill SELECT g, 1 + (g::bigint * 104729) % 60000, g / 100.0 FROM generate_series(1, 60000) g;
 CREATE TABLE category (id bigint PRIMARY KEY, parent_id bigint, name text);
-INSERT INTO category SELECT g, CASE WHEN g <= 10 THEN NULL ELSE 1 + (g * 7) % (g - 1) END,
-    'cat ' || g FROM generate_series(1, 12000) g;
+INSERT INTO category SELECT g, CASE WHEN g <= 10 THEN NULL ELSE 1 + abs(hashint4(g)) % (g - 1) END,
+    'cat ' || g FROM generate_series(1, 30000) g;
 CREATE TABLE a (id bigint PRIMARY KEY, b_id bigint);
 CREATE TABLE b (id bigint PRIMARY KEY, a_id bigint);
 INSERT INTO b SELECT g, CASE WHEN g > 500 THEN 1 + g % 100 END FROM generate_series(1, 1000) g;
