@@ -1,10 +1,12 @@
 #include "pg.h"
+#include "strbuf.h"
 
 #include "dsn.h"
 #include "log.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,18 +114,11 @@ void bf_pg_set_tick(bf_pg_t *self, bool (*tick)(void *arg), void *arg)
     self->tick_arg = arg;
 }
 
-/* Sends the query, then waits for its result calling the tick after every TICK_MS
- * of silence; when the tick says stop, cancels the query (it then ends in an error).
- * Returns what PQexec would: the last result, or the first COPY one. */
 #define TICK_MS 500
-static PGresult *s_exec_ticking(bf_pg_t *self, const char *sql, int nparams,
-                                const char *const *params)
+
+void bf_pg_await(bf_pg_t *self)
 {
     PGconn *c = self->conn;
-    int sent = nparams == 0 ? PQsendQuery(c, sql)
-                            : PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
-    if (!sent)
-        return NULL;
     bool cancel_sent = false;
     while (PQisBusy(c)) {
         struct pollfd pfd = {.fd = PQsocket(c), .events = POLLIN};
@@ -132,11 +127,46 @@ static PGresult *s_exec_ticking(bf_pg_t *self, const char *sql, int nparams,
             break;
         if (n > 0 && !PQconsumeInput(c))
             break; /* connection lost: PQgetResult reports it */
-        if (n == 0 && !cancel_sent && self->tick(self->tick_arg)) {
+        if (n == 0 && !cancel_sent && self->tick && self->tick(self->tick_arg)) {
             bf_pg_cancel(self);
             cancel_sent = true;
         }
     }
+}
+
+int bf_pg_flush(bf_pg_t *self)
+{
+    PGconn *c = self->conn;
+    long long next_tick = bf_now_ms() + TICK_MS;
+    int f;
+    while ((f = PQflush(c)) == 1) {
+        struct pollfd pfd = {.fd = PQsocket(c), .events = POLLOUT | POLLIN};
+        int n = poll(&pfd, 1, TICK_MS);
+        if (n > 0 && (pfd.revents & POLLIN) && !PQconsumeInput(c))
+            return -1;
+        if (n < 0 && errno != EINTR)
+            usleep(1000); /* not expected; no busy loop if it happens */
+        /* When due, not only on silence: a target that reads slowly never is. */
+        if (self->tick && bf_now_ms() >= next_tick) {
+            if (self->tick(self->tick_arg))
+                return -1;
+            next_tick = bf_now_ms() + TICK_MS;
+        }
+    }
+    return f == 0 ? 0 : -1;
+}
+
+/* Sends the query, then waits for its result (bf_pg_await). Returns what PQexec
+ * would: the last result, or the first COPY one. */
+static PGresult *s_exec_ticking(bf_pg_t *self, const char *sql, int nparams,
+                                const char *const *params)
+{
+    PGconn *c = self->conn;
+    int sent = nparams == 0 ? PQsendQuery(c, sql)
+                            : PQsendQueryParams(c, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (!sent)
+        return NULL;
+    bf_pg_await(self);
     PGresult *last = NULL, *res;
     while ((res = PQgetResult(c))) {
         ExecStatusType st = PQresultStatus(res);

@@ -22,6 +22,17 @@ typedef struct {
  * when tick returns true the statement is cancelled and fails (SQLSTATE 57014). */
 void bf_pg_set_tick(bf_pg_t *self, bool (*tick)(void *arg), void *arg);
 
+/* Waits until the result of the statement in flight is in (PQgetResult then does
+ * not block), calling the tick after every 500 ms of silence; when the tick says
+ * stop, cancels the statement (it then ends in an error). */
+void bf_pg_await(bf_pg_t *self);
+
+/* On a non-blocking connection (PQsetnonblocking): sends what libpq holds, reading
+ * what the server says meanwhile and calling the tick every 500 ms, so that a
+ * server that stops reading does not silence the caller. 0, or -1 when the
+ * connection is lost or the tick says stop. */
+int bf_pg_flush(bf_pg_t *self);
+
 /* Asks the server to cancel the statement in progress (best effort). */
 void bf_pg_cancel(bf_pg_t *self);
 

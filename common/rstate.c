@@ -316,7 +316,7 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
                                     int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms,
                                     const char *hi, const char *who)
 {
-    char *his = hi ? bf_xasprintf("=%s", hi) : bf_xstrdup("-");
+    char *his = bf_rstate_bound(hi);
     char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24], mss[24];
     snprintf(mss, sizeof mss, "%lld", (long long)batch_ms);
     snprintf(rejs, sizeof rejs, "%lld", (long long)rejects);
@@ -358,6 +358,11 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
     }
     freeReplyObject(r);
     return res;
+}
+
+char *bf_rstate_bound(const char *key)
+{
+    return key ? bf_xasprintf("=%s", key) : bf_xstrdup("-");
 }
 
 int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,

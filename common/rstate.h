@@ -84,6 +84,10 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
 int bf_rstate_release(bf_rstate_t *self, int64_t id, int64_t token, const char *reason,
                       bool counts_as_attempt, int max_attempts);
 
+/* A range bound as checkpoints and fence rows carry it: "=" key, or "-" when
+ * open (NULL). malloc'd. */
+char *bf_rstate_bound(const char *key);
+
 /* The owner of lease (id, token) gives up [key, hi) of its range (key is past its
  * cursor, below hi): its hi becomes key, and [key, old hi) a new pending range,
  * *new_id. est_new / est_kept: estimated rows of the new part and left in the

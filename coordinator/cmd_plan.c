@@ -306,8 +306,6 @@ int bf_cmd_status(int argc, char **argv)
         if (pct > 100 || p[t].done == p[t].ranges)
             pct = 100;
         double eta = rate > 0 && p[t].est > p[t].rows ? (double)(p[t].est - p[t].rows) / rate : 0;
-        char waits[160];
-        bool waiting = bf_progress_waits(p, n, t, waits, sizeof waits);
         if (json) {
             printf("%s{\"table\":\"%s\",\"ranges\":%lld,\"done\":%lld,\"leased\":%lld,"
                    "\"pending\":%lld,\"failed\":%lld,\"rows\":%lld,\"bytes\":%lld,"
@@ -316,17 +314,10 @@ int bf_cmd_status(int argc, char **argv)
                    (long long)p[t].leased, (long long)pending, (long long)p[t].failed,
                    (long long)p[t].rows, (long long)p[t].bytes, (long long)p[t].est, eta,
                    (long long)p[t].rejects);
-            for (const char *a = waiting ? p[t].after : "", *sep = ""; *a;) {
-                char *end;
-                long u = strtol(a, &end, 10);
-                if (end == a)
-                    break;
-                a = *end == ',' ? end + 1 : end;
-                if (u >= 0 && u < n && p[u].done < p[u].ranges) {
-                    printf("%s\"%s\"", sep, p[u].name);
-                    sep = ",";
-                }
-            }
+            int on[32];
+            int k = bf_progress_waiting_on(p, n, t, on, 32);
+            for (int i = 0; i < k; i++)
+                printf("%s\"%s\"", i ? "," : "", p[on[i]].name);
             printf("]}");
         } else
             printf("%-32s %7lld %7lld %7lld %7lld %12lld %12lld %5.1f%% %8.0f %8lld\n", p[t].name,

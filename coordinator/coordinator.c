@@ -299,6 +299,9 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         *exit_code = BF_EXIT_CONNECT;
         goto fail;
     }
+    *exit_code = s_fence_prepare(self, planned);
+    if (*exit_code != BF_EXIT_OK)
+        goto fail;
     if (!planned) {
         if (!opts->replan && s_has_fence_rows(self)) {
             *exit_code = BF_EXIT_USAGE;
@@ -309,14 +312,9 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
             goto fail;
         }
         *exit_code = bf_jobctx_plan_and_store(&self->ctx);
-        if (*exit_code == BF_EXIT_OK)
-            *exit_code = s_fence_prepare(self, false);
         if (*exit_code != BF_EXIT_OK)
             goto fail;
     } else {
-        *exit_code = s_fence_prepare(self, true);
-        if (*exit_code != BF_EXIT_OK)
-            goto fail;
         log_info("resuming job %s from its checkpoints in redis", self->ctx.job->name);
         redisReply *rf = bf_rstate_cmd(r, "FCALL bf_retry_failed 1 %s", bf_rstate_key(r, "meta"));
         if (rf && rf->type == REDIS_REPLY_INTEGER && rf->integer > 0)

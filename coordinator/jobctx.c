@@ -97,8 +97,7 @@ int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
     for (int i = 0; i < job->ntargets && rc == BF_EXIT_OK; i++) {
         const char *params[] = {job->name};
         PGresult *res = NULL;
-        if (bf_pg_exec(ctx->tgt[i], BF_FENCE_DDL) != 0 ||
-            bf_pg_exec(ctx->tgt[i], BF_REJECTS_DDL) != 0 ||
+        if (bf_pg_exec(ctx->tgt[i], BF_REJECTS_DDL) != 0 ||
             !(res = bf_pg_query(ctx->tgt[i], BF_FENCE_RESET, 1, params)))
             rc = BF_EXIT_CONNECT;
         PQclear(res);

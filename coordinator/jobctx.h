@@ -30,7 +30,8 @@ int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need);
 void bf_jobctx_close(bf_jobctx_t *ctx);
 
 /* Plans every table and stores the plan in Redis, resetting the fence rows of
- * the job on the targets. Returns BF_EXIT_*. */
+ * the job on the targets (whose fence tables the caller created: the
+ * coordinator's start). Returns BF_EXIT_*. */
 int bf_jobctx_plan_and_store(bf_jobctx_t *ctx);
 
 #endif

@@ -171,25 +171,33 @@ void bf_progress_erase(bf_progress_view_t *v)
     v->lines = 0;
 }
 
-bool bf_progress_waits(const bf_table_progress_t *p, int n, int t, char *names, size_t len)
+int bf_progress_waiting_on(const bf_table_progress_t *p, int n, int t, int *on, int max)
 {
-    size_t used = 0;
-    bool waits = false;
-    names[0] = '\0';
+    int k = 0;
     for (const char *s = p[t].after; *s;) {
         char *end;
         long u = strtol(s, &end, 10);
         if (end == s)
             break;
         s = *end == ',' ? end + 1 : end;
-        if (u < 0 || u >= n || p[u].done >= p[u].ranges)
-            continue;
-        int w = snprintf(names + used, len - used, "%s%s", waits ? ", " : "", p[u].name);
+        if (u >= 0 && u < n && p[u].done < p[u].ranges && k < max)
+            on[k++] = (int)u;
+    }
+    return k;
+}
+
+bool bf_progress_waits(const bf_table_progress_t *p, int n, int t, char *names, size_t len)
+{
+    int on[32];
+    int k = bf_progress_waiting_on(p, n, t, on, 32);
+    size_t used = 0;
+    names[0] = '\0';
+    for (int i = 0; i < k; i++) {
+        int w = snprintf(names + used, len - used, "%s%s", i ? ", " : "", p[on[i]].name);
         if (w > 0 && (size_t)w < len - used)
             used += (size_t)w;
-        waits = true;
     }
-    return waits;
+    return k > 0;
 }
 
 void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_progress_t *p, int n,

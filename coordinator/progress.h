@@ -63,9 +63,12 @@ void bf_progress_estimate(bf_progress_info_t *info, bf_rate_window_t *rows_w,
                           bf_rate_window_t *bytes_w, const bf_table_progress_t *p, int n,
                           long long now_ms, long long window_ms, double lag_s);
 
-/* Whether table t waits for others (foreign keys on the targets: it is copied
- * after them) that are not done yet; their names, comma-separated, into names.
- * Pure. */
+/* The tables table t waits for (foreign keys on the targets: it is copied after
+ * them) that are not done yet: up to max indexes into on; returns how many. Pure. */
+int bf_progress_waiting_on(const bf_table_progress_t *p, int n, int t, int *on, int max);
+
+/* Whether table t waits for others not done yet; their names, comma-separated,
+ * into names. Pure. */
 bool bf_progress_waits(const bf_table_progress_t *p, int n, int t, char *names, size_t len);
 
 /* The seconds left at this rate, or -1 when unknown. Pure. */

@@ -49,11 +49,14 @@ struct bf_copier {
     char *resplit;        /* BF_BATCH_RESPLIT: the key the fence rows say the range ends at */
 };
 
-/* A range bound as fence rows and checkpoints carry it: "=" key, or "-" when
- * open. malloc'd. */
-static char *s_bound(const char *key)
+/* Whether route i is the first of table tp's routes to its target (a target's
+ * routes share one transaction per batch). */
+static bool s_first_of_target(const bf_tableplan_t *tp, int i)
 {
-    return key ? bf_xasprintf("=%s", key) : bf_xstrdup("-");
+    for (int j = 0; j < i; j++)
+        if (tp->routes[j].target == tp->routes[i].target)
+            return false;
+    return true;
 }
 
 /* A range set back because a row refers to one the target does not have yet is
@@ -220,73 +223,36 @@ static uint32_t s_be32(const char *p)
  * message's handling each (3M rows: 6M messages as two puts per row). */
 #define OUT_CAP 65536
 
-/* During a relay the target connection does not block: a target that stops
- * reading (its COPY waits for a lock, a slow disk) would hold the worker inside
- * libpq, silent, until the coordinator takes it for dead. Sends what libpq holds,
- * reading what the target says meanwhile and ticking every RELAY_TICK_MS. -1 when
- * the connection is lost or the worker stops. */
-#define RELAY_TICK_MS 20
-static int s_target_flush(bf_copier_t *self, bf_pg_t *tgt)
-{
-    long long next_tick = bf_now_ms() + RELAY_TICK_MS;
-    int f;
-    while ((f = PQflush(tgt->conn)) == 1) {
-        struct pollfd pfd = {.fd = PQsocket(tgt->conn), .events = POLLOUT | POLLIN};
-        int pr = poll(&pfd, 1, RELAY_TICK_MS);
-        if (pr > 0 && (pfd.revents & POLLIN) && !PQconsumeInput(tgt->conn))
-            return -1;
-        if (pr < 0 && errno != EINTR)
-            usleep(1000); /* not expected; no busy loop if it happens */
-        if (self->tick && bf_now_ms() >= next_tick) {
-            if (s_tick(self))
-                return -1;
-            next_tick = bf_now_ms() + RELAY_TICK_MS;
-        }
-    }
-    return f == 0 ? 0 : -1;
-}
+/* During a relay the target connection does not block (PQsetnonblocking): a
+ * target that stops reading (its COPY waits for a lock, a slow disk) would hold
+ * the worker inside libpq, silent, until the coordinator takes it for dead.
+ * Writes go through bf_pg_flush, the end through bf_pg_await: both tick. */
 
-/* Queues one CopyData message and sends it (s_target_flush). */
-static void s_target_put(bf_copier_t *self, bf_pg_t *tgt, const char *p, int n, bool *put_failed)
+/* Queues one CopyData message and sends it. */
+static void s_target_put(bf_pg_t *tgt, const char *p, int n, bool *put_failed)
 {
     int r = PQputCopyData(tgt->conn, p, n);
-    if (r == 0 && s_target_flush(self, tgt) == 0) /* libpq's buffer full: send, then again */
+    if (r == 0 && bf_pg_flush(tgt) == 0) /* libpq's buffer full: send, then again */
         r = PQputCopyData(tgt->conn, p, n);
-    if (r != 1 || s_target_flush(self, tgt) != 0)
+    if (r != 1 || bf_pg_flush(tgt) != 0)
         *put_failed = true;
 }
 
-/* Ends the target's COPY (errmsg: aborts it) and waits for its result ticking: the
- * end is where a COPY that waits for a lock, or checks its foreign keys, takes its
- * time. A stop asked meanwhile cancels it. PQgetResult then returns at once. */
-static void s_target_end(bf_copier_t *self, bf_pg_t *tgt, const char *errmsg)
+/* Ends the target's COPY (errmsg: aborts it) and waits for its result: the end is
+ * where a COPY that waits for a lock, or checks its foreign keys, takes its time.
+ * PQgetResult then returns at once. */
+static void s_target_end(bf_pg_t *tgt, const char *errmsg)
 {
-    if (PQputCopyEnd(tgt->conn, errmsg) == 0 && s_target_flush(self, tgt) == 0)
+    if (PQputCopyEnd(tgt->conn, errmsg) == 0 && bf_pg_flush(tgt) == 0)
         PQputCopyEnd(tgt->conn, errmsg);
-    s_target_flush(self, tgt);
-    bool cancelled = false;
-    long long next_tick = bf_now_ms() + RELAY_TICK_MS;
-    while (PQisBusy(tgt->conn)) {
-        struct pollfd pfd = {.fd = PQsocket(tgt->conn), .events = POLLIN};
-        int pr = poll(&pfd, 1, RELAY_TICK_MS);
-        if ((pr > 0 && !PQconsumeInput(tgt->conn)) || PQstatus(tgt->conn) != CONNECTION_OK)
-            break; /* lost: PQgetResult reports it */
-        if (pr < 0 && errno != EINTR)
-            usleep(1000);
-        if (self->tick && bf_now_ms() >= next_tick) {
-            if (s_tick(self) && !cancelled) {
-                bf_pg_cancel(tgt);
-                cancelled = true;
-            }
-            next_tick = bf_now_ms() + RELAY_TICK_MS;
-        }
-    }
+    bf_pg_flush(tgt);
+    bf_pg_await(tgt);
 }
 
 static void s_out_flush(bf_copier_t *self, bf_pg_t *tgt, bool *put_failed)
 {
     if (self->nout > 0 && !*put_failed)
-        s_target_put(self, tgt, self->out, (int)self->nout, put_failed);
+        s_target_put(tgt, self->out, (int)self->nout, put_failed);
     self->nout = 0;
 }
 
@@ -298,7 +264,7 @@ static void s_out(bf_copier_t *self, bf_pg_t *tgt, const char *p, size_t n, bool
         s_out_flush(self, tgt, put_failed);
     if (n >= OUT_CAP) { /* a wide row goes as it is, uncopied */
         if (!*put_failed)
-            s_target_put(self, tgt, p, (int)n, put_failed);
+            s_target_put(tgt, p, (int)n, put_failed);
         return;
     }
     if (!self->out)
@@ -366,8 +332,9 @@ static int s_relay_keyed(bf_copier_t *self, bf_pg_t *tgt, const char *buf, int n
 
 /* During a batch the worker's socket is looked at every RELAY_TICK_MS (SHRINK,
  * REVOKE, DRAIN, heartbeats): a clock read every 1024 rows and whenever the source
- * or the target keeps the relay waiting, a look at the socket (a getsockopt) when
- * due. */
+ * has nothing buffered, a look at the socket (a getsockopt) when due (a target
+ * that keeps the relay waiting: every 500 ms, bf_pg_flush / bf_pg_await). */
+#define RELAY_TICK_MS 20
 
 /* The relay's look at the worker's socket: stop (abandon the batch), or end it
  * here to split the range (cut: keyed relay only). */
@@ -390,13 +357,13 @@ static void s_relay_tick(bf_copier_t *self, bf_pg_t *src, bool keyed, bool *aban
 
 /* Streams the source COPY into the target COPY without parsing rows (keyed: see
  * s_relay_keyed; only the framing and the first field are looked at). The target
- * connection is non-blocking while the COPY lasts (s_target_flush). */
+ * connection is non-blocking while the COPY lasts (s_target_put, s_target_end). */
 static int s_relay_copy(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const char *copy_out,
                         bool keyed, int64_t *rows, int64_t *bytes)
 {
     PGresult *res;
     if (bf_pg_copy_start(src, copy_out, false) != 0) {
-        s_target_end(self, tgt, "source query failed");
+        s_target_end(tgt, "source query failed");
         while ((res = PQgetResult(tgt->conn)))
             PQclear(res);
         return -1;
@@ -491,7 +458,7 @@ static int s_relay_copy(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const cha
         s_out_flush(self, tgt, &put_failed);
     self->nout = 0;
     if (bad_frame) {
-        s_target_end(self, tgt, "unexpected COPY framing from the source");
+        s_target_end(tgt, "unexpected COPY framing from the source");
         while ((res = PQgetResult(tgt->conn)))
             PQclear(res);
         snprintf(src->errmsg, sizeof src->errmsg,
@@ -501,13 +468,13 @@ static int s_relay_copy(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const cha
         return -1;
     }
     if (abandoned) {
-        s_target_end(self, tgt, "batch abandoned: the worker is stopping");
+        s_target_end(tgt, "batch abandoned: the worker is stopping");
         while ((res = PQgetResult(tgt->conn)))
             PQclear(res);
         *bytes = nbytes;
         return -3;
     }
-    s_target_end(self, tgt, rc == 0 ? NULL : "source COPY failed");
+    s_target_end(tgt, rc == 0 ? NULL : "source COPY failed");
     while ((res = PQgetResult(tgt->conn))) {
         if (PQresultStatus(res) == PGRES_COMMAND_OK) {
             *rows = atoll(PQcmdTuples(res));
@@ -758,7 +725,7 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     snprintf(ids, sizeof ids, "%lld", (long long)r->id);
     snprintf(toks, sizeof toks, "%lld", (long long)r->token);
     snprintf(seqs, sizeof seqs, "%lld", (long long)(r->seq + 1));
-    char *mylo = s_bound(r->lo), *myhi = s_bound(r->hi);
+    char *mylo = bf_rstate_bound(r->lo), *myhi = bf_rstate_bound(r->hi);
     const char *fparams[] = {job->name, ids, toks, seqs, NULL, NULL, mylo, myhi};
     bf_batch_result_t result = BF_BATCH_RETRY;
     PGresult *res = NULL;
@@ -1036,11 +1003,13 @@ static void s_adapt(bf_copier_t *self, const bf_job_t *job, int t, int64_t n, in
 static bf_batch_result_t s_resplit(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp)
 {
     bf_range_t *r = &w->range;
-    char *key = self->resplit, *lo = s_bound(key), ids[24];
+    char *key = self->resplit, *lo = bf_rstate_bound(key), ids[24];
     self->resplit = NULL;
     snprintf(ids, sizeof ids, "%lld", (long long)r->id);
     int64_t want = -1;
     for (int i = 0; i < tp->nroutes && want < 0; i++) {
+        if (!s_first_of_target(tp, i))
+            continue;
         const char *params[] = {self->job->name, lo, ids};
         PGresult *res = bf_pg_query(self->tgt[tp->routes[i].target], BF_FENCE_FIND_LO, 3, params);
         if (!res) {
@@ -1094,16 +1063,13 @@ static int s_record_hi(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan
     char ids[24], toks[24];
     snprintf(ids, sizeof ids, "%lld", (long long)r->id);
     snprintf(toks, sizeof toks, "%lld", (long long)r->token);
-    char *hi = s_bound(key);
+    char *hi = bf_rstate_bound(key);
     const char *params[] = {self->job->name, ids, hi};
     int rc = 0;
     for (int i = 0; i < tp->nroutes && rc == 0; i++) {
         int ti = tp->routes[i].target;
-        bool seen = false;
-        for (int j = 0; j < i; j++)
-            seen = seen || tp->routes[j].target == ti;
         bf_pg_t *tgt = self->tgt[ti];
-        if (seen || !tgt)
+        if (!s_first_of_target(tp, i) || !tgt)
             continue;
         PGresult *res = NULL;
         rc = -1;
@@ -1157,10 +1123,7 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
      * two databases). */
     for (int i = 0; i < tp->nroutes; i++) {
         int ti = tp->routes[i].target;
-        bool seen = false;
-        for (int j = 0; j < i; j++)
-            seen = seen || tp->routes[j].target == ti;
-        if (seen)
+        if (!s_first_of_target(tp, i))
             continue;
         if (i > 0)
             bf_fault_point("between-targets");

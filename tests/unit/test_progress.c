@@ -94,6 +94,11 @@ static void test_waits(void **state)
     assert_string_equal(buf, "public.customer");
     assert_true(bf_progress_waits(p, 4, 2, buf, sizeof buf)); /* 9: no such table, ignored */
     assert_string_equal(buf, "public.customer, public.order");
+    int on[4];
+    assert_int_equal(bf_progress_waiting_on(p, 4, 2, on, 4), 2);
+    assert_int_equal(on[0], 0);
+    assert_int_equal(on[1], 1);
+    assert_int_equal(bf_progress_waiting_on(p, 4, 2, on, 1), 1); /* at most max */
     p[0].done = 4; /* customer done: order starts, fill still waits for order */
     assert_false(bf_progress_waits(p, 4, 1, buf, sizeof buf));
     assert_true(bf_progress_waits(p, 4, 2, buf, sizeof buf));
