@@ -127,7 +127,13 @@ simulate() {
     # (set -e does not hold in a command substitution: check each step.)
     out=$("$SIM" --connect "tcp://127.0.0.1:$PORT" --workers "$WORKERS" --redis "$BF_REDIS_URL" \
         --job scale --pid "$CPID" --rate "$1") ||
-        { kill "$CPID"; echo "bench: simulated workers failed" >&2; exit 1; }
+        {
+            kill "$CPID"
+            echo "$out" >&2
+            tail -5 "$DIR/scale.err" >&2
+            echo "bench: simulated workers failed" >&2
+            exit 1
+        }
     wait "$CPID" || { tail -5 "$DIR/scale.err" >&2; echo "bench: coordinator failed" >&2; exit 1; }
     CPID=""
     r1=$(redis_cpu)
