@@ -6,8 +6,9 @@ the other keys of the job share its "bf:{job}:" prefix (one hash slot).
 
   bf:{job}:meta        hash: planned nranges ntables created_ms epoch max_rejects
                              tbl:<t>:name tbl:<t>:ranges tbl:<t>:est tbl:<t>:after
-                             ("2,5": tables done before t starts) waits (1: some
-                             table has tbl:<t>:after); live control:
+                             ("2,5": tables done before t starts) tbl:<t>:ordered
+                             waits (1: some table has tbl:<t>:after or :ordered);
+                             live control:
                              paused cancel rate (rows/s) backoff
   bf:{job}:range:<id>  hash: tbl lo hi state token owner seq cursor rows bytes
                              attempts est last_error done_by split_from
@@ -18,7 +19,12 @@ the other keys of the job share its "bf:{job}:" prefix (one hash slot).
   bf:{job}:pending     zset of range ids waiting for a lease (score = id)
   bf:{job}:waiting:<t> zset of the ranges of table t while it waits for the tables
                        listed in meta tbl:<t>:after (its target tables refer to theirs
-                       by foreign keys): moved to pending when those are all done
+                       by foreign keys): moved to pending when those are all done.
+                       A table whose target table refers to itself (meta
+                       tbl:<t>:ordered 1) has its ranges copied one after another in
+                       key order: all but the one in work wait here, and the lowest
+                       moves to pending when the others are done (a parent row
+                       usually has a smaller key than its children)
   bf:{job}:delayed     zset of ranges set back for a while (score = ms, Redis clock):
                        a batch referred to rows the target does not have yet
   bf:{job}:leases      zset of leased range ids by expiry (ms, Redis clock)
@@ -91,8 +97,34 @@ local function table_done(meta, p, t)
   return tonumber(redis.call('HGET', p .. 'stats', 'done:' .. t) or '0') >= ranges
 end
 
+-- Table t's ranges are copied in key order (meta tbl:<t>:ordered).
+local function ordered(meta, t)
+  return redis.call('HGET', meta, 'tbl:' .. t .. ':ordered') == '1'
+end
+
+-- An ordered table's next range (its lowest waiting one) to pending when every
+-- other range of the table is done. (One set back by bf_defer holds the next up: a
+-- row referring to a later range would, in the usual chained data, wait for rows
+-- that wait for it; when nothing else can commit, bf_defer says 'NO' and the
+-- worker isolates that very row.) Returns 1 when one moved.
+local function release_next(meta, p, t)
+  local wk = p .. 'waiting:' .. t
+  local left = redis.call('ZCARD', wk)
+  if left == 0 then
+    return 0
+  end
+  local ranges = tonumber(redis.call('HGET', meta, 'tbl:' .. t .. ':ranges') or '0')
+  local done = tonumber(redis.call('HGET', p .. 'stats', 'done:' .. t) or '0')
+  if ranges - done - left > 0 then
+    return 0
+  end
+  local low = redis.call('ZPOPMIN', wk)
+  redis.call('ZADD', p .. 'pending', low[2], low[1])
+  return 1
+end
+
 -- Moves the ranges of every waiting table whose tables to wait for are all done to
--- pending; returns how many ranges moved.
+-- pending (an ordered table's next one only); returns how many ranges moved.
 local function release_waiting(meta, p)
   if redis.call('HGET', meta, 'waits') ~= '1' then
     return 0
@@ -109,7 +141,9 @@ local function release_waiting(meta, p)
           break
         end
       end
-      if ready then
+      if ready and ordered(meta, t) then
+        moved = moved + release_next(meta, p, t)
+      elseif ready then
         moved = moved + redis.call('ZCARD', wk)
         redis.call('ZUNIONSTORE', p .. 'pending', 2, p .. 'pending', wk)
         redis.call('DEL', wk)
@@ -210,6 +244,8 @@ local function bf_checkpoint(keys, args)
     redis.call('HINCRBY', st, 'done_total', 1)
     if table_done(keys[1], p, tbl) then
       release_waiting(keys[1], p) -- tables that waited for this one may start
+    elseif ordered(keys[1], tbl) then
+      release_next(keys[1], p, tbl)
     end
   elseif cur[3] == 'leased' then
     redis.call('ZADD', p .. 'leases', now_ms() + tonumber(args[9]), id)

@@ -662,7 +662,7 @@ int bf_rstate_forget(bf_rstate_t *self)
 
 int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
                          const struct bf_plan_range *const *ranges, const size_t *nranges,
-                         const char *const *after)
+                         const char *const *after, const bool *ordered)
 {
     if (bf_rstate_forget(self) != 0 || (!self->ctx && s_connect(self, true) != 0)) {
         log_error("cannot store the plan: %s", self->errmsg);
@@ -679,11 +679,11 @@ int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labe
     for (int t = 0; t < ntables; t++) {
         long long est = 0;
         bool wait = after && after[t] && after[t][0];
-        waits = waits || wait;
-        if (wait)
-            snprintf(pend, sizeof pend, "%swaiting:%d", self->prefix, t);
-        else
-            snprintf(pend, sizeof pend, "%spending", self->prefix);
+        bool in_order = ordered && ordered[t];
+        waits = waits || wait || in_order;
+        char waitk[400];
+        snprintf(waitk, sizeof waitk, "%swaiting:%d", self->prefix, t);
+        snprintf(pend, sizeof pend, "%spending", self->prefix);
         for (size_t i = 0; i < nranges[t]; i++, id++) {
             const bf_plan_range_t *r = &ranges[t][i];
             snprintf(key, sizeof key, "%srange:%lld", self->prefix, id);
@@ -699,7 +699,10 @@ int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labe
                 redisAppendCommand(c, "HSET %s hi %s", key, r->hi);
                 queued++;
             }
-            redisAppendCommand(c, "ZADD %s %lld %lld", pend, id, id);
+            /* A table that waits starts when its tables are done; one copied in key
+             * order has its first range pending and the others waiting. */
+            redisAppendCommand(c, "ZADD %s %lld %lld", wait || (in_order && i > 0) ? waitk : pend,
+                               id, id);
             queued++;
             est += r->est;
         }
@@ -709,6 +712,10 @@ int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labe
         queued += 2;
         if (wait) {
             redisAppendCommand(c, "HSET %s tbl:%d:after %s", meta, t, after[t]);
+            queued++;
+        }
+        if (in_order) {
+            redisAppendCommand(c, "HSET %s tbl:%d:ordered 1", meta, t);
             queued++;
         }
     }

@@ -34,6 +34,7 @@ typedef struct {
     int64_t lease_tokens[MAX_WORKER_LEASES];
     long long lease_since[MAX_WORKER_LEASES]; /* ms when leased */
     long long split_asked[MAX_WORKER_LEASES]; /* ms of the last SHRINK for it, 0 = none */
+    bool lease_whole[MAX_WORKER_LEASES];      /* its table is copied in key order: no SHRINK */
 } worker_t;
 
 /* Straggler splitting: a lease is asked to split (SHRINK) once it is this old, and
@@ -64,6 +65,7 @@ struct bf_coord {
     int64_t dones_since;   /* DONE messages since then */
     bool drained;          /* the pool was empty with nothing pending at the last dispatch */
     int64_t nranges;       /* ranges in the plan (grows when ranges are split) */
+    bool *in_order;        /* per job table: its ranges are copied one after another */
     long long next_split;  /* no SHRINK round before this (ms) */
     bool splitting;        /* workers idle, nothing pending: SHRINK rounds due */
     bool cancelled;        /* `backfill cancel`: drain the workers and stop, resumable */
@@ -320,16 +322,28 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         if (rf && rf->type == REDIS_REPLY_INTEGER && rf->integer > 0)
             log_info("%lld failed ranges are pending again", (long long)rf->integer);
         freeReplyObject(rf);
-        /* Tables waiting for others (foreign keys) that are done by now. */
+        /* Tables waiting for others (foreign keys) that are done by now, and the
+         * next range of a table copied in key order when none is in work. */
         int64_t moved = bf_rstate_unblock(r);
         if (moved > 0)
-            log_info("%lld ranges of tables that waited for others are pending", (long long)moved);
+            log_info("%lld waiting ranges are pending", (long long)moved);
         else if (moved < 0)
             log_warn("%s", r->errmsg);
     }
     if (bf_rstate_hget_int(r, "meta", "nranges", &self->nranges) != 0) {
         *exit_code = BF_EXIT_CONNECT;
         goto fail;
+    }
+    self->in_order = bf_xcalloc((size_t)self->ctx.job->ntables + 1, sizeof *self->in_order);
+    for (int t = 0; t < self->ctx.job->ntables; t++) {
+        char f[64];
+        int64_t v = 0;
+        snprintf(f, sizeof f, "tbl:%d:ordered", t);
+        if (bf_rstate_hget_int(r, "meta", f, &v) != 0) {
+            *exit_code = BF_EXIT_CONNECT;
+            goto fail;
+        }
+        self->in_order[t] = v == 1;
     }
     /* A cancel ended the last run; this one resumes. Pause and throttle stay. */
     redisReply *ctl = bf_rstate_cmd(r, "HMGET %s paused rate", bf_rstate_key(r, "meta"));
@@ -385,6 +399,7 @@ void bf_coord_destroy(bf_coord_t **self_p)
     for (int i = 0; i < self->nworkers; i++)
         zframe_destroy(&self->workers[i].identity);
     free(self->workers);
+    free(self->in_order);
     zhashx_destroy(&self->by_identity);
     bf_metrics_stop(&self->metrics);
     zsock_destroy(&self->router);
@@ -620,6 +635,7 @@ static void s_forget_lease(worker_t *w, int64_t id)
             w->lease_tokens[i] = w->lease_tokens[w->nleases - 1];
             w->lease_since[i] = w->lease_since[w->nleases - 1];
             w->split_asked[i] = w->split_asked[w->nleases - 1];
+            w->lease_whole[i] = w->lease_whole[w->nleases - 1];
             w->nleases--;
             return;
         }
@@ -648,6 +664,8 @@ static void s_ask_splits(bf_coord_t *self, int idle)
         for (int i = 0; i < self->nworkers; i++) {
             worker_t *w = &self->workers[i];
             for (int k = 0; k < w->nleases; k++) {
+                if (w->lease_whole[k])
+                    continue; /* a split part would refer to the rows before it */
                 long long from = w->lease_since[k] + SPLIT_MIN_AGE_MS;
                 if (w->split_asked[k] && w->split_asked[k] + SPLIT_EVERY_MS > from)
                     from = w->split_asked[k] + SPLIT_EVERY_MS;
@@ -733,6 +751,8 @@ static void s_dispatch(bf_coord_t *self)
                 w->lease_ids[w->nleases] = r->id;
                 w->lease_tokens[w->nleases] = r->token;
                 w->lease_since[w->nleases] = bf_now_ms();
+                w->lease_whole[w->nleases] =
+                    r->table >= 0 && r->table < self->ctx.job->ntables && self->in_order[r->table];
                 w->split_asked[w->nleases++] = 0;
                 w->credit--;
                 w->nowork_sent = false;

@@ -137,6 +137,15 @@ char **bf_fk_after(const bf_fk_graph_t *g, int ntables)
     return after;
 }
 
+bool *bf_fk_ordered(const bf_fk_graph_t *g, int ntables)
+{
+    bool *ordered = bf_xcalloc((size_t)ntables + 1, sizeof *ordered);
+    for (int e = 0; e < g->nedges; e++)
+        if (g->edges[e].child == g->edges[e].parent && g->edges[e].child < ntables)
+            ordered[g->edges[e].child] = true;
+    return ordered;
+}
+
 void bf_fk_after_free(char **after, int ntables)
 {
     if (!after)
@@ -163,13 +172,25 @@ void bf_fk_report(const bf_fk_graph_t *g, const char *const *labels, const bf_jo
             continue;
         }
         char what[512];
-        if (x->child == x->parent)
-            snprintf(what, sizeof what, "foreign key %s of %s refers to its own table",
-                     x->constraint, x->child_tbl);
-        else
-            snprintf(what, sizeof what,
-                     "foreign key %s of %s refers to %s, which refers back to it (a cycle)",
-                     x->constraint, x->child_tbl, x->parent_tbl);
+        if (x->child == x->parent) {
+            const char *then =
+                "one range after another; a row that refers to a row with a greater key "
+                "(not on the target yet) is retried while other tables' rows land, then "
+                "stops the job (or, with --max-rejects, is set aside)";
+            if (out)
+                fprintf(out,
+                        "table %s is copied in key order on %s: foreign key %s of %s refers "
+                        "to its own table; %s\n",
+                        labels[x->child], alias, x->constraint, x->child_tbl, then);
+            else
+                log_info("table %s is copied in key order on %s: foreign key %s of %s refers "
+                         "to its own table; %s",
+                         labels[x->child], alias, x->constraint, x->child_tbl, then);
+            continue;
+        }
+        snprintf(what, sizeof what,
+                 "foreign key %s of %s refers to %s, which refers back to it (a cycle)",
+                 x->constraint, x->child_tbl, x->parent_tbl);
         const char *then =
             "the tables are copied side by side; a batch with a row whose referenced row is "
             "not on the target yet is retried later, and a row that still fails when nothing "

@@ -45,6 +45,11 @@ void bf_fk_order(bf_fk_graph_t *g, int ntables);
 /* Per table, the tables it waits for as "2,5" (ascending, each once), "" when
  * none: ntables malloc'd strings in a malloc'd array (bf_fk_after_free). Pure. */
 char **bf_fk_after(const bf_fk_graph_t *g, int ntables);
+
+/* Per table, whether its target table refers to itself: its ranges are then
+ * copied one after another in key order (a parent row usually has a smaller key
+ * than its children, so they seldom wait). ntables entries, malloc'd. Pure. */
+bool *bf_fk_ordered(const bf_fk_graph_t *g, int ntables);
 void bf_fk_after_free(char **after, int ntables);
 
 /* Logs the order (info) and what cannot be ordered (warnings); with out, prints

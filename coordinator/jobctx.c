@@ -109,6 +109,7 @@ int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
     /* Tables whose target tables refer to others of the job wait for them. */
     bf_fk_graph_t fks = {0};
     char **after = NULL;
+    bool *ordered = NULL;
     if (rc == BF_EXIT_OK) {
         char err[1024];
         if (bf_fk_read(&fks, job, ctx->tables, ctx->tgt, err, sizeof err) != 0) {
@@ -117,13 +118,15 @@ int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
         } else {
             bf_fk_report(&fks, labels, job, NULL);
             after = bf_fk_after(&fks, n);
+            ordered = bf_fk_ordered(&fks, n);
         }
     }
     if (rc == BF_EXIT_OK &&
         bf_rstate_store_plan(ctx->redis, n, labels, (const bf_plan_range_t *const *)ranges, counts,
-                             (const char *const *)after) != 0)
+                             (const char *const *)after, ordered) != 0)
         rc = BF_EXIT_CONNECT;
     bf_fk_after_free(after, n);
+    free(ordered);
     bf_fk_clear(&fks);
     /* Each table's average row width from its statistics, for the ETA (rows of
      * different tables cost differently). Best effort: no statistics, no width. */
