@@ -35,17 +35,28 @@
     " ORDER BY range_id LIMIT 1"
 
 /* Rows a target rejected (constraint violation, value too long...), when the job
- * allows some (--max-rejects): what was tried, and why it failed. */
+ * allows some (--max-rejects): what was tried, and why it failed. parked: the row
+ * referred to a row the target did not have yet (a foreign key); it is tried
+ * again when every range is done (coordinator/parked.c), and counts as rejected
+ * only if it still fails then. */
 #define BF_REJECTS_DDL                                                                             \
     "CREATE TABLE IF NOT EXISTS public.backfill_rejects ("                                         \
     " job text NOT NULL, range_id bigint NOT NULL, tbl text NOT NULL, key text NOT NULL,"          \
     " error text NOT NULL, row jsonb, at timestamptz NOT NULL DEFAULT now(),"                      \
-    " PRIMARY KEY (job, tbl, key))"
+    " parked boolean NOT NULL DEFAULT false, PRIMARY KEY (job, tbl, key))"
+
+/* A rejects table of an older version gets the parked column (only when missing:
+ * ALTER TABLE locks the table even when there is nothing to do). */
+#define BF_REJECTS_MIGRATE                                                                         \
+    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="                       \
+    " 'public.backfill_rejects'::regclass AND attname = 'parked' AND NOT attisdropped) THEN"       \
+    " ALTER TABLE public.backfill_rejects ADD COLUMN parked boolean NOT NULL DEFAULT false;"       \
+    " END IF; END $$"
 
 #define BF_REJECTS_INSERT                                                                          \
-    "INSERT INTO public.backfill_rejects (job, range_id, tbl, key, error, row)"                    \
-    " VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (job, tbl, key) DO UPDATE"                \
-    " SET error = EXCLUDED.error, row = EXCLUDED.row, at = now()"
+    "INSERT INTO public.backfill_rejects (job, range_id, tbl, key, error, row, parked)"            \
+    " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT (job, tbl, key) DO UPDATE"            \
+    " SET error = EXCLUDED.error, row = EXCLUDED.row, at = now(), parked = EXCLUDED.parked"
 
 /* A fresh plan starts the job over: forget the fence rows of an earlier plan. */
 #define BF_FENCE_RESET "DELETE FROM public.backfill_fence WHERE job = $1"

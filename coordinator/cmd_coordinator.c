@@ -150,7 +150,8 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
 }
 
 /* Prepares the coordinator for a job; returns NULL with *rc set when it cannot
- * start, or when the job is complete already (*rc = OK, message printed). */
+ * start, or when the job is complete already (*rc from bf_coord_finish: OK, or
+ * rows still parked; message printed). */
 static bf_coord_t *s_prepare(const coord_args_t *a, int *rc)
 {
     bf_jobctx_t ctx;
@@ -162,11 +163,15 @@ static bf_coord_t *s_prepare(const coord_args_t *a, int *rc)
     bf_coord_t *coord = bf_coord_new(&ctx, &a->opts, rc);
     bf_jobctx_close(&ctx);
     if (coord && bf_coord_complete(coord)) {
-        bf_coord_finish(coord);
-        printf("job is already complete: every range is done (backfill verify %s checks it)\n",
-               a->job_path);
+        *rc = bf_coord_finish(coord);
+        if (*rc == BF_EXIT_OK)
+            printf("job is already complete: every range is done (backfill verify %s checks "
+                   "it)\n",
+                   a->job_path);
+        else
+            printf("every range is done, but not every row is on the targets (see the errors "
+                   "above)\n");
         bf_coord_destroy(&coord);
-        *rc = BF_EXIT_OK;
     }
     return coord;
 }
@@ -181,13 +186,14 @@ static void s_coordinator_usage(FILE *f)
         "DIR]\n\n"
         "Plans the job (or resumes it from Redis) and hands out ranges to workers that\n"
         "connect with `backfill worker --connect ENDPOINT` (tables whose target tables refer\n"
-        "to others by foreign key after those). When every range is done it advances the\n"
-        "sequences behind the target tables' columns past the copied ids. Exits 0 when\n"
-        "every range is done, %d when a range fails for good, %d on SIGINT/SIGTERM (resumable), %d "
-        "when\n"
-        "another coordinator runs the job (one per job at a time: a lock in Redis, which a\n"
-        "killed coordinator's successor waits for up to %d s, or not at all in the same\n"
-        "PID namespace of the same machine).\n"
+        "to others by foreign key after those). When every range is done it writes the\n"
+        "parked rows again (rows that referred to rows the target did not have yet) and\n"
+        "advances the sequences behind the target tables' columns past the copied ids.\n"
+        "Exits 0 when every range is done, %d when a range fails for good or rows are still\n"
+        "parked, %d on SIGINT/SIGTERM (resumable), %d when another coordinator runs the\n"
+        "job (one per job at a time: a lock in Redis, which a killed coordinator's\n"
+        "successor waits for up to %d s, or not at all in the same PID namespace of the\n"
+        "same machine).\n"
         "  --bind ENDPOINT    ZeroMQ endpoint to listen on (default tcp://0.0.0.0:5570)\n"
         "  --lease-ttl S      a range returns to pending S seconds after its worker's last\n"
         "                     sign of life (default 30)\n"
@@ -195,7 +201,10 @@ static void s_coordinator_usage(FILE *f)
         "                     while redis has none (after emptying the target tables)\n"
         "  --max-rejects N    rows the targets may refuse (constraint, value too long) before\n"
         "                     the job stops; they are kept in public.backfill_rejects on the\n"
-        "                     target. Default 0: the first refused row stops the job\n"
+        "                     target. Default 0: the first refused row stops the job. A row\n"
+        "                     that refers to a row its target does not have is parked there\n"
+        "                     and written again when every range is done: it counts then,\n"
+        "                     if still refused\n"
         "  --metrics ADDR     serve Prometheus metrics at http://ADDR/metrics, e.g.\n"
         "                     tcp://0.0.0.0:9570 (rows, bytes, ranges, batch latency...)\n"
         "  --curve-cert FILE  encrypt and authenticate with CURVE: the coordinator's\n"
@@ -226,11 +235,15 @@ int bf_cmd_coordinator(int argc, char **argv)
     }
     rc = bf_coord_serve(coord, &s_stop, NULL, NULL);
     if (rc == BF_EXIT_OK) {
-        printf("job complete\n");
+        /* The workers were told (DRAIN) when the last range was done: they need not
+         * wait for this, and one arriving meanwhile asks again and is told below. */
+        rc = bf_coord_finish(coord);
+        printf(rc == BF_EXIT_OK ? "job complete\n"
+                                : "every range is done, but not every row is on the targets "
+                                  "(see the errors above)\n");
         bf_coord_summary(coord, stdout);
         fflush(stdout);
         bf_coord_linger_done(coord, 3000, &s_stop);
-        bf_coord_finish(coord); /* the workers are told first: they need not wait */
     } else if (rc == BF_EXIT_INTERRUPTED) {
         log_info("interrupted; start the coordinator again to resume");
     }
@@ -400,17 +413,20 @@ static void s_run_usage(FILE *f)
         "on stderr: a live display per table on a terminal (workers then log warnings\n"
         "only), a line every 2 s otherwise. Interrupted (Ctrl-C), it hands every range back\n"
         "at its last checkpoint; run it again to resume. Tables whose target tables refer to\n"
-        "others by foreign key are copied after those. When every range is done, the\n"
-        "sequences behind the target tables' columns are advanced past the copied ids. On a\n"
-        "finished job it says so, advances them again and exits 0; while another\n"
-        "coordinator runs the job it exits 2 naming it.\n"
+        "others by foreign key are copied after those. When every range is done, the parked\n"
+        "rows (rows that referred to rows the target did not have yet) are written again\n"
+        "and the sequences behind the target tables' columns are advanced past the copied\n"
+        "ids. On a finished job it says so, does both again and exits 0 (4 when rows are\n"
+        "still parked); while another coordinator runs the job it exits 2 naming it.\n"
         "  --workers N     local worker processes (default 4)\n"
         "  --lease-ttl S   seconds before a silent worker's range is handed out again (30)\n"
         "  --replan        plan afresh although the targets hold progress of this job while\n"
         "                  redis has none (after emptying the target tables)\n"
         "  --max-rejects N rows the targets may refuse (constraint, value too long) before the\n"
         "                  job stops; they are kept in public.backfill_rejects on the target.\n"
-        "                  Default 0: the first refused row stops the job\n"
+        "                  Default 0: the first refused row stops the job. A row that refers\n"
+        "                  to a row its target does not have is parked there and written\n"
+        "                  again when every range is done: it counts then, if still refused\n"
         "  --metrics ADDR  serve Prometheus metrics at http://ADDR/metrics (tcp://0.0.0.0:9570)\n");
 }
 
@@ -467,9 +483,13 @@ static int s_run(coord_args_t *ap)
         s_relay_worker_lines(&s, true);
         close(s.err_r);
     }
-    if (rc == BF_EXIT_OK) {
-        bf_coord_finish(coord);
-        printf("job complete\n");
+    bool finished = rc == BF_EXIT_OK;
+    if (finished)
+        rc = bf_coord_finish(coord);
+    if (finished) {
+        printf(rc == BF_EXIT_OK ? "job complete\n"
+                                : "every range is done, but not every row is on the targets "
+                                  "(see the errors above)\n");
         bf_coord_summary(coord, stdout);
         /* Resources of this run, for the benchmark: the workers' CPU in all and the
          * largest worker's peak RSS; the coordinator's own peak RSS. */

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "progress.h"
+#include "parked.h"
 #include "sequences.h"
 #include "net.h"
 #include "strbuf.h"
@@ -215,7 +216,8 @@ static int s_fence_prepare(bf_coord_t *self, bool resumed)
     int64_t max_token = 0;
     for (int i = 0; i < job->ntargets; i++) {
         bf_pg_t *t = self->ctx.tgt[i];
-        if (bf_pg_exec(t, BF_FENCE_DDL) != 0 || bf_pg_exec(t, BF_FENCE_MIGRATE) != 0)
+        if (bf_pg_exec(t, BF_FENCE_DDL) != 0 || bf_pg_exec(t, BF_FENCE_MIGRATE) != 0 ||
+            bf_pg_exec(t, BF_REJECTS_DDL) != 0 || bf_pg_exec(t, BF_REJECTS_MIGRATE) != 0)
             return BF_EXIT_CONNECT;
         if (!resumed)
             continue;
@@ -415,10 +417,63 @@ bool bf_coord_complete(bf_coord_t *self)
     return bf_rstate_is_complete(self->ctx.redis) == 1;
 }
 
-void bf_coord_finish(bf_coord_t *self)
+/* The parked rows once every range is done: BF_EXIT_OK, BF_EXIT_DATA (too many
+ * still refused; logged) or BF_EXIT_CONNECT (logged). */
+static int s_parked(bf_coord_t *self)
 {
     const bf_job_t *job = self->ctx.job;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    int64_t *left = bf_xcalloc((size_t)job->ntables + 1, sizeof *left);
+    char first[2600];
+    int64_t n = bf_parked_retry(job, self->ctx.tables, self->ctx.tgt, left, first, sizeof first);
+    int rc = n < 0 ? BF_EXIT_CONNECT : BF_EXIT_OK;
+    int64_t max = 0, total = 0;
+    bf_rstate_t *r = self->ctx.redis;
+    if (n > 0 && (bf_rstate_hget_int(r, "meta", "max_rejects", &max) != 0 ||
+                  bf_rstate_hget_int(r, "stats", "rejects_total", &total) != 0)) {
+        log_error("%s", r->errmsg);
+        rc = BF_EXIT_CONNECT;
+    } else if (n > 0 && total + n > max) {
+        log_error("%lld rows refer to rows their targets do not have (first: %s); they are "
+                  "parked in public.backfill_rejects on the targets, and running the job again "
+                  "writes them again: bring the rows they refer to onto the targets (copy "
+                  "their tables in this job too), or let the job set such rows aside with "
+                  "--max-rejects N (%lld rows were set aside already)",
+                  (long long)n, first, (long long)total);
+        snprintf(self->fail_msg, sizeof self->fail_msg,
+                 "%lld rows refer to rows their targets do not have (first: %s)", (long long)n,
+                 first);
+        rc = BF_EXIT_DATA;
+    } else if (n > 0) {
+        /* Allowed: set aside for good, and counted as refused rows. */
+        rc = bf_parked_accept(job, self->ctx.tgt) == 0 ? BF_EXIT_OK : BF_EXIT_CONNECT;
+        for (int t = 0; t < job->ntables && rc == BF_EXIT_OK; t++) {
+            if (!left[t])
+                continue;
+            redisReply *x = bf_rstate_cmd(r, "HINCRBY %s rejects:%d %lld",
+                                          bf_rstate_key(r, "stats"), t, (long long)left[t]);
+            freeReplyObject(x);
+            x = bf_rstate_cmd(r, "HINCRBY %s rejects_total %lld", bf_rstate_key(r, "stats"),
+                              (long long)left[t]);
+            rc = x ? BF_EXIT_OK : BF_EXIT_CONNECT;
+            freeReplyObject(x);
+        }
+        if (rc == BF_EXIT_OK)
+            log_warn("%lld rows still refer to rows their targets do not have (first: %s): set "
+                     "aside in public.backfill_rejects, as --max-rejects allows",
+                     (long long)n, first);
+        else
+            log_error("setting the parked rows aside: %s", r->errmsg);
+    }
+    free(left);
+    return rc;
+}
+
+int bf_coord_finish(bf_coord_t *self)
+{
+    const bf_job_t *job = self->ctx.job;
+    int parked = BF_EXIT_CONNECT;
+    bool seqs = false;
+    for (int attempt = 0; attempt < 2 && (parked == BF_EXIT_CONNECT || !seqs); attempt++) {
         if (attempt > 0) /* idle for the whole job, a connection may be gone */
             for (int i = 0; i < job->ntargets; i++) {
                 char what[96];
@@ -426,12 +481,20 @@ void bf_coord_finish(bf_coord_t *self)
                 bf_pg_destroy(&self->ctx.tgt[i]);
                 self->ctx.tgt[i] = bf_pg_connect(job->targets[i].dsn, what);
             }
-        if (bf_sequences_advance(job, self->ctx.tables, self->ctx.tgt) >= 0)
-            return;
+        if (parked == BF_EXIT_CONNECT)
+            parked = s_parked(self);
+        if (!seqs)
+            seqs = bf_sequences_advance(job, self->ctx.tables, self->ctx.tgt) >= 0;
     }
-    log_warn("every row is copied, but the targets' sequences could not be advanced past the "
-             "copied ids (see the error above); run the job again to do it: a finished job "
-             "only does that");
+    if (parked == BF_EXIT_CONNECT)
+        log_error("every range is done, but the parked rows (rows that referred to rows their "
+                  "targets did not have yet) could not be written again (see the error above); "
+                  "run the job again to do it: a finished job only does that");
+    if (!seqs)
+        log_warn("every row is copied, but the targets' sequences could not be advanced past the "
+                 "copied ids (see the error above); run the job again to do it: a finished job "
+                 "only does that");
+    return parked;
 }
 
 int bf_coord_bind(bf_coord_t *self, const char *endpoint)

@@ -38,10 +38,14 @@ void bf_coord_destroy(bf_coord_t **self_p);
 /* True when every range is done already. */
 bool bf_coord_complete(bf_coord_t *self);
 
-/* Once every range is done: advances the targets' sequences past the copied ids
- * (bf_sequences_advance; on fresh connections when those of the job are gone).
- * A failure is logged, not fatal: the rows are all there. */
-void bf_coord_finish(bf_coord_t *self);
+/* Once every range is done: writes the parked rows again (bf_parked_retry), and
+ * advances the targets' sequences past the copied ids (bf_sequences_advance), on
+ * fresh connections when those of the job are gone. Returns BF_EXIT_OK, or
+ * BF_EXIT_DATA (logged) when more rows are still parked than --max-rejects allows
+ * (they stay parked: running the finished job again tries them again), or
+ * BF_EXIT_CONNECT when a target could not be reached for them (logged). Sequences
+ * that could not be advanced are logged, not fatal: the rows are all there. */
+int bf_coord_finish(bf_coord_t *self);
 
 /* Binds the ROUTER to endpoint, and starts the metrics server when asked. 0 or
  * -1 (logged). */

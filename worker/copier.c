@@ -39,14 +39,17 @@ struct bf_copier {
     bool have_raw_key;
     char *out; /* rows for the target, sent as one CopyData message when full */
     size_t nout;
-    bool abandoning;      /* the tick asked to abandon the batch in flight */
-    bool cut_asked;       /* end the keyed batch in flight early (bf_copier_cut) */
-    bool cut;             /* the last keyed relay ended early, at its last key */
-    int64_t src_rows;     /* rows the source sent in the last relay (its COPY count), -1
-                           * when not known (cut short, failed) */
-    char row_error[1024]; /* why the target refused a row (BF_BATCH_ROW_ERROR) */
-    char row_sqlstate[6]; /* and its SQLSTATE */
-    char *resplit;        /* BF_BATCH_RESPLIT: the key the fence rows say the range ends at */
+    bool abandoning;       /* the tick asked to abandon the batch in flight */
+    bool cut_asked;        /* end the keyed batch in flight early (bf_copier_cut) */
+    bool cut;              /* the last keyed relay ended early, at its last key */
+    int64_t src_rows;      /* rows the source sent in the last relay (its COPY count), -1
+                            * when not known (cut short, failed) */
+    char row_error[1024];  /* why the target refused a row (BF_BATCH_ROW_ERROR) */
+    char row_sqlstate[6];  /* and its SQLSTATE */
+    char row_detail[1024]; /* and its detail (a foreign key's names the missing row) */
+    char *row_lower;       /* and the key its batch started after (NULL: the range's lo) */
+    signed char *in_order; /* per table: copied in key order (1), not (-1), unknown (0) */
+    char *resplit;         /* BF_BATCH_RESPLIT: the key the fence rows say the range ends at */
 };
 
 /* Whether route i is the first of table tp's routes to its target (a target's
@@ -75,6 +78,7 @@ bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
     self->tgt_gen = bf_xcalloc((size_t)job->ntargets, sizeof *self->tgt_gen);
     self->plans = bf_xcalloc((size_t)job->ntables, sizeof *self->plans);
     self->resolved = bf_xcalloc((size_t)job->ntables, sizeof *self->resolved);
+    self->in_order = bf_xcalloc((size_t)job->ntables, sizeof *self->in_order);
     self->stage_gen = bf_xcalloc((size_t)job->ntables, sizeof *self->stage_gen);
     self->batch_size = bf_xcalloc((size_t)job->ntables, sizeof *self->batch_size);
     for (int t = 0; t < job->ntables; t++)
@@ -134,6 +138,8 @@ void bf_copier_destroy(bf_copier_t **self_p)
     free(self->tgt_gen);
     free(self->plans);
     free(self->resolved);
+    free(self->in_order);
+    free(self->row_lower);
     free(self);
     *self_p = NULL;
 }
@@ -648,11 +654,12 @@ static int s_copy_route(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_
 }
 
 /* Writes the one row of route rp in (lower, end] to backfill_rejects with the
- * error it got, in the batch's transaction (the fence then moves past it). Its key
- * in *key_out (free it; NULL when there is no row). */
+ * error it got, in the batch's transaction (the fence then moves past it); parked:
+ * to be tried again when every range is done. Its key in *key_out (free it; NULL
+ * when there is no row). */
 static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
                           const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
-                          const char *end, const char *error, char **key_out)
+                          const char *end, const char *error, bool parked, char **key_out)
 {
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
@@ -671,11 +678,12 @@ static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const b
         char ids[24];
         snprintf(ids, sizeof ids, "%lld", (long long)r->id);
         *key_out = bf_xstrdup(PQgetvalue(res, 0, 0)); /* whole: it becomes the cursor */
-        const char *params[] = {self->job->name,       ids,   rp->label,
-                                PQgetvalue(res, 0, 0), error, PQgetvalue(res, 0, 1)};
+        const char *params[] = {self->job->name,          ids,   rp->label,
+                                PQgetvalue(res, 0, 0),    error, PQgetvalue(res, 0, 1),
+                                parked ? "true" : "false"};
         PGresult *ins = NULL;
         if (bf_pg_exec(tgt, BF_REJECTS_DDL) != 0 ||
-            !(ins = bf_pg_query(tgt, BF_REJECTS_INSERT, 6, params)))
+            !(ins = bf_pg_query(tgt, BF_REJECTS_INSERT, 7, params)))
             rc = -2;
         PQclear(ins);
     }
@@ -690,9 +698,80 @@ static bool s_is_row_error(const char *sqlstate)
     return strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0;
 }
 
+/* A foreign key's refusal, "Key (col)=(value) is not present in table "t".", of a
+ * one-column key: its column, value and table (malloc'd). False when the detail
+ * is not of that form (a key of several columns, no detail without the privilege
+ * to read the row). */
+static bool s_fk_detail(const char *detail, char **col, char **value, char **table)
+{
+    static const char tail_text[] = ") is not present in table \"";
+    const char *k = strncmp(detail, "Key (", 5) == 0 ? detail + 5 : NULL;
+    const char *eq = k ? strstr(k, ")=(") : NULL;
+    const char *tail = eq ? strstr(eq, tail_text) : NULL;
+    if (!tail || memchr(k, ',', (size_t)(eq - k)))
+        return false;
+    const char *tn = tail + strlen(tail_text), *te = strrchr(tn, '"');
+    if (!te)
+        return false;
+    *col = bf_xasprintf("%.*s", (int)(eq - k), k);
+    *value = bf_xasprintf("%.*s", (int)(tail - eq - 3), eq + 3);
+    *table = bf_xasprintf("%.*s", (int)(te - tn), tn);
+    return true;
+}
+
+/* Whether job table t is copied in key order (its target table refers to itself:
+ * meta tbl:<t>:ordered); read from Redis once. */
+static bool s_in_order(bf_copier_t *self, int t)
+{
+    if (!self->in_order[t]) {
+        char f[64];
+        int64_t v = 0;
+        snprintf(f, sizeof f, "tbl:%d:ordered", t);
+        if (bf_rstate_hget_int(self->redis, "meta", f, &v) != 0)
+            return false; /* not known now: asked again next time */
+        self->in_order[t] = v == 1 ? 1 : -1;
+    }
+    return self->in_order[t] == 1;
+}
+
+/* Where in the refused batch of route rp (its first batch_rows rows after
+ * self->row_lower, in key order) the first row is whose target column col holds
+ * value: the row a foreign key refused (the checks run in the order the rows
+ * came). 1-based; 0 when no row matches (the value printed another way), -1 on a
+ * source error (kept in the connection). */
+static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
+                           const bf_range_t *r, int64_t batch_rows, const char *col,
+                           const char *value)
+{
+    bf_pg_t *src = self->src;
+    char *qcol = bf_pg_ident(src, col);
+    if (!qcol)
+        return 0;
+    bf_strbuf_t sql;
+    bf_strbuf_init(&sql);
+    bf_strbuf_appendf(&sql,
+                      "SELECT n FROM (SELECT row_number() OVER () AS n, a.%s::text AS v FROM "
+                      "(SELECT %s FROM %s WHERE ",
+                      qcol, rp->select_named, tp->src_qname);
+    free(qcol);
+    s_batch_cond(&sql, src, tp, rp, r, self->row_lower, NULL);
+    bf_strbuf_appendf(&sql, " ORDER BY %s LIMIT %lld) a) b WHERE v = $1 ORDER BY n LIMIT 1",
+                      tp->key_list, (long long)batch_rows);
+    const char *params[] = {value};
+    PGresult *res = bf_pg_query(src, sql.buf, 1, params);
+    bf_strbuf_free(&sql);
+    if (!res)
+        return -1;
+    int64_t at = PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    return at;
+}
+
 /* One batch on one target (every route of the table that writes there), in one
  * target transaction with the range's fence row. With reject_route >= 0 the batch
- * is one row that route's target refused: it goes to backfill_rejects instead.
+ * is one row that route's target refused: it goes to backfill_rejects instead
+ * (park: it referred to a row the target does not have, and is parked there to be
+ * tried again when every range is done, if that is still why it is refused).
  * The fence row is the truth about this target: it copies from its own fence
  * cursor, which differs from the Redis cursor only after a crash between a commit
  * and its checkpoint (ahead) or a lost unsynchronised commit (behind). Sets *done
@@ -700,7 +779,7 @@ static bool s_is_row_error(const char *sqlstate)
 static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
                                         const bf_tableplan_t *tp, int ti, char **end_p,
                                         bool *final_p, int64_t limit, int reject_route,
-                                        const char *reject_error, int64_t *rows_out,
+                                        const char *reject_error, bool park, int64_t *rows_out,
                                         int64_t *bytes_out, bool *done, int *failed_route)
 {
     const char *end = *end_p;
@@ -876,6 +955,9 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
                 snprintf(self->row_error, sizeof self->row_error, "%s%s%s%s", tgt->errmsg,
                          tgt->detail[0] ? " (" : "", tgt->detail, tgt->detail[0] ? ")" : "");
                 snprintf(self->row_sqlstate, sizeof self->row_sqlstate, "%s", tgt->sqlstate);
+                snprintf(self->row_detail, sizeof self->row_detail, "%s", tgt->detail);
+                free(self->row_lower);
+                self->row_lower = lower ? bf_xstrdup(lower) : NULL;
             }
             if (row_error && reject_route >= 0 &&
                 bf_pg_exec(tgt, "ROLLBACK TO SAVEPOINT bf_row") == 0) {
@@ -907,10 +989,22 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     if (reject_route >= 0 && !set_aside)
         log_info("range %lld: the row target %s refused went in when tried again (%s before)",
                  (long long)r->id, job->targets[ti].alias, reject_error);
+    bool parked = set_aside && park && strcmp(self->row_sqlstate, SQLSTATE_FK) == 0;
+    if (set_aside && park && !parked) {
+        /* Refused again, for another reason now: that is not for parking; the
+         * retried lease isolates it again (and sets it aside as --max-rejects
+         * allows). */
+        snprintf(w->error, sizeof w->error,
+                 "range %lld: a row refused for a missing referenced row was refused again for "
+                 "another reason (%s)",
+                 (long long)r->id, self->row_error);
+        result = BF_BATCH_RETRY;
+        goto rollback;
+    }
     if (set_aside) {
         char *key = NULL;
         int rc = s_write_reject(self, src, tgt, tp, &tp->routes[reject_route], r, lower, end,
-                                reject_error, &key);
+                                reject_error, parked, &key);
         if (rc != 0) {
             result = s_fail(self, w, tp, tp->routes[reject_route].label, rc == -1 ? src : tgt,
                             "recording a rejected row of");
@@ -922,14 +1016,20 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
             *end_p = key ? bf_xstrdup(key) : NULL;
             end = *end_p;
         }
-        if (key) {
+        if (key && parked)
+            log_warn("table %s -> %s: row with key %s refers to a row target %s does not have "
+                     "yet: parked in public.backfill_rejects there, tried again when every range "
+                     "is done (%s)",
+                     tp->src_label, tp->routes[reject_route].label, key, job->targets[ti].alias,
+                     reject_error);
+        else if (key) {
             w->rejects++;
             log_warn("table %s -> %s: row with key %s rejected, kept in public.backfill_rejects "
                      "on target %s: %s",
                      tp->src_label, tp->routes[reject_route].label, key, job->targets[ti].alias,
                      reject_error);
-            free(key);
         }
+        free(key);
     }
     fparams[4] = end ? end : lower;
     fparams[5] = final ? "true" : "false";
@@ -1129,10 +1229,18 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
             bf_fault_point("between-targets");
         bool done = false;
         int failed_route = -1;
-        bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL, rows,
-                                              bytes, &done, &failed_route);
+        bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL, false,
+                                              rows, bytes, &done, &failed_route);
         bool fk = br == BF_BATCH_ROW_ERROR && strcmp(self->row_sqlstate, SQLSTATE_FK) == 0;
-        if (fk && w->limit == 0) {
+        char *fk_col = NULL, *fk_value = NULL, *fk_table = NULL;
+        bool fk_parsed = fk && s_fk_detail(self->row_detail, &fk_col, &fk_value, &fk_table);
+        /* A table copied in key order that refers to a row of its own that is not
+         * there: the row has a greater key (or is parked, or missing), and waiting
+         * cannot bring it (the next range waits for this one). */
+        const char *tlabel = fk_parsed ? strrchr(tp->routes[failed_route].label, '.') : NULL;
+        bool own =
+            fk_parsed && tlabel && strcmp(tlabel + 1, fk_table) == 0 && s_in_order(self, tp->index);
+        if (fk && w->limit == 0 && !own) {
             /* A row refers to one the target does not have: it may come with a range
              * copied meanwhile (a self-reference, a cycle, a table outside the order).
              * Set the range back for a while, as long as the job still commits
@@ -1141,6 +1249,11 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
             snprintf(why, sizeof why, "target %s: %s", job->targets[ti].alias, self->row_error);
             int64_t after = 0;
             int d = bf_rstate_defer(self->redis, r->id, r->token, why, DEFER_MS, &after);
+            if (d != 1) {
+                free(fk_col);
+                free(fk_value);
+                free(fk_table);
+            }
             if (d == 0 || d == 2) {
                 free(end);
                 if (d == 2) {
@@ -1167,17 +1280,47 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
         if (br == BF_BATCH_ROW_ERROR) {
             /* The target refused a row. Isolate it by halving the batch; then keep it
              * aside in backfill_rejects as far as --max-rejects allows, else stop the
-             * job naming the row's key. */
+             * job naming the row's key. A row that refers to one the target does not
+             * have is parked there instead (waiting did not bring that row: it may be
+             * in a later range of its own table, or refer to a parked row). */
             if (batch_rows > 1) {
-                w->limit = batch_rows / 2;
-                log_info("range %lld: target %s rejected a row of a %lld-row batch; retrying "
-                         "with %lld rows to isolate it",
-                         (long long)r->id, job->targets[ti].alias, (long long)batch_rows,
-                         (long long)w->limit);
+                /* A foreign key names the value: the refused row is the first of the
+                 * batch that holds it; the rows before it go in, then it alone. */
+                int64_t at = fk_parsed && limit > 0
+                                 ? s_fk_locate(self, tp, &tp->routes[failed_route], r, batch_rows,
+                                               fk_col, fk_value)
+                                 : 0;
+                free(fk_col);
+                free(fk_value);
+                free(fk_table);
+                if (at < 0) {
+                    free(end);
+                    return s_fail(self, w, tp, tp->routes[failed_route].label, self->src,
+                                  "finding the refused row in the source for");
+                }
+                w->located = at > 0 && at <= batch_rows;
+                if (w->located) {
+                    w->limit = at > 1 ? at - 1 : 1;
+                    w->resume_limit = w->limit;
+                    log_info("range %lld: target %s refused row %lld of a %lld-row batch (%s); "
+                             "%s",
+                             (long long)r->id, job->targets[ti].alias, (long long)at,
+                             (long long)batch_rows, self->row_error,
+                             at > 1 ? "copying the rows before it" : "taking it alone");
+                } else {
+                    w->limit = batch_rows / 2;
+                    log_info("range %lld: target %s rejected a row of a %lld-row batch; retrying "
+                             "with %lld rows to isolate it",
+                             (long long)r->id, job->targets[ti].alias, (long long)batch_rows,
+                             (long long)w->limit);
+                }
                 free(end);
                 *redo = true; /* nothing committed: the batch is redone */
                 return BF_BATCH_MORE;
             }
+            free(fk_col);
+            free(fk_value);
+            free(fk_table);
             char *key = end ? bf_xstrdup(end) : s_first_key(self->src, tp, r);
             const bf_route_plan_t *rp = &tp->routes[failed_route];
             snprintf(w->error, sizeof w->error,
@@ -1185,13 +1328,13 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                      rp->label, key ? key : "?", self->row_error);
             free(key);
             int64_t max = 0, total = 0;
-            if (bf_rstate_hget_int(self->redis, "meta", "max_rejects", &max) != 0 ||
-                bf_rstate_hget_int(self->redis, "stats", "rejects_total", &total) != 0) {
+            if (!fk && (bf_rstate_hget_int(self->redis, "meta", "max_rejects", &max) != 0 ||
+                        bf_rstate_hget_int(self->redis, "stats", "rejects_total", &total) != 0)) {
                 free(end);
                 snprintf(w->error, sizeof w->error, "%s", self->redis->errmsg);
                 return BF_BATCH_RETRY;
             }
-            if (total + 1 > max) {
+            if (!fk && total + 1 > max) {
                 free(end);
                 size_t n = strlen(w->error);
                 if (max > 0)
@@ -1199,12 +1342,6 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                              "; %lld rows were refused already, the most --max-rejects allows "
                              "(%lld): see public.backfill_rejects on the targets",
                              (long long)total, (long long)max);
-                else if (fk)
-                    snprintf(w->error + n, sizeof w->error - n,
-                             "; the row it refers to is not on the target and no other range "
-                             "brought it: copy that table in this job too (tables are copied "
-                             "in the order of their foreign keys), or let the job set such "
-                             "rows aside with --max-rejects N");
                 else
                     snprintf(w->error + n, sizeof w->error - n,
                              "; fix the row or the target, or let the job set such rows aside "
@@ -1212,7 +1349,7 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                 return BF_BATCH_FATAL;
             }
             br = s_batch_target(self, w, tp, ti, &end, &final, limit, failed_route, self->row_error,
-                                rows, bytes, &done, &failed_route);
+                                fk, rows, bytes, &done, &failed_route);
         }
         if (br != BF_BATCH_MORE) {
             free(end);
@@ -1297,7 +1434,12 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         return s_resplit(self, w, tp);
     if (br != BF_BATCH_MORE || redo)
         return br;
-    if (w->limit > 0) /* back to full batches once past the rejected rows */
+    if (w->limit > 0 && w->located && w->limit > 1) { /* the rows before the refused one */
+        w->limit = 1;
+    } else if (w->limit > 0 && w->located) { /* the refused one */
+        w->limit = w->resume_limit * 2 >= self->batch_size[r->table] ? 0 : w->resume_limit * 2;
+        w->located = false;
+    } else if (w->limit > 0) /* back to full batches once past the rejected rows */
         w->limit = w->limit * 2 >= self->batch_size[r->table] ? 0 : w->limit * 2;
     else if (!final && !w->short_batches && !throttled)
         s_adapt(self, job, r->table, batch_rows, rows, bytes, bf_now_ms() - t0);

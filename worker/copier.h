@@ -28,10 +28,15 @@ typedef enum {
 
 /* A lease being worked on. */
 typedef struct {
-    bf_range_t range;   /* id, table, lo, hi, cursor (advances), token, seq (advances) */
-    int64_t rows;       /* rows copied under this lease */
-    int64_t bytes;      /* bytes copied under this lease */
-    int64_t limit;      /* rows per batch while isolating a rejected row; 0 = the job's */
+    bf_range_t range; /* id, table, lo, hi, cursor (advances), token, seq (advances) */
+    int64_t rows;     /* rows copied under this lease */
+    int64_t bytes;    /* bytes copied under this lease */
+    int64_t limit;    /* rows per batch while isolating a rejected row; 0 = the job's */
+    bool located;     /* limit ends right before (or at) a refused row found by its
+                       * foreign key; after it batches go on from resume_limit rows,
+                       * doubling (rows that refer to it may follow it closely: a
+                       * refused batch costs every row of it) */
+    int64_t resume_limit;
     int64_t rejects;    /* rows written to backfill_rejects under this lease */
     bool short_batches; /* workers are idle (SHRINK seen): quarter batches, finer splits */
     int64_t batches;    /* batches committed under this lease (the first one also brings the

@@ -12,11 +12,13 @@
 #     range: nothing deferred, nothing split, every row lands with 3 workers (side
 #     by side, 10-13 batches a run were set back). A row referring to a row with a
 #     greater key (node 150 -> 2900, in a later range whose rows refer to rows
-#     below it): the job stops naming that row, not one of those waiting for it.
+#     below it): found in its batch by the key value, parked with the rows that
+#     refer to it, written when every range is done; every row lands.
 #  3. An orphan (a row referring to a row the source does not have): the range is
-#     set back while other batches commit (deferred), then the row is isolated: the
-#     job stops naming table, key and the missing row (exit 4); with --max-rejects
-#     it is set aside and the rest lands.
+#     set back while other batches commit (deferred), then the row is parked; the
+#     rest lands and the job ends naming table, key and the missing row (exit 4),
+#     again when run again; with that row put on the target, a run of the finished
+#     job writes it. With --max-rejects it is set aside and counted.
 #  4. A cycle (a -> b -> a, nullable): not ordered (`plan` says so), copied side by
 #     side with deferrals; every row lands.
 . "$(dirname "$0")/lib.sh"
@@ -139,38 +141,64 @@ expect_eq "$(redis_cmd HGET 'bf:{fks}:stats' deferred)" "" "batches deferred (ke
 expect_eq "$(redis_cmd HGET 'bf:{fks}:stats' splits)" "" "ranges split (a part would wait for the rows before it)"
 expect_eq "$(redis_cmd HGET 'bf:{fks}:stats' done_total)" "$nr" "ranges done"
 expect_eq "$(q fk_tgt "SELECT count(*) FROM backfill_rejects")" 0 "rows set aside"
-# A row referring to a later range: the job stops on that row.
+# A row referring to a later range: parked (found by its foreign key value, not by
+# halving the batch, not deferred), and so are the rows that refer to it; written
+# when every range is done. Every row lands.
 forget_job fkn
 job fkn fk_tgt node | sed 's/range_rows: 5000/range_rows: 500/; s/batch_rows: 2000/batch_rows: 200/' \
     >"$WORK/node.yaml"
-rc=0
-"$BF" run "$WORK/node.yaml" --workers 2 >"$WORK/run2b.out" 2>"$WORK/run2b.err" || rc=$?
-expect_eq "$rc" 4 "exit code with a row referring to a later range"
-grep -q 'table public.node -> svc.public.node: the target refused the row with key 150: insert or update on table "node" violates foreign key constraint "node_parent_fk" (Key (parent_id)=(2900) is not present in table "node".)' \
-    "$WORK/run2b.err" || fail "error does not name the row referring ahead: $(grep -i 'error' "$WORK/run2b.err" | tail -3)"
-expect_eq "$(q fk_tgt "SELECT max(id) FROM node")" 149 "node rows before the stop"
+"$BF" run "$WORK/node.yaml" --workers 2 >"$WORK/run2b.out" 2>"$WORK/run2b.err" ||
+    { tail -20 "$WORK/run2b.err"; fail "a row referring to a later range"; }
+expect_eq "$(table_md5 fk_tgt node id)" "$(table_md5 fk_src node id)" "md5 of node"
+grep -q 'table public.node -> svc.public.node: row with key 150 refers to a row target svc does not have yet: parked in public.backfill_rejects there, tried again when every range is done (insert or update on table "node" violates foreign key constraint "node_parent_fk" (Key (parent_id)=(2900) is not present in table "node".))' \
+    "$WORK/run2b.err" || fail "row 150 not parked: $(grep -i 'node' "$WORK/run2b.err" | tail -3)"
+grep -q 'range 0: target svc refused row 150 of a 200-row batch' "$WORK/run2b.err" ||
+    fail "the refused row was not found by its key value: $(grep -m3 'range 0' "$WORK/run2b.err")"
+parked=$(grep -c 'parked in public.backfill_rejects' "$WORK/run2b.err")
+grep -q "target svc: writing $parked parked rows again" "$WORK/run2b.err" ||
+    fail "parked rows not written again: $(grep -i 'parked' "$WORK/run2b.err" | tail -3)"
+if grep -q 'to isolate it\|is retried in' "$WORK/run2b.err"; then
+    fail "a batch was halved or deferred: $(grep -m1 'to isolate it\|is retried in' "$WORK/run2b.err")"
+fi
+expect_eq "$(q fk_tgt "SELECT count(*) FROM backfill_rejects WHERE job = 'fkn'")" 0 "rows left parked"
 
-# 3. An orphan: isolated once waiting cannot help; the job stops naming it.
+# 3. An orphan: parked once waiting cannot help; every other row lands, and the job
+#    ends naming it (exit 4). With the row it refers to on the target, a run of the
+#    finished job writes it.
 q fk_src "INSERT INTO trading_order VALUES (60001, 777777, 1); ANALYZE trading_order" >/dev/null
 forget_job fkx
 job fkx fk_tgt2 trading_order customer >"$WORK/orphan.yaml"
 rc=0
 "$BF" run "$WORK/orphan.yaml" --workers 2 >"$WORK/run3.out" 2>"$WORK/run3.err" || rc=$?
 expect_eq "$rc" 4 "exit code with an orphan row"
+expect_eq "$(q fk_tgt2 "SELECT count(*) FROM trading_order")" 60000 "orders landed but the orphan"
+grep -q '^every range is done, but not every row is on the targets' "$WORK/run3.out" ||
+    fail "run did not say rows are missing: $(cat "$WORK/run3.out")"
 deferred=$(redis_cmd HGET 'bf:{fkx}:stats' deferred)
 [ "${deferred:-0}" -gt 0 ] || fail "the orphan's batch was not deferred (the test did not exercise the path)"
 grep -q 'a row refers to one target svc does not have yet (insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk"' \
     "$WORK/run3.err" || fail "no deferral logged: $(grep -m3 -i 'foreign' "$WORK/run3.err")"
-grep -q 'table public.trading_order -> svc.public.trading_order: the target refused the row with key 60001: insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk" (Key (customer_id)=(777777) is not present in table "customer".); the row it refers to is not on the target' \
+grep -q '1 rows refer to rows their targets do not have (first: svc.public.trading_order key 60001: insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk" (Key (customer_id)=(777777) is not present in table "customer".)); they are parked in public.backfill_rejects' \
     "$WORK/run3.err" || fail "error does not name the orphan: $(grep -i 'error' "$WORK/run3.err" | tail -3)"
-expect_eq "$(q fk_tgt2 "SELECT count(*) FROM customer")" 20000 "customers before the stop"
+expect_eq "$(q fk_tgt2 "SELECT count(*) FROM customer")" 20000 "customers"
+rc=0
+"$BF" run "$WORK/orphan.yaml" --workers 2 >"$WORK/run3b.out" 2>"$WORK/run3b.err" || rc=$?
+expect_eq "$rc" 4 "exit code of the finished job with the orphan still parked"
+q fk_tgt2 "INSERT INTO customer VALUES (777777, 'came later')" >/dev/null
+"$BF" run "$WORK/orphan.yaml" --workers 2 >"$WORK/run3c.out" 2>"$WORK/run3c.err" ||
+    { tail -5 "$WORK/run3c.err"; fail "finished job with the orphan's customer on the target"; }
+grep -q '^job is already complete' "$WORK/run3c.out" || fail "run 3c: $(cat "$WORK/run3c.out")"
+expect_eq "$(q fk_tgt2 "SELECT count(*) FROM trading_order")" 60001 "orders with the parked one"
+expect_eq "$(q fk_tgt2 "SELECT count(*) FROM backfill_rejects WHERE job = 'fkx'")" 0 "rows left parked"
 forget_job fkx2
 sed 's/^name: fkx$/name: fkx2/' "$WORK/orphan.yaml" >"$WORK/orphan2.yaml"
 sed -i "s#$(uri fk_tgt2)#$(uri fk_tgt3)#" "$WORK/orphan2.yaml"
 "$BF" run "$WORK/orphan2.yaml" --workers 2 --max-rejects 5 >"$WORK/run4.out" 2>"$WORK/run4.err" ||
     { tail -20 "$WORK/run4.err"; fail "orphan with --max-rejects"; }
 expect_eq "$(q fk_tgt3 "SELECT count(*) FROM trading_order")" 60000 "orders landed"
-expect_eq "$(q fk_tgt3 "SELECT key FROM backfill_rejects WHERE job = 'fkx2'")" 60001 "orphan set aside"
+expect_eq "$(q fk_tgt3 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkx2'")" "60001 false" \
+    "orphan set aside"
+expect_eq "$(redis_cmd HGET 'bf:{fkx2}:stats' rejects_total)" 1 "rows set aside (counted)"
 q fk_src "DELETE FROM trading_order WHERE id = 60001" >/dev/null
 
 # 4. A cycle: not ordered; deferrals bring it through.
