@@ -433,15 +433,15 @@ static int s_parked(bf_coord_t *self)
         log_error("%s", r->errmsg);
         rc = BF_EXIT_CONNECT;
     } else if (n > 0 && total + n > max) {
-        log_error("%lld rows refer to rows their targets do not have (first: %s); they are "
-                  "parked in public.backfill_rejects on the targets, and running the job again "
-                  "writes them again: bring the rows they refer to onto the targets (copy "
-                  "their tables in this job too), or let the job set such rows aside with "
-                  "--max-rejects N (%lld rows were set aside already)",
+        log_error("%lld parked rows (rows that referred to rows their targets did not have) are "
+                  "still refused (first: %s); they stay parked in public.backfill_rejects on "
+                  "the targets, and running the job again writes them again: bring the rows "
+                  "they refer to onto the targets (copy their tables in this job too), or let "
+                  "the job set such rows aside with --max-rejects N (%lld rows were set aside "
+                  "already)",
                   (long long)n, first, (long long)total);
         snprintf(self->fail_msg, sizeof self->fail_msg,
-                 "%lld rows refer to rows their targets do not have (first: %s)", (long long)n,
-                 first);
+                 "%lld parked rows are still refused (first: %s)", (long long)n, first);
         rc = BF_EXIT_DATA;
     } else if (n > 0) {
         /* Allowed: set aside for good, and counted as refused rows. */
@@ -458,8 +458,8 @@ static int s_parked(bf_coord_t *self)
             freeReplyObject(x);
         }
         if (rc == BF_EXIT_OK)
-            log_warn("%lld rows still refer to rows their targets do not have (first: %s): set "
-                     "aside in public.backfill_rejects, as --max-rejects allows",
+            log_warn("%lld parked rows are still refused (first: %s): set aside in "
+                     "public.backfill_rejects, as --max-rejects allows",
                      (long long)n, first);
         else
             log_error("setting the parked rows aside: %s", r->errmsg);

@@ -178,7 +178,7 @@ deferred=$(redis_cmd HGET 'bf:{fkx}:stats' deferred)
 [ "${deferred:-0}" -gt 0 ] || fail "the orphan's batch was not deferred (the test did not exercise the path)"
 grep -q 'a row refers to one target svc does not have yet (insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk"' \
     "$WORK/run3.err" || fail "no deferral logged: $(grep -m3 -i 'foreign' "$WORK/run3.err")"
-grep -q '1 rows refer to rows their targets do not have (first: svc.public.trading_order key 60001: insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk" (Key (customer_id)=(777777) is not present in table "customer".)); they are parked in public.backfill_rejects' \
+grep -q '1 parked rows (rows that referred to rows their targets did not have) are still refused (first: svc.public.trading_order key 60001: insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk" (Key (customer_id)=(777777) is not present in table "customer".)); they stay parked in public.backfill_rejects' \
     "$WORK/run3.err" || fail "error does not name the orphan: $(grep -i 'error' "$WORK/run3.err" | tail -3)"
 expect_eq "$(q fk_tgt2 "SELECT count(*) FROM customer")" 20000 "customers"
 rc=0
