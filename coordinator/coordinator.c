@@ -446,14 +446,15 @@ static int s_parked(bf_coord_t *self)
     } else if (n > 0) {
         /* Allowed: set aside for good, and counted as refused rows. */
         rc = bf_parked_accept(job, self->ctx.tgt) == 0 ? BF_EXIT_OK : BF_EXIT_CONNECT;
-        for (int t = 0; t < job->ntables && rc == BF_EXIT_OK; t++) {
-            if (!left[t])
+        /* (Each table's count, then the total, as bf_checkpoint counts rejects.) */
+        for (int t = 0; t <= job->ntables && rc == BF_EXIT_OK; t++) {
+            if (t < job->ntables && !left[t])
                 continue;
-            redisReply *x = bf_rstate_cmd(r, "HINCRBY %s rejects:%d %lld",
-                                          bf_rstate_key(r, "stats"), t, (long long)left[t]);
-            freeReplyObject(x);
-            x = bf_rstate_cmd(r, "HINCRBY %s rejects_total %lld", bf_rstate_key(r, "stats"),
-                              (long long)left[t]);
+            redisReply *x = t < job->ntables
+                                ? bf_rstate_cmd(r, "HINCRBY %s rejects:%d %lld",
+                                                bf_rstate_key(r, "stats"), t, (long long)left[t])
+                                : bf_rstate_cmd(r, "HINCRBY %s rejects_total %lld",
+                                                bf_rstate_key(r, "stats"), (long long)n);
             rc = x ? BF_EXIT_OK : BF_EXIT_CONNECT;
             freeReplyObject(x);
         }

@@ -698,11 +698,16 @@ static bool s_is_row_error(const char *sqlstate)
     return strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0;
 }
 
-/* A foreign key's refusal, "Key (col)=(value) is not present in table "t".", of a
- * one-column key: its column, value and table (malloc'd). False when the detail
- * is not of that form (a key of several columns, no detail without the privilege
- * to read the row). */
-static bool s_fk_detail(const char *detail, char **col, char **value, char **table)
+/* What a foreign key's refusal names: "Key (col)=(value) is not present in table
+ * "table"." (row_detail fits each part). */
+typedef struct {
+    char col[1024], value[1024], table[1024];
+} fk_ref_t;
+
+/* Parses a one-column key's refusal into *ref. False when the detail is not of
+ * that form (a key of several columns, no detail without the privilege to read
+ * the row). */
+static bool s_fk_detail(const char *detail, fk_ref_t *ref)
 {
     static const char tail_text[] = ") is not present in table \"";
     const char *k = strncmp(detail, "Key (", 5) == 0 ? detail + 5 : NULL;
@@ -713,9 +718,9 @@ static bool s_fk_detail(const char *detail, char **col, char **value, char **tab
     const char *tn = tail + strlen(tail_text), *te = strrchr(tn, '"');
     if (!te)
         return false;
-    *col = bf_xasprintf("%.*s", (int)(eq - k), k);
-    *value = bf_xasprintf("%.*s", (int)(tail - eq - 3), eq + 3);
-    *table = bf_xasprintf("%.*s", (int)(te - tn), tn);
+    snprintf(ref->col, sizeof ref->col, "%.*s", (int)(eq - k), k);
+    snprintf(ref->value, sizeof ref->value, "%.*s", (int)(tail - eq - 3), eq + 3);
+    snprintf(ref->table, sizeof ref->table, "%.*s", (int)(te - tn), tn);
     return true;
 }
 
@@ -1232,14 +1237,14 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
         bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL, false,
                                               rows, bytes, &done, &failed_route);
         bool fk = br == BF_BATCH_ROW_ERROR && strcmp(self->row_sqlstate, SQLSTATE_FK) == 0;
-        char *fk_col = NULL, *fk_value = NULL, *fk_table = NULL;
-        bool fk_parsed = fk && s_fk_detail(self->row_detail, &fk_col, &fk_value, &fk_table);
+        fk_ref_t ref;
+        bool fk_parsed = fk && s_fk_detail(self->row_detail, &ref);
         /* A table copied in key order that refers to a row of its own that is not
          * there: the row has a greater key (or is parked, or missing), and waiting
          * cannot bring it (the next range waits for this one). */
         const char *tlabel = fk_parsed ? strrchr(tp->routes[failed_route].label, '.') : NULL;
-        bool own =
-            fk_parsed && tlabel && strcmp(tlabel + 1, fk_table) == 0 && s_in_order(self, tp->index);
+        bool own = fk_parsed && tlabel && strcmp(tlabel + 1, ref.table) == 0 &&
+                   s_in_order(self, tp->index);
         if (fk && w->limit == 0 && !own) {
             /* A row refers to one the target does not have: it may come with a range
              * copied meanwhile (a self-reference, a cycle, a table outside the order).
@@ -1249,11 +1254,6 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
             snprintf(why, sizeof why, "target %s: %s", job->targets[ti].alias, self->row_error);
             int64_t after = 0;
             int d = bf_rstate_defer(self->redis, r->id, r->token, why, DEFER_MS, &after);
-            if (d != 1) {
-                free(fk_col);
-                free(fk_value);
-                free(fk_table);
-            }
             if (d == 0 || d == 2) {
                 free(end);
                 if (d == 2) {
@@ -1288,11 +1288,8 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                  * batch that holds it; the rows before it go in, then it alone. */
                 int64_t at = fk_parsed && limit > 0
                                  ? s_fk_locate(self, tp, &tp->routes[failed_route], r, batch_rows,
-                                               fk_col, fk_value)
+                                               ref.col, ref.value)
                                  : 0;
-                free(fk_col);
-                free(fk_value);
-                free(fk_table);
                 if (at < 0) {
                     free(end);
                     return s_fail(self, w, tp, tp->routes[failed_route].label, self->src,
@@ -1318,9 +1315,6 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                 *redo = true; /* nothing committed: the batch is redone */
                 return BF_BATCH_MORE;
             }
-            free(fk_col);
-            free(fk_value);
-            free(fk_table);
             char *key = end ? bf_xstrdup(end) : s_first_key(self->src, tp, r);
             const bf_route_plan_t *rp = &tp->routes[failed_route];
             snprintf(w->error, sizeof w->error,
