@@ -9,7 +9,8 @@
  * streaming into the target, its transaction holds the range), "after-commit"
  * (a batch is committed on the target, its Redis checkpoint not yet written),
  * "between-targets" (a routed batch was written to one target, the next target's
- * rows are not read yet). */
+ * rows are not read yet), and in the coordinator "before-finish" (every range is
+ * done; the parked rows and the targets' sequences are not handled yet). */
 #ifndef BF_FAULT_H
 #define BF_FAULT_H
 

@@ -31,7 +31,11 @@ the other keys of the job share its "bf:{job}:" prefix (one hash slot).
   bf:{job}:fence       counter: every lease gets a new, larger fencing token
   bf:{job}:tat         throttle: ms at which the row budget handed out is used up
   bf:{job}:stats       hash: rows:<tbl> bytes:<tbl> done:<tbl> failed:<tbl> rejects:<tbl>
-                             done_total batches retries rejects_total splits
+                             parked:<tbl> done_total batches retries rejects_total
+                             parked_total splits (parked: rows kept on the targets
+                             until every range is done, referring to rows the
+                             target did not have; the coordinator sets them to
+                             what is still parked after writing them again)
                              lat:<bucket> lat_sum_ms (batch durations)
 
 Cursors and keys are opaque strings; tokens are compared as strings of digits
@@ -157,7 +161,7 @@ end
 local LAT_BOUNDS = {50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000}
 
 -- bf_checkpoint(meta; id, token, seq, cursor, has_cursor, rows, bytes, final, ttl_ms, rejects,
---               batch_ms, hi, who)
+--               batch_ms, hi, who, parked)
 --   -> 'OK' | 'DUP' (this seq was applied already) | 'STALE' (token superseded)
 --   batch_ms (optional, -1 = not measured) goes into the stats' lat:<bucket> counts.
 --   hi (optional): the range's end as the worker knows it, '=' .. key or '-' (open).
@@ -166,6 +170,8 @@ local LAT_BOUNDS = {50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000}
 --   it); marking the range done would skip the split-off part.
 --   who (optional): the worker's id, recorded as done_by (else the lease's owner,
 --   which for a lease from the coordinator's pool may not be named yet).
+--   parked (optional): rows of the batch parked on the targets (refused for a
+--   missing referenced row, written again when every range is done).
 local function bf_checkpoint(keys, args)
   local p = prefix(keys[1])
   local id, token, seq = args[1], args[2], tonumber(args[3])
@@ -231,6 +237,11 @@ local function bf_checkpoint(keys, args)
     redis.call('HINCRBY', rk, 'rejects', rejects)
     redis.call('HINCRBY', st, 'rejects:' .. tbl, rejects)
     redis.call('HINCRBY', st, 'rejects_total', rejects)
+  end
+  local parked = tonumber(args[14] or '0')
+  if parked > 0 then
+    redis.call('HINCRBY', st, 'parked:' .. tbl, parked)
+    redis.call('HINCRBY', st, 'parked_total', parked)
   end
   if final then
     -- a leased range is in the lease set; one put back (its lease was lost, this

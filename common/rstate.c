@@ -313,11 +313,12 @@ int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const 
 
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
                                     const char *cursor, int64_t rows, int64_t bytes,
-                                    int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms,
-                                    const char *hi, const char *who)
+                                    int64_t rejects, int64_t parked, bool final, int64_t ttl_ms,
+                                    int64_t batch_ms, const char *hi, const char *who)
 {
     char *his = bf_rstate_bound(hi);
-    char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24], mss[24];
+    char ids[24], toks[24], seqs[24], rowss[24], bytess[24], ttls[24], rejs[24], mss[24], parks[24];
+    snprintf(parks, sizeof parks, "%lld", (long long)parked);
     snprintf(mss, sizeof mss, "%lld", (long long)batch_ms);
     snprintf(rejs, sizeof rejs, "%lld", (long long)rejects);
     snprintf(ids, sizeof ids, "%lld", (long long)id);
@@ -342,8 +343,9 @@ bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token
                           rejs,
                           mss,
                           his,
-                          who ? who : ""};
-    redisReply *r = bf_rstate_argv(self, 17, argv);
+                          who ? who : "",
+                          parks};
+    redisReply *r = bf_rstate_argv(self, 18, argv);
     free(his);
     if (!r)
         return BF_CP_ERROR;

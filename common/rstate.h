@@ -68,7 +68,9 @@ int bf_rstate_lease(bf_rstate_t *self, int64_t ttl_ms, int n, const char *const 
 
 typedef enum { BF_CP_OK = 0, BF_CP_DUP = 1, BF_CP_STALE = 2, BF_CP_ERROR = -1 } bf_cp_result_t;
 
-/* Records batch `seq` of lease (id, token): cursor, rows, bytes, rejects, and its
+/* Records batch `seq` of lease (id, token): cursor, rows, bytes, rejects (set
+ * aside), parked (kept until every range is done: refused for a missing
+ * referenced row), and its
  * duration batch_ms (-1: not measured) for the latency histogram; final ends the
  * range, else the lease is extended by ttl_ms. hi is the range's end as the worker
  * has it (NULL = open): a final checkpoint is refused (STALE) when Redis holds
@@ -76,8 +78,8 @@ typedef enum { BF_CP_OK = 0, BF_CP_DUP = 1, BF_CP_STALE = 2, BF_CP_ERROR = -1 } 
  * the lease's owner is). */
 bf_cp_result_t bf_rstate_checkpoint(bf_rstate_t *self, int64_t id, int64_t token, int64_t seq,
                                     const char *cursor, int64_t rows, int64_t bytes,
-                                    int64_t rejects, bool final, int64_t ttl_ms, int64_t batch_ms,
-                                    const char *hi, const char *who);
+                                    int64_t rejects, int64_t parked, bool final, int64_t ttl_ms,
+                                    int64_t batch_ms, const char *hi, const char *who);
 
 /* Puts a leased range back. counts_as_attempt: a failure (else a clean hand-back).
  * Returns 0 pending again, 1 failed for good (attempts exhausted), 2 stale, -1 error. */

@@ -170,14 +170,16 @@ int bf_cmd_status(int argc, char **argv)
 {
     static const char *usage =
         "usage: backfill status JOB.yaml [--json] [--watch [--interval SECONDS]]\n\n"
-        "Per table: ranges done/leased/pending/failed, rows copied, rate and ETA, read\n"
-        "from the job's checkpoints in Redis, and the coordinator running the job (pid,\n"
-        "host, endpoint). Works while the job runs and after.\n"
+        "Per table: ranges done/leased/pending/failed, rows copied, rate and ETA, rows\n"
+        "set aside (rejects) and parked (they referred to rows the target did not have;\n"
+        "written again when every range is done), read from the job's checkpoints in\n"
+        "Redis, and the coordinator running the job (pid, host, endpoint). Works while\n"
+        "the job runs and after.\n"
         "  --json          one JSON object (for scripts)\n"
         "  --watch         redraw a progress bar per table (rows, bytes, rate over the last\n"
-        "                  5 s, ETA, workers, rejects, stuck ranges, whether a coordinator\n"
-        "                  runs the job) until the job is complete (exit 0), ranges\n"
-        "                  failed for good (exit 1) or Ctrl-C;\n"
+        "                  5 s, ETA, workers, rejects, parked rows, stuck ranges, whether a\n"
+        "                  coordinator runs the job) until the job is complete (exit 0),\n"
+        "                  ranges failed for good (exit 1) or Ctrl-C;\n"
         "                  plain frames when stdout is not a terminal\n"
         "  --interval S    seconds between redraws (default 2)\n";
     static const struct option opts[] = {{"json", no_argument, NULL, 'j'},
@@ -297,8 +299,8 @@ int bf_cmd_status(int argc, char **argv)
                ctl.paused ? "true" : "false", ctl.cancelled ? "true" : "false",
                ctl.backoff ? "true" : "false", ctl.throttle);
     else
-        printf("%-32s %7s %7s %7s %7s %12s %12s %6s %8s %8s\n", "table", "done", "leased",
-               "pending", "failed", "rows", "est_rows", "pct", "eta_s", "rejects");
+        printf("%-32s %7s %7s %7s %7s %12s %12s %6s %8s %8s %8s\n", "table", "done", "leased",
+               "pending", "failed", "rows", "est_rows", "pct", "eta_s", "rejects", "parked");
     for (int t = 0; t < n; t++) {
         int64_t pending = p[t].ranges - p[t].done - p[t].leased - p[t].failed;
         double pct = p[t].est > 0 ? 100.0 * (double)p[t].rows / (double)p[t].est
@@ -309,21 +311,22 @@ int bf_cmd_status(int argc, char **argv)
         if (json) {
             printf("%s{\"table\":\"%s\",\"ranges\":%lld,\"done\":%lld,\"leased\":%lld,"
                    "\"pending\":%lld,\"failed\":%lld,\"rows\":%lld,\"bytes\":%lld,"
-                   "\"est_rows\":%lld,\"eta_seconds\":%.0f,\"rejects\":%lld,\"waits_for\":[",
+                   "\"est_rows\":%lld,\"eta_seconds\":%.0f,\"rejects\":%lld,\"parked\":%lld,"
+                   "\"waits_for\":[",
                    t ? "," : "", p[t].name, (long long)p[t].ranges, (long long)p[t].done,
                    (long long)p[t].leased, (long long)pending, (long long)p[t].failed,
                    (long long)p[t].rows, (long long)p[t].bytes, (long long)p[t].est, eta,
-                   (long long)p[t].rejects);
+                   (long long)p[t].rejects, (long long)p[t].parked);
             int on[32];
             int k = bf_progress_waiting_on(p, n, t, on, 32);
             for (int i = 0; i < k; i++)
                 printf("%s\"%s\"", i ? "," : "", p[on[i]].name);
             printf("]}");
         } else
-            printf("%-32s %7lld %7lld %7lld %7lld %12lld %12lld %5.1f%% %8.0f %8lld\n", p[t].name,
-                   (long long)p[t].done, (long long)p[t].leased, (long long)pending,
+            printf("%-32s %7lld %7lld %7lld %7lld %12lld %12lld %5.1f%% %8.0f %8lld %8lld\n",
+                   p[t].name, (long long)p[t].done, (long long)p[t].leased, (long long)pending,
                    (long long)p[t].failed, (long long)p[t].rows, (long long)p[t].est, pct, eta,
-                   (long long)p[t].rejects);
+                   (long long)p[t].rejects, (long long)p[t].parked);
     }
     for (int t = 0; t < n && !json; t++) {
         char waits[160];

@@ -2,6 +2,7 @@
 
 #include "curve.h"
 #include "exitcodes.h"
+#include "fault.h"
 #include "fence.h"
 #include "joblock.h"
 #include "leaser.h"
@@ -128,6 +129,8 @@ int bf_progress_read(bf_rstate_t *redis, int ntables, bf_table_progress_t *out, 
         p->failed = (v = s_stats_field(st, f)) ? atoll(v) : 0;
         snprintf(f, sizeof f, "rejects:%d", t);
         p->rejects = (v = s_stats_field(st, f)) ? atoll(v) : 0;
+        snprintf(f, sizeof f, "parked:%d", t);
+        p->parked = (v = s_stats_field(st, f)) ? atoll(v) : 0;
     }
     const char *v;
     if (retries)
@@ -265,6 +268,7 @@ static bool s_lock_lost(bf_coord_t *self)
 
 bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exit_code)
 {
+    bf_fault_init();
     bf_coord_t *self = bf_xcalloc(1, sizeof *self);
     self->by_identity = zhashx_new();
     self->ctx = *ctx;
@@ -417,14 +421,49 @@ bool bf_coord_complete(bf_coord_t *self)
     return bf_rstate_is_complete(self->ctx.redis) == 1;
 }
 
+/* The job's counts after writing parked rows again: written[t] rows of table t
+ * went in (copied rows now), left[t] are still parked (NULL: none, set aside).
+ * 0 or -1 (logged). */
+static int s_parked_counts(bf_coord_t *self, const int64_t *written, const int64_t *left)
+{
+    bf_rstate_t *r = self->ctx.redis;
+    int n = self->ctx.job->ntables;
+    char stats[512];
+    snprintf(stats, sizeof stats, "%s", bf_rstate_key(r, "stats"));
+    int64_t total = 0;
+    bool ok = true;
+    for (int t = 0; t < n && ok; t++) {
+        total += left ? left[t] : 0;
+        redisReply *x =
+            bf_rstate_cmd(r, "HSET %s parked:%d %lld", stats, t, (long long)(left ? left[t] : 0));
+        ok = x != NULL;
+        freeReplyObject(x);
+        if (ok && written[t] > 0) {
+            x = bf_rstate_cmd(r, "HINCRBY %s rows:%d %lld", stats, t, (long long)written[t]);
+            ok = x != NULL;
+            freeReplyObject(x);
+        }
+    }
+    if (ok) {
+        redisReply *x = bf_rstate_cmd(r, "HSET %s parked_total %lld", stats, (long long)total);
+        ok = x != NULL;
+        freeReplyObject(x);
+    }
+    if (!ok)
+        log_error("counting the parked rows written again: %s", r->errmsg);
+    return ok ? 0 : -1;
+}
+
 /* The parked rows once every range is done: BF_EXIT_OK, BF_EXIT_DATA (too many
  * still refused; logged) or BF_EXIT_CONNECT (logged). */
 static int s_parked(bf_coord_t *self)
 {
     const bf_job_t *job = self->ctx.job;
     int64_t *left = bf_xcalloc((size_t)job->ntables + 1, sizeof *left);
+    int64_t *written = bf_xcalloc((size_t)job->ntables + 1, sizeof *written);
     char first[2600];
-    int64_t n = bf_parked_retry(job, self->ctx.tables, self->ctx.tgt, left, first, sizeof first);
+    int64_t n =
+        bf_parked_retry(job, self->ctx.tables, self->ctx.tgt, left, written, first, sizeof first);
     int rc = n < 0 ? BF_EXIT_CONNECT : BF_EXIT_OK;
     int64_t max = 0, total = 0;
     bf_rstate_t *r = self->ctx.redis;
@@ -442,7 +481,9 @@ static int s_parked(bf_coord_t *self)
                   (long long)n, first, (long long)total);
         snprintf(self->fail_msg, sizeof self->fail_msg,
                  "%lld parked rows are still refused (first: %s)", (long long)n, first);
-        rc = BF_EXIT_DATA;
+        rc = s_parked_counts(self, written, left) == 0 ? BF_EXIT_DATA : BF_EXIT_CONNECT;
+    } else if (n == 0) {
+        rc = s_parked_counts(self, written, NULL) == 0 ? BF_EXIT_OK : BF_EXIT_CONNECT;
     } else if (n > 0) {
         /* Allowed: set aside for good, and counted as refused rows. */
         rc = bf_parked_accept(job, self->ctx.tgt) == 0 ? BF_EXIT_OK : BF_EXIT_CONNECT;
@@ -464,13 +505,17 @@ static int s_parked(bf_coord_t *self)
                      (long long)n, first);
         else
             log_error("setting the parked rows aside: %s", r->errmsg);
+        if (rc == BF_EXIT_OK && s_parked_counts(self, written, NULL) != 0)
+            rc = BF_EXIT_CONNECT;
     }
+    free(written);
     free(left);
     return rc;
 }
 
 int bf_coord_finish(bf_coord_t *self)
 {
+    bf_fault_point("before-finish");
     const bf_job_t *job = self->ctx.job;
     int parked = BF_EXIT_CONNECT;
     bool seqs = false;
@@ -1236,17 +1281,26 @@ void bf_coord_summary(bf_coord_t *self, FILE *out)
     int64_t retries = 0, batches = 0;
     if (bf_progress_read(self->ctx.redis, n, p, &retries, &batches) == 0) {
         double secs = (double)(bf_now_ms() - self->started_ms) / 1000.0;
-        int64_t rows = 0, bytes = 0, rejects = 0;
+        int64_t rows = 0, bytes = 0, rejects = 0, parked = 0;
         for (int t = 0; t < n; t++) {
             fprintf(out, "  %-40s %12lld rows  %4lld/%lld ranges", p[t].name, (long long)p[t].rows,
                     (long long)p[t].done, (long long)p[t].ranges);
             if (p[t].rejects)
                 fprintf(out, "  %lld rejected", (long long)p[t].rejects);
+            if (p[t].parked)
+                fprintf(out, "  %lld parked", (long long)p[t].parked);
             fputc('\n', out);
             rows += p[t].rows;
             bytes += p[t].bytes;
             rejects += p[t].rejects;
+            parked += p[t].parked;
         }
+        if (parked)
+            fprintf(out,
+                    "parked: %lld rows still refer to rows their targets do not have; they stay "
+                    "in public.backfill_rejects (parked), and a run of the job writes them "
+                    "again\n",
+                    (long long)parked);
         if (rejects)
             fprintf(out,
                     "rejected: %lld rows the targets refused are in public.backfill_rejects "

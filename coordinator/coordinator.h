@@ -69,6 +69,8 @@ void bf_coord_summary(bf_coord_t *self, FILE *out);
 typedef struct {
     char name[256];
     int64_t ranges, done, failed, est, rows, bytes, rejects;
+    int64_t parked;  /* rows parked on the targets (refused for a missing referenced row),
+                      * written again when every range is done; after that, still parked */
     int64_t leased;  /* held by workers (not the coordinator's pool: those are pending) */
     int64_t stuck;   /* leased ranges past their lease's expiry (worker silent) */
     int64_t width;   /* average row width from the source's statistics, 0 = unknown */

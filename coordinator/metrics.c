@@ -138,6 +138,11 @@ static char *s_render(bf_metrics_t *self)
            "Rows the targets refused, kept in backfill_rejects.");
     for (int t = 0; t < n; t++)
         s_sample(&b, "backfill_rows_rejected_total", j, p[t].name, NULL, p[t].rejects);
+    s_head(&b, "backfill_rows_parked", "gauge",
+           "Rows parked in backfill_rejects (they referred to rows the target did not have), "
+           "written again when every range is done; after that, the rows still refused.");
+    for (int t = 0; t < n; t++)
+        s_sample(&b, "backfill_rows_parked", j, p[t].name, NULL, p[t].parked);
     s_head(&b, "backfill_ranges", "gauge", "Ranges by state.");
     for (int t = 0; t < n; t++) {
         int64_t pending = p[t].ranges - p[t].done - p[t].leased - p[t].failed;

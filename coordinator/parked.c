@@ -75,10 +75,11 @@ static int s_write_row(bf_pg_t *tgt, const bf_route_plan_t *rp, const char *job,
 }
 
 int64_t bf_parked_retry(const bf_job_t *job, const bf_tableplan_t *tables, bf_pg_t *const *tgts,
-                        int64_t *left, char *first, size_t firstlen)
+                        int64_t *left, int64_t *written_out, char *first, size_t firstlen)
 {
     int64_t total = 0;
     memset(left, 0, (size_t)job->ntables * sizeof *left);
+    memset(written_out, 0, (size_t)job->ntables * sizeof *written_out);
     if (first && firstlen)
         first[0] = '\0';
     const char *params[] = {job->name};
@@ -126,6 +127,8 @@ int64_t bf_parked_retry(const bf_job_t *job, const bf_tableplan_t *tables, bf_pg
                 }
                 if (w == 1) {
                     in++;
+                    if (t >= 0)
+                        written_out[t]++;
                     continue;
                 }
                 still++;

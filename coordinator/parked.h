@@ -17,12 +17,12 @@
 
 /* Writes the job's parked rows on every target again, each with the route's mode
  * (insert, or through the staging table and its ON CONFLICT), in its own
- * transaction with the removal of its parked entry. left[t] (job->ntables
- * entries) gets the rows of job table t still parked; first the first of them
- * with its error. Returns the rows still parked in all, or -1 (a target
- * unreachable; logged). */
+ * transaction with the removal of its parked entry. left[t] and written[t]
+ * (job->ntables entries each) get the rows of job table t still parked and
+ * written now; first the first row still parked with its error. Returns the rows
+ * still parked in all, or -1 (a target unreachable; logged). */
 int64_t bf_parked_retry(const bf_job_t *job, const bf_tableplan_t *tables, bf_pg_t *const *tgts,
-                        int64_t *left, char *first, size_t firstlen);
+                        int64_t *left, int64_t *written, char *first, size_t firstlen);
 
 /* The rows still parked are set aside for good (parked = false): the job allows
  * them (--max-rejects). 0 or -1 (logged). */

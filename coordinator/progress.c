@@ -205,12 +205,14 @@ void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_pro
 {
     FILE *f = v->out;
     char a[32], b[32], eta[32], el[32];
-    int64_t rows = 0, est = 0, bytes = 0, rejects = 0, leased = 0, stuck = 0, done = 0, ranges = 0;
+    int64_t rows = 0, est = 0, bytes = 0, rejects = 0, parked = 0, leased = 0, stuck = 0, done = 0,
+            ranges = 0;
     for (int t = 0; t < n; t++) {
         rows += p[t].rows;
         est += p[t].est;
         bytes += p[t].bytes;
         rejects += p[t].rejects;
+        parked += p[t].parked;
         leased += p[t].leased;
         stuck += p[t].stuck;
         done += p[t].done;
@@ -236,10 +238,13 @@ void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_pro
         s_bar(f, frac);
         char waits[160];
         bool waiting = bf_progress_waits(p, n, t, waits, sizeof waits);
-        fprintf(f, " %5.1f%%  %-30s %8.1f MB  ranges %lld/%lld  %lld workers%s%s%s%s\n", 100 * frac,
-                count, (double)p[t].bytes / 1e6, (long long)p[t].done, (long long)p[t].ranges,
-                (long long)p[t].leased, p[t].rejects ? "  rejects " : "",
+        char c[32];
+        fprintf(f, " %5.1f%%  %-30s %8.1f MB  ranges %lld/%lld  %lld workers%s%s%s%s%s%s\n",
+                100 * frac, count, (double)p[t].bytes / 1e6, (long long)p[t].done,
+                (long long)p[t].ranges, (long long)p[t].leased, p[t].rejects ? "  rejects " : "",
                 p[t].rejects ? bf_progress_count(p[t].rejects, a, sizeof a) : "",
+                p[t].parked ? "  parked " : "",
+                p[t].parked ? bf_progress_count(p[t].parked, c, sizeof c) : "",
                 waiting ? "  waits for " : "", waiting ? waits : "");
         lines++;
     }
@@ -254,6 +259,8 @@ void bf_progress_draw(bf_progress_view_t *v, const char *job, const bf_table_pro
             100 * frac, bf_progress_count(rows, b, sizeof b), (double)bytes / 1e6,
             bf_progress_count((long long)info->rate, a, sizeof a), el, eta, (long long)leased,
             (long long)rejects, (long long)stuck);
+    if (parked)
+        fprintf(f, "  %lld parked", (long long)parked);
     if (info->paused)
         fputs("  PAUSED", f);
     if (info->cancelled)

@@ -940,6 +940,7 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         goto rollback;
     }
     int64_t rows = 0, bytes = 0;
+    int set_aside_parked = 0, set_aside_rejected = 0; /* counted once committed */
     bool set_aside = false;
     for (int i = 0; i < tp->nroutes && !set_aside; i++) {
         const bf_route_plan_t *rp = &tp->routes[i];
@@ -1021,14 +1022,15 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
             *end_p = key ? bf_xstrdup(key) : NULL;
             end = *end_p;
         }
-        if (key && parked)
+        if (key && parked) {
+            set_aside_parked = 1;
             log_warn("table %s -> %s: row with key %s refers to a row target %s does not have "
                      "yet: parked in public.backfill_rejects there, tried again when every range "
                      "is done (%s)",
                      tp->src_label, tp->routes[reject_route].label, key, job->targets[ti].alias,
                      reject_error);
-        else if (key) {
-            w->rejects++;
+        } else if (key) {
+            set_aside_rejected = 1;
             log_warn("table %s -> %s: row with key %s rejected, kept in public.backfill_rejects "
                      "on target %s: %s",
                      tp->src_label, tp->routes[reject_route].label, key, job->targets[ti].alias,
@@ -1048,6 +1050,8 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
         goto rollback;
     }
     PQclear(res);
+    w->parked += set_aside_parked;
+    w->rejects += set_aside_rejected;
     free(lower);
     free(mylo);
     free(myhi);
@@ -1418,7 +1422,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     bool snap = tp->nroutes > 1;
     if (snap && bf_pg_exec(self->src, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY") != 0)
         return s_fail(self, w, tp, tp->routes[0].label, self->src, "reading the source");
-    int64_t rows = 0, bytes = 0, rejects_before = w->rejects;
+    int64_t rows = 0, bytes = 0, rejects_before = w->rejects, parked_before = w->parked;
     bool all_done = true, redo = false;
     bf_batch_result_t br = s_batch_write(self, w, tp, batch_rows, limit, &end, &final, &rows,
                                          &bytes, &all_done, &redo);
@@ -1446,8 +1450,9 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     bf_cp_result_t cp = BF_CP_ERROR;
     for (int attempt = 0; attempt < 3 && cp == BF_CP_ERROR; attempt++) {
         cp = bf_rstate_checkpoint(self->redis, r->id, r->token, r->seq + 1, new_cursor, rows, bytes,
-                                  w->rejects - rejects_before, final, self->lease_ttl_ms,
-                                  bf_now_ms() - t0, r->hi, self->name[0] ? self->name : NULL);
+                                  w->rejects - rejects_before, w->parked - parked_before, final,
+                                  self->lease_ttl_ms, bf_now_ms() - t0, r->hi,
+                                  self->name[0] ? self->name : NULL);
         if (cp == BF_CP_ERROR)
             usleep(200000 * (attempt + 1));
     }

@@ -37,7 +37,8 @@ typedef struct {
                        * doubling (rows that refer to it may follow it closely: a
                        * refused batch costs every row of it) */
     int64_t resume_limit;
-    int64_t rejects;    /* rows written to backfill_rejects under this lease */
+    int64_t rejects;    /* rows set aside in backfill_rejects under this lease */
+    int64_t parked;     /* rows parked there under this lease (written again at the end) */
     bool short_batches; /* workers are idle (SHRINK seen): quarter batches, finer splits */
     int64_t batches;    /* batches committed under this lease (the first one also brings the
                          * cursor up to the targets' fences) */

@@ -18,7 +18,8 @@
 #     set back while other batches commit (deferred), then the row is parked; the
 #     rest lands and the job ends naming table, key and the missing row (exit 4),
 #     again when run again; with that row put on the target, a run of the finished
-#     job writes it. With --max-rejects it is set aside and counted.
+#     job writes it. With --max-rejects it is set aside and counted. Parked rows
+#     are counted as the workers park them (`status`, --json, the run's summary), then as what is still parked once they were written again.
 #  4. A cycle (a -> b -> a, nullable): not ordered (`plan` says so), copied side by
 #     side with deferrals; every row lands.
 . "$(dirname "$0")/lib.sh"
@@ -161,6 +162,8 @@ if grep -q 'to isolate it\|is retried in' "$WORK/run2b.err"; then
     fail "a batch was halved or deferred: $(grep -m1 'to isolate it\|is retried in' "$WORK/run2b.err")"
 fi
 expect_eq "$(q fk_tgt "SELECT count(*) FROM backfill_rejects WHERE job = 'fkn'")" 0 "rows left parked"
+expect_eq "$(redis_cmd HGET 'bf:{fkn}:stats' parked_total)" 0 "rows counted as parked once written"
+expect_eq "$(redis_cmd HGET 'bf:{fkn}:stats' rows:0)" 3000 "rows counted as copied (the parked ones too)"
 
 # 3. An orphan: parked once waiting cannot help; every other row lands, and the job
 #    ends naming it (exit 4). With the row it refers to on the target, a run of the
@@ -174,6 +177,13 @@ expect_eq "$rc" 4 "exit code with an orphan row"
 expect_eq "$(q fk_tgt2 "SELECT count(*) FROM trading_order")" 60000 "orders landed but the orphan"
 grep -q '^every range is done, but not every row is on the targets' "$WORK/run3.out" ||
     fail "run did not say rows are missing: $(cat "$WORK/run3.out")"
+grep -q '^  public.trading_order  *60000 rows .*  1 parked$' "$WORK/run3.out" ||
+    fail "summary does not count the parked row: $(cat "$WORK/run3.out")"
+grep -q '^parked: 1 rows still refer to rows their targets do not have' "$WORK/run3.out" ||
+    fail "summary does not say what parked means: $(cat "$WORK/run3.out")"
+"$BF" status "$WORK/orphan.yaml" --json >"$WORK/status3.json"
+grep -q '"table":"public.trading_order",[^}]*"rejects":0,"parked":1,' "$WORK/status3.json" ||
+    fail "status --json does not count the parked row: $(cat "$WORK/status3.json")"
 deferred=$(redis_cmd HGET 'bf:{fkx}:stats' deferred)
 [ "${deferred:-0}" -gt 0 ] || fail "the orphan's batch was not deferred (the test did not exercise the path)"
 grep -q 'a row refers to one target svc does not have yet (insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk"' \
@@ -190,11 +200,26 @@ q fk_tgt2 "INSERT INTO customer VALUES (777777, 'came later')" >/dev/null
 grep -q '^job is already complete' "$WORK/run3c.out" || fail "run 3c: $(cat "$WORK/run3c.out")"
 expect_eq "$(q fk_tgt2 "SELECT count(*) FROM trading_order")" 60001 "orders with the parked one"
 expect_eq "$(q fk_tgt2 "SELECT count(*) FROM backfill_rejects WHERE job = 'fkx'")" 0 "rows left parked"
+expect_eq "$(redis_cmd HGET 'bf:{fkx}:stats' parked:0)" 0 "parked count once the row went in"
+expect_eq "$(redis_cmd HGET 'bf:{fkx}:stats' rows:0)" 60001 "copied count once the row went in"
 forget_job fkx2
 sed 's/^name: fkx$/name: fkx2/' "$WORK/orphan.yaml" >"$WORK/orphan2.yaml"
 sed -i "s#$(uri fk_tgt2)#$(uri fk_tgt3)#" "$WORK/orphan2.yaml"
+# Killed before it writes the parked rows again: the count is the workers'.
+rc=0
+BF_FAULT=before-finish:1:kill "$BF" run "$WORK/orphan2.yaml" --workers 2 --max-rejects 5 \
+    >"$WORK/run4k.out" 2>"$WORK/run4k.err" &
+kpid=$!
+wait "$kpid" 2>/dev/null || rc=$?
+rm -f "/tmp/backfill-run-$kpid.sock" # (a killed run cannot remove its socket)
+expect_eq "$rc" 137 "exit of the run killed before writing the parked rows again"
+expect_eq "$(redis_cmd HGET 'bf:{fkx2}:stats' parked_total)" 1 "rows the workers parked"
+"$BF" status "$WORK/orphan2.yaml" >"$WORK/status4.out"
+grep -q '^public.trading_order .* 0 *1$' "$WORK/status4.out" ||
+    fail "status does not count the parked row: $(cat "$WORK/status4.out")"
 "$BF" run "$WORK/orphan2.yaml" --workers 2 --max-rejects 5 >"$WORK/run4.out" 2>"$WORK/run4.err" ||
     { tail -20 "$WORK/run4.err"; fail "orphan with --max-rejects"; }
+expect_eq "$(redis_cmd HGET 'bf:{fkx2}:stats' parked_total)" 0 "rows parked once set aside"
 expect_eq "$(q fk_tgt3 "SELECT count(*) FROM trading_order")" 60000 "orders landed"
 expect_eq "$(q fk_tgt3 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkx2'")" "60001 false" \
     "orphan set aside"

@@ -61,6 +61,8 @@ fi
 grep -q '^backfill_throttle_rows_per_second{job="mt"} 30000$' "$WORK/m1.txt" || fail "throttle gauge"
 grep -q '^backfill_batch_duration_seconds_count{job="mt"} [1-9]' "$WORK/m1.txt" || fail "no batch latency"
 grep -q '^backfill_deferred_total{job="mt"} 0$' "$WORK/m1.txt" || fail "no deferred counter"
+grep -q '^backfill_rows_parked{job="mt",table="public.orders"} 0$' "$WORK/m1.txt" ||
+    fail "no parked gauge"
 grep -q '^backfill_table_waiting{job="mt",table="public.orders"} 0$' "$WORK/m1.txt" ||
     fail "no waiting gauge"
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/nothing")
