@@ -39,18 +39,31 @@ struct bf_copier {
     bool have_raw_key;
     char *out; /* rows for the target, sent as one CopyData message when full */
     size_t nout;
-    bool abandoning;       /* the tick asked to abandon the batch in flight */
-    bool cut_asked;        /* end the keyed batch in flight early (bf_copier_cut) */
-    bool cut;              /* the last keyed relay ended early, at its last key */
-    int64_t src_rows;      /* rows the source sent in the last relay (its COPY count), -1
-                            * when not known (cut short, failed) */
-    char row_error[1024];  /* why the target refused a row (BF_BATCH_ROW_ERROR) */
-    char row_sqlstate[6];  /* and its SQLSTATE */
-    char row_detail[1024]; /* and its detail (a foreign key's names the missing row) */
-    char *row_lower;       /* and the key its batch started after (NULL: the range's lo) */
-    signed char *in_order; /* per table: copied in key order (1), not (-1), unknown (0) */
-    char *resplit;         /* BF_BATCH_RESPLIT: the key the fence rows say the range ends at */
+    bool abandoning;        /* the tick asked to abandon the batch in flight */
+    bool cut_asked;         /* end the keyed batch in flight early (bf_copier_cut) */
+    bool cut;               /* the last keyed relay ended early, at its last key */
+    int64_t src_rows;       /* rows the source sent in the last relay (its COPY count), -1
+                             * when not known (cut short, failed) */
+    char row_error[1024];   /* why the target refused a row (BF_BATCH_ROW_ERROR) */
+    char row_sqlstate[6];   /* and its SQLSTATE */
+    char row_detail[1024];  /* and its detail (a foreign key's names the missing row) */
+    char *row_lower;        /* and the key its batch started after (NULL: the range's lo) */
+    signed char *in_order;  /* per table: copied in key order (1), not (-1), unknown (0) */
+    struct parked_keys *pk; /* per table: keys of rows this worker parked (see there) */
+    char *resplit;          /* BF_BATCH_RESPLIT: the key the fence rows say the range ends at */
 };
+
+/* The keys of the rows this worker parked in a table whose target table refers to
+ * itself (col: the referring column, from the refusal), so that the rows referring
+ * to them (a subtree under a parked row) are found in the source before their
+ * batch is tried, not each by a refused batch. At most PARKED_KEYS_MAX: past that,
+ * refusals find the rest. */
+struct parked_keys {
+    char *col;
+    char **keys;
+    int n, cap;
+};
+#define PARKED_KEYS_MAX 10000
 
 /* Whether route i is the first of table tp's routes to its target (a target's
  * routes share one transaction per batch). */
@@ -79,6 +92,7 @@ bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms)
     self->plans = bf_xcalloc((size_t)job->ntables, sizeof *self->plans);
     self->resolved = bf_xcalloc((size_t)job->ntables, sizeof *self->resolved);
     self->in_order = bf_xcalloc((size_t)job->ntables, sizeof *self->in_order);
+    self->pk = bf_xcalloc((size_t)job->ntables, sizeof *self->pk);
     self->stage_gen = bf_xcalloc((size_t)job->ntables, sizeof *self->stage_gen);
     self->batch_size = bf_xcalloc((size_t)job->ntables, sizeof *self->batch_size);
     for (int t = 0; t < job->ntables; t++)
@@ -139,6 +153,13 @@ void bf_copier_destroy(bf_copier_t **self_p)
     free(self->plans);
     free(self->resolved);
     free(self->in_order);
+    for (int t = 0; t < self->job->ntables; t++) {
+        for (int i = 0; i < self->pk[t].n; i++)
+            free(self->pk[t].keys[i]);
+        free(self->pk[t].keys);
+        free(self->pk[t].col);
+    }
+    free(self->pk);
     free(self->row_lower);
     free(self);
     *self_p = NULL;
@@ -739,19 +760,36 @@ static bool s_in_order(bf_copier_t *self, int t)
     return self->in_order[t] == 1;
 }
 
-/* Where in the refused batch of route rp (its first batch_rows rows after
- * self->row_lower, in key order) the first row is whose target column col holds
- * value: the row a foreign key refused (the checks run in the order the rows
- * came). 1-based; 0 when no row matches (the value printed another way), -1 on a
- * source error (kept in the connection). */
+/* Where in the batch of route rp (its first batch_rows rows after lower, in key
+ * order) the first row is whose target column col holds one of the n values: the
+ * row a foreign key refused (the checks run in the order the rows came), or the
+ * first that refers to a parked row. 1-based; 0 when no row matches (a value
+ * printed another way), -1 on a source error (kept in the connection). A guess
+ * (!sure) reads the rows only up to the first match instead of all of them: it is
+ * the first as PostgreSQL runs the query (rows numbered and filtered as they come),
+ * which SQL does not promise. */
 static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
-                           const bf_range_t *r, int64_t batch_rows, const char *col,
-                           const char *value)
+                           const bf_range_t *r, const char *lower, int64_t batch_rows,
+                           const char *col, const char *const *values, int n, bool sure)
 {
     bf_pg_t *src = self->src;
     char *qcol = bf_pg_ident(src, col);
     if (!qcol)
         return 0;
+    /* The values as a text[] literal: {"v1","v2"} with " and \ escaped. */
+    bf_strbuf_t arr;
+    bf_strbuf_init(&arr);
+    bf_strbuf_append(&arr, "{");
+    for (int i = 0; i < n; i++) {
+        bf_strbuf_append(&arr, i ? ",\"" : "\"");
+        for (const char *c = values[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                bf_strbuf_appendn(&arr, "\\", 1);
+            bf_strbuf_appendn(&arr, c, 1);
+        }
+        bf_strbuf_append(&arr, "\"");
+    }
+    bf_strbuf_append(&arr, "}");
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
     bf_strbuf_appendf(&sql,
@@ -759,12 +797,13 @@ static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf
                       "(SELECT %s FROM %s WHERE ",
                       qcol, rp->select_named, tp->src_qname);
     free(qcol);
-    s_batch_cond(&sql, src, tp, rp, r, self->row_lower, NULL);
-    bf_strbuf_appendf(&sql, " ORDER BY %s LIMIT %lld) a) b WHERE v = $1 ORDER BY n LIMIT 1",
-                      tp->key_list, (long long)batch_rows);
-    const char *params[] = {value};
+    s_batch_cond(&sql, src, tp, rp, r, lower, NULL);
+    bf_strbuf_appendf(&sql, " ORDER BY %s LIMIT %lld) a) b WHERE v = ANY ($1::text[])%s LIMIT 1",
+                      tp->key_list, (long long)batch_rows, sure ? " ORDER BY n" : "");
+    const char *params[] = {arr.buf};
     PGresult *res = bf_pg_query(src, sql.buf, 1, params);
     bf_strbuf_free(&sql);
+    bf_strbuf_free(&arr);
     if (!res)
         return -1;
     int64_t at = PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
@@ -1209,6 +1248,91 @@ static int s_record_hi(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan
     return rc;
 }
 
+static void s_parked_add(struct parked_keys *pk, const char *key)
+{
+    if (pk->n == PARKED_KEYS_MAX)
+        return;
+    if (pk->n == pk->cap) {
+        pk->cap = pk->cap ? pk->cap * 2 : 16;
+        pk->keys = bf_xrealloc(pk->keys, (size_t)pk->cap * sizeof *pk->keys);
+    }
+    pk->keys[pk->n++] = bf_xstrdup(key);
+}
+
+/* Keeps the key of a row just parked (its table refers to itself through col), for
+ * s_skip_parked. */
+static void s_remember_parked(struct parked_keys *pk, const char *col, const char *key)
+{
+    if (pk->col && strcmp(pk->col, col) != 0)
+        return; /* a second self-reference: its refusals find its rows */
+    if (!pk->col)
+        pk->col = bf_xstrdup(col);
+    s_parked_add(pk, key);
+}
+
+/* At the start of a lease of a table copied in key order: the keys of its rows on
+ * the target's backfill_rejects (parked by any worker, or set aside), which the
+ * rows referring to them cannot go in without. 0 or -1 (a target error). */
+static int s_load_parked(bf_copier_t *self, const bf_tableplan_t *tp)
+{
+    struct parked_keys *pk = &self->pk[tp->index];
+    const bf_route_plan_t *rp = &tp->routes[0];
+    bf_pg_t *tgt = self->tgt[rp->target];
+    PGresult *res =
+        bf_pg_query(tgt, "SELECT to_regclass('public.backfill_rejects') IS NULL", 0, NULL);
+    if (!res)
+        return -1;
+    bool none = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    for (int i = 0; i < pk->n; i++)
+        free(pk->keys[i]);
+    pk->n = 0;
+    if (none)
+        return 0;
+    char lim[24];
+    snprintf(lim, sizeof lim, "%d", PARKED_KEYS_MAX);
+    const char *params[] = {self->job->name, rp->label, lim};
+    res = bf_pg_query(tgt,
+                      "SELECT key FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
+                      "LIMIT $3::int",
+                      3, params);
+    if (!res)
+        return -1;
+    for (int i = 0; i < PQntuples(res); i++)
+        s_parked_add(pk, PQgetvalue(res, i, 0));
+    PQclear(res);
+    return 0;
+}
+
+/* Before a batch of a table where this worker parked rows: a row of the batch that
+ * refers to one of them would be refused, and a refused COPY costs the whole
+ * batch. Find the first such row in the source; the batch then ends before it,
+ * and it comes alone next (refused, parked), after which batches are full again.
+ * *batch_rows shrinks; -1 on a source error. (A guess: a row it misses is found
+ * when its batch is refused, as without it.) */
+static int s_skip_parked(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp,
+                         int64_t *batch_rows)
+{
+    const struct parked_keys *pk = &self->pk[tp->index];
+    bf_range_t *r = &w->range;
+    if (!pk->col || pk->n == 0 || tp->nroutes != 1 || w->located)
+        return 0;
+    int64_t at = s_fk_locate(self, tp, &tp->routes[0], r, r->cursor, *batch_rows, pk->col,
+                             (const char *const *)pk->keys, pk->n, false);
+    if (at < 0)
+        return -1;
+    if (at == 0)
+        return 0;
+    log_debug("range %lld: row %lld of the next %lld refers to a row parked here; %s",
+              (long long)r->id, (long long)at, (long long)*batch_rows,
+              at > 1 ? "copying the rows before it" : "taking it alone");
+    w->located = true;
+    w->resume_limit = self->batch_size[tp->index];
+    w->limit = at > 1 ? at - 1 : 1;
+    *batch_rows = w->limit;
+    return 0;
+}
+
 /* A batch's reads and writes: its end (several routes), then each target of the
  * table in turn, one transaction each (none spans two databases). Returns
  * BF_BATCH_MORE when every target committed (*end_p, *final_p, *rows, *bytes and
@@ -1290,10 +1414,12 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
             if (batch_rows > 1) {
                 /* A foreign key names the value: the refused row is the first of the
                  * batch that holds it; the rows before it go in, then it alone. */
-                int64_t at = fk_parsed && limit > 0
-                                 ? s_fk_locate(self, tp, &tp->routes[failed_route], r, batch_rows,
-                                               ref.col, ref.value)
-                                 : 0;
+                const char *value = ref.value;
+                int64_t at =
+                    fk_parsed && limit > 0
+                        ? s_fk_locate(self, tp, &tp->routes[failed_route], r, self->row_lower,
+                                      batch_rows, ref.col, &value, 1, true)
+                        : 0;
                 if (at < 0) {
                     free(end);
                     return s_fail(self, w, tp, tp->routes[failed_route].label, self->src,
@@ -1346,8 +1472,11 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                              "with --max-rejects N");
                 return BF_BATCH_FATAL;
             }
+            int64_t parked_before = w->parked;
             br = s_batch_target(self, w, tp, ti, &end, &final, limit, failed_route, self->row_error,
                                 fk, rows, bytes, &done, &failed_route);
+            if (br == BF_BATCH_MORE && own && limit > 0 && end && w->parked > parked_before)
+                s_remember_parked(&self->pk[tp->index], ref.col, end);
         }
         if (br != BF_BATCH_MORE) {
             free(end);
@@ -1414,6 +1543,15 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
     }
     bool throttled = granted < batch_rows;
     batch_rows = granted;
+    if (!w->parked_loaded && tp->nroutes == 1 && s_in_order(self, r->table)) {
+        if (s_load_parked(self, tp) != 0)
+            return s_fail(self, w, tp, tp->routes[0].label, self->tgt[tp->routes[0].target],
+                          "reading the rows parked on the target for");
+        w->parked_loaded = true;
+    }
+    if (s_skip_parked(self, w, tp, &batch_rows) != 0)
+        return s_fail(self, w, tp, tp->routes[0].label, self->src,
+                      "finding rows that refer to parked rows in");
     int64_t limit = tp->nroutes == 1 ? batch_rows : 0;
     long long t0 = bf_now_ms();
     /* A table with several routes reads the source once per route: one snapshot
