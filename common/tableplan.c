@@ -579,10 +579,18 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
                                   set.buf, version, version, version, version);
             action = update;
         }
+        /* Source rows the columns map to one target key (the latest event per
+         * account, say) meet in a batch: ON CONFLICT cannot take a key twice in one
+         * statement, so one row per key goes in. newer: the one with the greatest
+         * version, as if they came one by one (else any one). */
+        char *order = t->mode == BF_MODE_NEWER
+                          ? bf_xasprintf("%s, %s DESC NULLS LAST", pk.buf, version)
+                          : bf_xstrdup(pk.buf);
         rp->merge = bf_xasprintf("INSERT INTO %s AS bf_t (%s) SELECT DISTINCT ON (%s) %s FROM %s "
                                  "ORDER BY %s ON CONFLICT (%s) %s",
                                  rp->qname, rp->target_cols, pk.buf, rp->target_cols, rp->stage,
-                                 pk.buf, pk.buf, action);
+                                 order, pk.buf, action);
+        free(order);
         free(update);
         free(version);
         bf_strbuf_free(&pk);

@@ -2,14 +2,22 @@
 # Issue 3, acceptance 3: the target already holds rows the application changed.
 # skip keeps them (and rows the application writes while the job runs), upsert
 # overwrites them, newer overwrites exactly those whose version is older than the
-# source's. Every row of every table is checked.
+# source's. Every row of every table is checked. Rows the columns map to one target
+# key (the latest event per account) meet in one batch: newer keeps the one with
+# the greatest version.
 . "$(dirname "$0")/lib.sh"
 fresh_db md_src md_tgt
 q md_src "
 CREATE TABLE acct (id bigint PRIMARY KEY, balance integer NOT NULL, updated_at timestamptz NOT NULL);
 INSERT INTO acct SELECT g, g * 3, '2023-01-01'::timestamptz + g * interval '1 second'
     FROM generate_series(1, 20000) g;
+CREATE TABLE ev (id bigint PRIMARY KEY, acct_id bigint NOT NULL, balance integer NOT NULL,
+    at timestamptz NOT NULL);
+INSERT INTO ev SELECT g, g / 40, g, '2023-01-01'::timestamptz + ((g * 7919) % 20000) * interval '1 second'
+    FROM generate_series(1, 20000) g;
 ANALYZE;" >/dev/null
+q md_tgt "CREATE TABLE acct_latest (id bigint PRIMARY KEY, balance integer NOT NULL,
+    updated_at timestamptz NOT NULL)" >/dev/null
 for t in acct_skip acct_upsert acct_newer; do
     # The application's rows: ids 1-50 newer than the source, 51-100 older.
     q md_tgt "
@@ -36,6 +44,13 @@ tables:
     mode: upsert
   - from: acct
     to: svc.acct_newer
+    mode: newer
+    version: updated_at
+  - from: ev
+    to: svc.acct_latest
+    columns:
+      id: acct_id
+      updated_at: at
     mode: newer
     version: updated_at
 YAML
@@ -79,4 +94,9 @@ expect_eq "$n" 0 "acct_newer rows differing from 'newer version wins'"
 for t in acct_skip acct_upsert acct_newer; do
     expect_eq "$(q md_tgt "SELECT count(*) FROM $t")" 20000 "rows in $t"
 done
+latest=$(q md_src "SELECT string_agg(acct_id || ':' || balance, ',' ORDER BY acct_id) FROM
+    (SELECT DISTINCT ON (acct_id) acct_id, balance FROM ev ORDER BY acct_id, at DESC) x")
+expect_eq "$(q md_tgt "SELECT string_agg(id || ':' || balance, ',' ORDER BY id) FROM acct_latest")" \
+    "$latest" "the latest event per account (newer, keys mapped together)"
+expect_eq "$(q md_tgt "SELECT count(*) FROM acct_latest")" 501 "accounts in acct_latest"
 if grep -qi 'duplicate key\|error' "$WORK/run.err"; then fail "errors: $(grep -i 'error' "$WORK/run.err" | head -3)"; fi
