@@ -811,6 +811,52 @@ static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf
     return at;
 }
 
+/* The same for a table with several routes, whose batch is the rows in (the Redis
+ * cursor, end] of every route: where in it (1-based, counting every route's rows,
+ * as s_batch_end does) the first row of route rp in (lower, end] is whose target
+ * column col holds value. 0 when none matches, -1 on a source error. */
+static int64_t s_fk_locate_routed(bf_copier_t *self, const bf_tableplan_t *tp,
+                                  const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
+                                  const char *end, const char *col, const char *value)
+{
+    bf_pg_t *src = self->src;
+    char *qcol = bf_pg_ident(src, col);
+    if (!qcol)
+        return 0;
+    bf_strbuf_t sql;
+    bf_strbuf_init(&sql);
+    bf_strbuf_appendf(&sql,
+                      "SELECT bf_key FROM (SELECT row_number() OVER () AS n, a.bf_key, a.%s::text "
+                      "AS v FROM (SELECT %s AS bf_key, %s FROM %s WHERE ",
+                      qcol, tp->key_text, rp->select_named, tp->src_qname);
+    free(qcol);
+    s_batch_cond(&sql, src, tp, rp, r, lower, end);
+    bf_strbuf_appendf(&sql, " ORDER BY %s) a) b WHERE v = $1 ORDER BY n LIMIT 1", tp->key_list);
+    const char *params[] = {value};
+    PGresult *res = bf_pg_query(src, sql.buf, 1, params);
+    bf_strbuf_free(&sql);
+    if (!res)
+        return -1;
+    char *key = PQntuples(res) == 1 ? bf_xstrdup(PQgetvalue(res, 0, 0)) : NULL;
+    PQclear(res);
+    if (!key)
+        return 0;
+    char *cond = bf_tableplan_range_cond(tp, src, r->lo, r->cursor, r->hi);
+    char *upto = bf_tableplan_key_cmp(tp, src, "<=", key);
+    char *count = bf_xasprintf("SELECT count(*) FROM %s WHERE %s AND %s", tp->src_qname, cond,
+                               upto ? upto : "FALSE");
+    free(cond);
+    free(upto);
+    free(key);
+    res = bf_pg_query(src, count, 0, NULL);
+    free(count);
+    if (!res)
+        return -1;
+    int64_t at = PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
+    PQclear(res);
+    return at;
+}
+
 /* One batch on one target (every route of the table that writes there), in one
  * target transaction with the range's fence row. With reject_route >= 0 the batch
  * is one row that route's target refused: it goes to backfill_rejects instead
@@ -1415,11 +1461,12 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                 /* A foreign key names the value: the refused row is the first of the
                  * batch that holds it; the rows before it go in, then it alone. */
                 const char *value = ref.value;
-                int64_t at =
-                    fk_parsed && limit > 0
-                        ? s_fk_locate(self, tp, &tp->routes[failed_route], r, self->row_lower,
-                                      batch_rows, ref.col, &value, 1, true)
-                        : 0;
+                const bf_route_plan_t *frp = &tp->routes[failed_route];
+                int64_t at = !fk_parsed  ? 0
+                             : limit > 0 ? s_fk_locate(self, tp, frp, r, self->row_lower,
+                                                       batch_rows, ref.col, &value, 1, true)
+                                         : s_fk_locate_routed(self, tp, frp, r, self->row_lower,
+                                                              end, ref.col, ref.value);
                 if (at < 0) {
                     free(end);
                     return s_fail(self, w, tp, tp->routes[failed_route].label, self->src,

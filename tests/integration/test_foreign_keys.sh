@@ -19,12 +19,13 @@
 #     set back while other batches commit (deferred), then the row is parked; the
 #     rest lands and the job ends naming table, key and the missing row (exit 4),
 #     again when run again; with that row put on the target, a run of the finished
-#     job writes it. With --max-rejects it is set aside and counted. Parked rows
+#     job writes it. With --max-rejects it is set aside and counted. In a routed
+#     table the orphan is found by its value too (not by halving). Parked rows
 #     are counted as the workers park them (`status`, --json, the run's summary), then as what is still parked once they were written again.
 #  4. A cycle (a -> b -> a, nullable): not ordered (`plan` says so), copied side by
 #     side with deferrals; every row lands.
 . "$(dirname "$0")/lib.sh"
-fresh_db fk_src fk_tgt fk_tgt2 fk_tgt3
+fresh_db fk_src fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5
 q fk_src "
 CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL);
 INSERT INTO customer SELECT g, 'customer ' || g FROM generate_series(1, 20000) g;
@@ -45,7 +46,7 @@ CREATE TABLE b (id bigint PRIMARY KEY, a_id bigint);
 INSERT INTO b SELECT g, CASE WHEN g > 500 THEN 1 + g % 100 END FROM generate_series(1, 1000) g;
 INSERT INTO a SELECT g, 1 + g % 500 FROM generate_series(1, 1000) g;
 ANALYZE;" >/dev/null
-for db in fk_tgt fk_tgt2 fk_tgt3; do
+for db in fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5; do
     q "$db" "
     CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL);
     CREATE TABLE trading_order (id bigint PRIMARY KEY, customer_id bigint NOT NULL
@@ -228,6 +229,42 @@ grep -q '^public.trading_order .* 0 *1$' "$WORK/status4.out" ||
 "$BF" run "$WORK/orphan2.yaml" --workers 2 --max-rejects 5 >"$WORK/run4.out" 2>"$WORK/run4.err" ||
     { tail -20 "$WORK/run4.err"; fail "orphan with --max-rejects"; }
 expect_eq "$(redis_cmd HGET 'bf:{fkx2}:stats' parked_total)" 0 "rows parked once set aside"
+# The orphan in a routed table (odd orders to one database, even to another): found
+# by the missing value among every route's rows, not by halving the batch.
+forget_job fkr
+cat >"$WORK/routed.yaml" <<YAML
+name: fkr
+source: $(uri fk_src)
+redis: $BF_REDIS_URL
+targets:
+  even: $(uri fk_tgt4)
+  odd: $(uri fk_tgt5)
+batch_rows: 2000
+batch_ms: 0
+range_rows: 5000
+tables:
+  - from: customer
+    to: even.customer
+  - from: customer
+    to: odd.customer
+  - from: trading_order
+    route:
+      - when: "id % 2 = 0"
+        to: even.trading_order
+      - to: odd.trading_order
+YAML
+rc=0
+"$BF" run "$WORK/routed.yaml" --workers 2 >"$WORK/run3r.out" 2>"$WORK/run3r.err" || rc=$?
+expect_eq "$rc" 4 "exit code with an orphan row in a routed table"
+expect_eq "$(q fk_tgt4 "SELECT count(*) FROM trading_order")" 30000 "even orders"
+expect_eq "$(q fk_tgt5 "SELECT count(*) FROM trading_order")" 30000 "odd orders but the orphan"
+expect_eq "$(q fk_tgt5 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkr'")" "60001 true" \
+    "orphan parked on its route's target"
+grep -q 'target odd refused row [0-9]* of a [0-9]*-row batch (insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk"' \
+    "$WORK/run3r.err" || fail "the routed orphan was not found by its key value: $(grep -m3 'refused\|isolate' "$WORK/run3r.err")"
+if grep -q 'to isolate it' "$WORK/run3r.err"; then
+    fail "a routed batch was halved: $(grep -m1 'to isolate it' "$WORK/run3r.err")"
+fi
 expect_eq "$(q fk_tgt3 "SELECT count(*) FROM trading_order")" 60000 "orders landed"
 expect_eq "$(q fk_tgt3 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkx2'")" "60001 false" \
     "orphan set aside"
