@@ -190,6 +190,11 @@ grep -q '^  public.trading_order  *60000 rows .*  1 parked$' "$WORK/run3.out" ||
     fail "summary does not count the parked row: $(cat "$WORK/run3.out")"
 grep -q '^parked: 1 rows still refer to rows their targets do not have' "$WORK/run3.out" ||
     fail "summary does not say what parked means: $(cat "$WORK/run3.out")"
+"$BF" verify "$WORK/orphan.yaml" >"$WORK/verify3.out" 2>&1 || { cat "$WORK/verify3.out"; fail "verify with a parked row"; }
+grep -q '^public.trading_order .* 0 mismatching, 1 parked rows (backfill_rejects: they refer to rows the target does not have) not compared$' \
+    "$WORK/verify3.out" || fail "verify does not name the parked row: $(cat "$WORK/verify3.out")"
+grep -q '^1 parked rows are not on the targets yet' "$WORK/verify3.out" ||
+    fail "verify does not say a row is still to be written: $(cat "$WORK/verify3.out")"
 "$BF" status "$WORK/orphan.yaml" --json >"$WORK/status3.json"
 grep -q '"table":"public.trading_order",[^}]*"rejects":0,"parked":1,' "$WORK/status3.json" ||
     fail "status --json does not count the parked row: $(cat "$WORK/status3.json")"
