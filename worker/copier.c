@@ -1350,6 +1350,11 @@ static int s_load_parked(bf_copier_t *self, const bf_tableplan_t *tp)
     return 0;
 }
 
+/* Batches in a row in which no row referred to a parked one, after which
+ * s_skip_parked stops looking (reading a batch's rows twice costs the source about
+ * a tenth more) until a row is parked again. */
+#define PREDICT_MISSES_MAX 4
+
 /* Before a batch of a table where this worker parked rows: a row of the batch that
  * refers to one of them would be refused, and a refused COPY costs the whole
  * batch. Find the first such row in the source; the batch then ends before it,
@@ -1361,12 +1366,14 @@ static int s_skip_parked(bf_copier_t *self, bf_lease_work_t *w, const bf_tablepl
 {
     const struct parked_keys *pk = &self->pk[tp->index];
     bf_range_t *r = &w->range;
-    if (!pk->col || pk->n == 0 || tp->nroutes != 1 || w->located)
+    if (!pk->col || pk->n == 0 || tp->nroutes != 1 || w->located ||
+        w->predict_misses >= PREDICT_MISSES_MAX)
         return 0;
     int64_t at = s_fk_locate(self, tp, &tp->routes[0], r, r->cursor, *batch_rows, pk->col,
                              (const char *const *)pk->keys, pk->n, false);
     if (at < 0)
         return -1;
+    w->predict_misses = at == 0 ? w->predict_misses + 1 : 0;
     if (at == 0)
         return 0;
     log_debug("range %lld: row %lld of the next %lld refers to a row parked here; %s",
@@ -1522,8 +1529,10 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
             int64_t parked_before = w->parked;
             br = s_batch_target(self, w, tp, ti, &end, &final, limit, failed_route, self->row_error,
                                 fk, rows, bytes, &done, &failed_route);
-            if (br == BF_BATCH_MORE && own && limit > 0 && end && w->parked > parked_before)
+            if (br == BF_BATCH_MORE && own && limit > 0 && end && w->parked > parked_before) {
                 s_remember_parked(&self->pk[tp->index], ref.col, end);
+                w->predict_misses = 0; /* rows may refer to this one: look again */
+            }
         }
         if (br != BF_BATCH_MORE) {
             free(end);

@@ -40,6 +40,7 @@ typedef struct {
     int64_t rejects;    /* rows set aside in backfill_rejects under this lease */
     int64_t parked;     /* rows parked there under this lease (written again at the end) */
     bool parked_loaded; /* the keys of the table's rows parked on the target were read */
+    int predict_misses; /* batches in a row with no row referring to a parked one */
     bool short_batches; /* workers are idle (SHRINK seen): quarter batches, finer splits */
     int64_t batches;    /* batches committed under this lease (the first one also brings the
                          * cursor up to the targets' fences) */
