@@ -422,9 +422,10 @@ bool bf_coord_complete(bf_coord_t *self)
 }
 
 /* The job's counts after writing parked rows again: written[t] rows of table t
- * went in (copied rows now), left[t] are still parked (NULL: none, set aside).
- * 0 or -1 (logged). */
-static int s_parked_counts(bf_coord_t *self, const int64_t *written, const int64_t *left)
+ * went in (copied rows now, whatever happened next: their entries are gone); with
+ * known, left[t] are still parked (NULL: none, set aside). 0 or -1 (logged). */
+static int s_parked_counts(bf_coord_t *self, const int64_t *written, bool known,
+                           const int64_t *left)
 {
     bf_rstate_t *r = self->ctx.redis;
     int n = self->ctx.job->ntables;
@@ -433,18 +434,21 @@ static int s_parked_counts(bf_coord_t *self, const int64_t *written, const int64
     int64_t total = 0;
     bool ok = true;
     for (int t = 0; t < n && ok; t++) {
-        total += left ? left[t] : 0;
-        redisReply *x =
-            bf_rstate_cmd(r, "HSET %s parked:%d %lld", stats, t, (long long)(left ? left[t] : 0));
-        ok = x != NULL;
-        freeReplyObject(x);
-        if (ok && written[t] > 0) {
+        redisReply *x = NULL;
+        if (written[t] > 0) {
             x = bf_rstate_cmd(r, "HINCRBY %s rows:%d %lld", stats, t, (long long)written[t]);
             ok = x != NULL;
             freeReplyObject(x);
         }
+        if (ok && known) {
+            total += left ? left[t] : 0;
+            x = bf_rstate_cmd(r, "HSET %s parked:%d %lld", stats, t,
+                              (long long)(left ? left[t] : 0));
+            ok = x != NULL;
+            freeReplyObject(x);
+        }
     }
-    if (ok) {
+    if (ok && known) {
         redisReply *x = bf_rstate_cmd(r, "HSET %s parked_total %lld", stats, (long long)total);
         ok = x != NULL;
         freeReplyObject(x);
@@ -465,6 +469,9 @@ static int s_parked(bf_coord_t *self)
     int64_t n =
         bf_parked_retry(job, self->ctx.tables, self->ctx.tgt, left, written, first, sizeof first);
     int rc = n < 0 ? BF_EXIT_CONNECT : BF_EXIT_OK;
+    /* What is still parked, once known: left, or none (all in, or set aside). */
+    bool known = false;
+    const int64_t *still = NULL;
     int64_t max = 0, total = 0;
     bf_rstate_t *r = self->ctx.redis;
     if (n > 0 && (bf_rstate_hget_int(r, "meta", "max_rejects", &max) != 0 ||
@@ -481,9 +488,11 @@ static int s_parked(bf_coord_t *self)
                   (long long)n, first, (long long)total);
         snprintf(self->fail_msg, sizeof self->fail_msg,
                  "%lld parked rows are still refused (first: %s)", (long long)n, first);
-        rc = s_parked_counts(self, written, left) == 0 ? BF_EXIT_DATA : BF_EXIT_CONNECT;
+        rc = BF_EXIT_DATA;
+        known = true;
+        still = left;
     } else if (n == 0) {
-        rc = s_parked_counts(self, written, NULL) == 0 ? BF_EXIT_OK : BF_EXIT_CONNECT;
+        known = true;
     } else if (n > 0) {
         /* Allowed: set aside for good, and counted as refused rows. */
         rc = bf_parked_accept(job, self->ctx.tgt) == 0 ? BF_EXIT_OK : BF_EXIT_CONNECT;
@@ -505,9 +514,10 @@ static int s_parked(bf_coord_t *self)
                      (long long)n, first);
         else
             log_error("setting the parked rows aside: %s", r->errmsg);
-        if (rc == BF_EXIT_OK && s_parked_counts(self, written, NULL) != 0)
-            rc = BF_EXIT_CONNECT;
+        known = rc == BF_EXIT_OK;
     }
+    if (s_parked_counts(self, written, known, still) != 0)
+        rc = BF_EXIT_CONNECT;
     free(written);
     free(left);
     return rc;

@@ -53,15 +53,18 @@ struct bf_copier {
     char *resplit;          /* BF_BATCH_RESPLIT: the key the fence rows say the range ends at */
 };
 
-/* The keys of the rows this worker parked in a table whose target table refers to
- * itself (col: the referring column, from the refusal), so that the rows referring
- * to them (a subtree under a parked row) are found in the source before their
- * batch is tried, not each by a refused batch. At most PARKED_KEYS_MAX: past that,
- * refusals find the rest. */
+/* The keys of a key-order table's rows on the target's backfill_rejects (parked by
+ * any worker, or set aside) and of those this worker parks, with the column that
+ * refers to them (col, from a refusal: this worker's, or one stored with a row), so
+ * that the rows referring to them (a subtree under a parked row) are found in the
+ * source before their batch is tried, not each by a refused batch. At most
+ * PARKED_KEYS_MAX: past that, refusals find the rest. misses: looks in a row that
+ * found no such row (see s_skip_parked). */
 struct parked_keys {
     char *col;
     char **keys;
     int n, cap;
+    int misses;
 };
 #define PARKED_KEYS_MAX 10000
 
@@ -1339,20 +1342,29 @@ static int s_load_parked(bf_copier_t *self, const bf_tableplan_t *tp)
     snprintf(lim, sizeof lim, "%d", PARKED_KEYS_MAX);
     const char *params[] = {self->job->name, rp->label, lim};
     res = bf_pg_query(tgt,
-                      "SELECT key FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
+                      "SELECT key, error FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
                       "LIMIT $3::int",
                       3, params);
     if (!res)
         return -1;
-    for (int i = 0; i < PQntuples(res); i++)
+    const char *own = strrchr(rp->label, '.');
+    for (int i = 0; i < PQntuples(res); i++) {
         s_parked_add(pk, PQgetvalue(res, i, 0));
+        /* A row parked by another worker names the referring column in its error:
+         * "... (Key (col)=(value) is not present in table "t".)". */
+        const char *detail = pk->col ? NULL : strstr(PQgetvalue(res, i, 1), "(Key (");
+        fk_ref_t ref;
+        if (detail && own && s_fk_detail(detail + 1, &ref) && strcmp(ref.table, own + 1) == 0)
+            pk->col = bf_xstrdup(ref.col);
+    }
     PQclear(res);
     return 0;
 }
 
-/* Batches in a row in which no row referred to a parked one, after which
- * s_skip_parked stops looking (reading a batch's rows twice costs the source about
- * a tenth more) until a row is parked again. */
+/* Looks in a row that found no row referring to a parked one (or found one that
+ * then went in), after which s_skip_parked stops looking in the table (reading a
+ * batch's rows twice costs the source about a tenth more) until this worker parks
+ * a row again. */
 #define PREDICT_MISSES_MAX 4
 
 /* Before a batch of a table where this worker parked rows: a row of the batch that
@@ -1364,22 +1376,32 @@ static int s_load_parked(bf_copier_t *self, const bf_tableplan_t *tp)
 static int s_skip_parked(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp,
                          int64_t *batch_rows)
 {
-    const struct parked_keys *pk = &self->pk[tp->index];
+    struct parked_keys *pk = &self->pk[tp->index];
     bf_range_t *r = &w->range;
     if (!pk->col || pk->n == 0 || tp->nroutes != 1 || w->located ||
-        w->predict_misses >= PREDICT_MISSES_MAX)
+        pk->misses >= PREDICT_MISSES_MAX)
         return 0;
     int64_t at = s_fk_locate(self, tp, &tp->routes[0], r, r->cursor, *batch_rows, pk->col,
                              (const char *const *)pk->keys, pk->n, false);
-    if (at < 0)
-        return -1;
-    w->predict_misses = at == 0 ? w->predict_misses + 1 : 0;
+    if (at < 0) {
+        if (!bf_pg_is_alive(self->src) || bf_pg_error_is_retryable(self->src))
+            return -1;
+        /* Only a guess: copy on without it (refusals find such rows). */
+        log_warn("table %s: looking for rows that refer to parked rows failed (%s); not "
+                 "looking any more",
+                 tp->src_label, self->src->errmsg);
+        pk->misses = PREDICT_MISSES_MAX;
+        return 0;
+    }
+    pk->misses = at == 0 ? pk->misses + 1 : 0;
     if (at == 0)
         return 0;
     log_debug("range %lld: row %lld of the next %lld refers to a row parked here; %s",
               (long long)r->id, (long long)at, (long long)*batch_rows,
               at > 1 ? "copying the rows before it" : "taking it alone");
     w->located = true;
+    w->predicted = true;
+    w->alone_next = at > 1;
     w->resume_limit = self->batch_size[tp->index];
     w->limit = at > 1 ? at - 1 : 1;
     *batch_rows = w->limit;
@@ -1480,7 +1502,9 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                                   "finding the refused row in the source for");
                 }
                 w->located = at > 0 && at <= batch_rows;
+                w->predicted = false;
                 if (w->located) {
+                    w->alone_next = at > 1;
                     w->limit = at > 1 ? at - 1 : 1;
                     w->resume_limit = w->limit;
                     log_info("range %lld: target %s refused row %lld of a %lld-row batch (%s); "
@@ -1531,7 +1555,7 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                                 fk, rows, bytes, &done, &failed_route);
             if (br == BF_BATCH_MORE && own && limit > 0 && end && w->parked > parked_before) {
                 s_remember_parked(&self->pk[tp->index], ref.col, end);
-                w->predict_misses = 0; /* rows may refer to this one: look again */
+                self->pk[tp->index].misses = 0; /* rows may refer to this one: look again */
             }
         }
         if (br != BF_BATCH_MORE) {
@@ -1626,11 +1650,16 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         return s_resplit(self, w, tp);
     if (br != BF_BATCH_MORE || redo)
         return br;
-    if (w->limit > 0 && w->located && w->limit > 1) { /* the rows before the refused one */
+    if (w->limit > 0 && w->located && w->alone_next) { /* the rows before the refused one */
         w->limit = 1;
+        w->alone_next = false;
     } else if (w->limit > 0 && w->located) { /* the refused one */
+        /* A row predicted to refer to a parked one that went in: a miss. */
+        if (w->predicted && w->parked == parked_before && s_in_order(self, r->table))
+            self->pk[r->table].misses++;
         w->limit = w->resume_limit * 2 >= self->batch_size[r->table] ? 0 : w->resume_limit * 2;
         w->located = false;
+        w->predicted = false;
     } else if (w->limit > 0) /* back to full batches once past the rejected rows */
         w->limit = w->limit * 2 >= self->batch_size[r->table] ? 0 : w->limit * 2;
     else if (!final && !w->short_batches && !throttled)

@@ -33,14 +33,17 @@ typedef struct {
     int64_t bytes;    /* bytes copied under this lease */
     int64_t limit;    /* rows per batch while isolating a rejected row; 0 = the job's */
     bool located;     /* limit ends right before (or at) a refused row found by its
-                       * foreign key; after it batches go on from resume_limit rows,
-                       * doubling (rows that refer to it may follow it closely: a
-                       * refused batch costs every row of it) */
+                       * foreign key, or a row predicted to refer to a parked one; after
+                       * it batches go on from resume_limit rows, doubling (rows that
+                       * refer to it may follow it closely: a refused batch costs every
+                       * row of it) */
+    bool alone_next;  /* located: this batch is the rows before the row, which comes
+                       * alone next (else this batch is the row itself) */
+    bool predicted;   /* located by s_skip_parked, not by a refusal */
     int64_t resume_limit;
     int64_t rejects;    /* rows set aside in backfill_rejects under this lease */
     int64_t parked;     /* rows parked there under this lease (written again at the end) */
     bool parked_loaded; /* the keys of the table's rows parked on the target were read */
-    int predict_misses; /* batches in a row with no row referring to a parked one */
     bool short_batches; /* workers are idle (SHRINK seen): quarter batches, finer splits */
     int64_t batches;    /* batches committed under this lease (the first one also brings the
                          * cursor up to the targets' fences) */

@@ -160,11 +160,12 @@ grep -q 'range 0: target svc refused row 150 of a 200-row batch' "$WORK/run2b.er
     fail "the refused row was not found by its key value: $(grep -m3 'range 0' "$WORK/run2b.err")"
 parked=$(grep -c 'parked in public.backfill_rejects' "$WORK/run2b.err")
 # The rows under 150 (spread over the ranges) are found in the source before their
-# batch is tried (the keys parked on the target read at each lease): at most one
-# refused batch per range (learning the referring column), not one per row.
+# batch is tried, by either worker (the keys parked on the target, and the column
+# from their errors, read at each lease): 150's batch is refused, and one after a
+# stretch of 4 batches with none (the worker stops looking there), not one per row.
 located=$(grep -c 'target svc refused row' "$WORK/run2b.err")
 [ "$parked" -ge 20 ] || fail "only $parked rows parked (the test data should park the subtree under 150)"
-[ "$located" -le 7 ] || fail "$located refused batches for $parked parked rows"
+[ "$located" -le 3 ] || fail "$located refused batches for $parked parked rows"
 grep -q "target svc: writing $parked parked rows again" "$WORK/run2b.err" ||
     fail "parked rows not written again: $(grep -i 'parked' "$WORK/run2b.err" | tail -3)"
 if grep -q 'to isolate it\|is retried in' "$WORK/run2b.err"; then
