@@ -35,27 +35,35 @@
     " ORDER BY range_id LIMIT 1"
 
 /* Rows a target rejected (constraint violation, value too long...), when the job
- * allows some (--max-rejects): what was tried, and why it failed. parked: the row
- * referred to a row the target did not have yet (a foreign key); it is tried
- * again when every range is done (coordinator/parked.c), and counts as rejected
- * only if it still fails then. */
+ * allows some (--max-rejects): what was tried, and why it failed. tbl is the
+ * target table (the route's label), src the source table and key its key: two
+ * source tables copied into one target table may reject rows of the same key.
+ * parked: the row referred to a row the target did not have yet (a foreign key);
+ * it is tried again when every range is done (coordinator/parked.c), and counts as
+ * rejected only if it still fails then. */
 #define BF_REJECTS_DDL                                                                             \
     "CREATE TABLE IF NOT EXISTS public.backfill_rejects ("                                         \
     " job text NOT NULL, range_id bigint NOT NULL, tbl text NOT NULL, key text NOT NULL,"          \
     " error text NOT NULL, row jsonb, at timestamptz NOT NULL DEFAULT now(),"                      \
-    " parked boolean NOT NULL DEFAULT false, PRIMARY KEY (job, tbl, key))"
+    " parked boolean NOT NULL DEFAULT false, src text NOT NULL DEFAULT '',"                        \
+    " PRIMARY KEY (job, tbl, src, key))"
 
-/* A rejects table of an older version gets the parked column (only when missing:
- * ALTER TABLE locks the table even when there is nothing to do). */
+/* A rejects table of an older version gets the parked and src columns and the key
+ * with src (only when missing: ALTER TABLE locks the table even when there is
+ * nothing to do). Its rows keep src '': whichever source table writes tbl. */
 #define BF_REJECTS_MIGRATE                                                                         \
     "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="                       \
     " 'public.backfill_rejects'::regclass AND attname = 'parked' AND NOT attisdropped) THEN"       \
     " ALTER TABLE public.backfill_rejects ADD COLUMN parked boolean NOT NULL DEFAULT false;"       \
+    " END IF; IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid ="                          \
+    " 'public.backfill_rejects'::regclass AND attname = 'src' AND NOT attisdropped) THEN"          \
+    " ALTER TABLE public.backfill_rejects ADD COLUMN src text NOT NULL DEFAULT '',"                \
+    " DROP CONSTRAINT backfill_rejects_pkey, ADD PRIMARY KEY (job, tbl, src, key);"                \
     " END IF; END $$"
 
 #define BF_REJECTS_INSERT                                                                          \
-    "INSERT INTO public.backfill_rejects (job, range_id, tbl, key, error, row, parked)"            \
-    " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT (job, tbl, key) DO UPDATE"            \
+    "INSERT INTO public.backfill_rejects (job, range_id, tbl, key, error, row, parked, src)"       \
+    " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) ON CONFLICT (job, tbl, src, key) DO UPDATE"   \
     " SET error = EXCLUDED.error, row = EXCLUDED.row, at = now(), parked = EXCLUDED.parked"
 
 /* A fresh plan starts the job over: forget the fence rows of an earlier plan. */

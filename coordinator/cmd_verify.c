@@ -67,10 +67,11 @@ static int s_rejected(bf_pg_t *src, bf_pg_t *tgt, const bf_job_t *job, const bf_
     PQclear(res);
     if (none)
         return 0;
-    const char *params[] = {job->name, rp->label};
+    const char *params[] = {job->name, rp->label, tp->src_label};
     res = bf_pg_query(tgt,
-                      "SELECT key, parked FROM public.backfill_rejects WHERE job = $1 AND tbl = $2",
-                      2, params);
+                      "SELECT key, parked FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
+                      "AND src IN ($3, '')",
+                      3, params);
     if (!res)
         return -1;
     *n = PQntuples(res);

@@ -8,14 +8,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The route of a job table that writes target table label on target ti; its
- * table's index in *table. NULL when none does (the job file changed). */
+/* The route of job table src (any when "": a row parked by an older version) that
+ * writes target table label on target ti; its table's index in *table. NULL when
+ * none does (the job file changed). */
 static const bf_route_plan_t *s_route(const bf_job_t *job, const bf_tableplan_t *tables, int ti,
-                                      const char *label, int *table)
+                                      const char *src, const char *label, int *table)
 {
     for (int t = 0; t < job->ntables; t++)
         for (int i = 0; i < tables[t].nroutes; i++)
-            if (tables[t].routes[i].target == ti && strcmp(tables[t].routes[i].label, label) == 0) {
+            if (tables[t].routes[i].target == ti && strcmp(tables[t].routes[i].label, label) == 0 &&
+                (!src[0] || strcmp(tables[t].src_label, src) == 0)) {
                 *table = t;
                 return &tables[t].routes[i];
             }
@@ -26,7 +28,7 @@ static const bf_route_plan_t *s_route(const bf_job_t *job, const bf_tableplan_t 
  * transaction: 1 written, 0 refused (the error in err, the entry's error updated),
  * -1 the target is gone (logged). */
 static int s_write_row(bf_pg_t *tgt, const bf_route_plan_t *rp, const char *job, const char *tbl,
-                       const char *key, const char *row, char *err, size_t errlen)
+                       const char *src, const char *key, const char *row, char *err, size_t errlen)
 {
     /* The row as the worker saw it: the route's target columns, as JSON. Columns
      * the route does not write keep their defaults; identity columns take the
@@ -38,7 +40,7 @@ static int s_write_row(bf_pg_t *tgt, const bf_route_plan_t *rp, const char *job,
                                          "FROM jsonb_populate_record(NULL::%s, $1::jsonb)",
                                          rp->qname, rp->target_cols, rp->target_cols, rp->qname);
     const char *rparams[] = {row};
-    const char *kparams[] = {job, tbl, key};
+    const char *kparams[] = {job, tbl, key, src};
     PGresult *res = NULL;
     bool ok = (!rp->stage || bf_pg_exec_quiet(tgt, rp->stage_ddl) == 0) &&
               bf_pg_exec_quiet(tgt, "BEGIN") == 0 &&
@@ -49,8 +51,8 @@ static int s_write_row(bf_pg_t *tgt, const bf_route_plan_t *rp, const char *job,
     ok = ok && (!rp->merge || bf_pg_exec_quiet(tgt, rp->merge) == 0) &&
          (res = bf_pg_query_quiet(tgt,
                                   "DELETE FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
-                                  "AND key = $3",
-                                  3, kparams)) != NULL &&
+                                  "AND key = $3 AND src = $4",
+                                  4, kparams)) != NULL &&
          bf_pg_exec_quiet(tgt, "COMMIT") == 0;
     PQclear(res);
     free(sql);
@@ -63,11 +65,11 @@ static int s_write_row(bf_pg_t *tgt, const bf_route_plan_t *rp, const char *job,
     snprintf(err, errlen, "%s%s%s%s", tgt->errmsg, tgt->detail[0] ? " (" : "", tgt->detail,
              tgt->detail[0] ? ")" : "");
     bf_pg_exec_quiet(tgt, "ROLLBACK");
-    const char *uparams[] = {job, tbl, key, err};
+    const char *uparams[] = {job, tbl, key, err, src};
     res = bf_pg_query(tgt,
                       "UPDATE public.backfill_rejects SET error = $4, at = now() WHERE job = $1 "
-                      "AND tbl = $2 AND key = $3",
-                      4, uparams);
+                      "AND tbl = $2 AND key = $3 AND src = $5",
+                      5, uparams);
     if (!res)
         return -1;
     PQclear(res);
@@ -94,8 +96,9 @@ int64_t bf_parked_retry(const bf_job_t *job, const bf_tableplan_t *tables, bf_pg
         /* Passes while rows go in: a parked row may refer to another. */
         for (int pass = 0;; pass++) {
             PGresult *res = bf_pg_query(tgt,
-                                        "SELECT tbl, key, row::text FROM public.backfill_rejects "
-                                        "WHERE job = $1 AND parked ORDER BY at, tbl, key",
+                                        "SELECT tbl, key, row::text, src FROM "
+                                        "public.backfill_rejects WHERE job = $1 AND parked "
+                                        "ORDER BY at, tbl, src, key",
                                         1, params);
             if (!res) {
                 free(pass_left);
@@ -111,16 +114,17 @@ int64_t bf_parked_retry(const bf_job_t *job, const bf_tableplan_t *tables, bf_pg
             still = 0;
             for (int i = 0; i < n; i++) {
                 const char *tbl = PQgetvalue(res, i, 0), *key = PQgetvalue(res, i, 1);
+                const char *src = PQgetvalue(res, i, 3);
                 int t = -1;
-                const bf_route_plan_t *rp = s_route(job, tables, ti, tbl, &t);
+                const bf_route_plan_t *rp = s_route(job, tables, ti, src, tbl, &t);
                 char err[2200];
                 int w = 0;
                 if (!rp)
                     snprintf(err, sizeof err, "no table of the job writes %s any more", tbl);
                 else if (PQgetisnull(res, i, 2))
                     snprintf(err, sizeof err, "the parked row was not kept");
-                else if ((w = s_write_row(tgt, rp, job->name, tbl, key, PQgetvalue(res, i, 2), err,
-                                          sizeof err)) < 0) {
+                else if ((w = s_write_row(tgt, rp, job->name, tbl, src, key, PQgetvalue(res, i, 2),
+                                          err, sizeof err)) < 0) {
                     PQclear(res);
                     free(pass_left);
                     return -1;

@@ -702,12 +702,12 @@ static int s_write_reject(bf_copier_t *self, bf_pg_t *src, bf_pg_t *tgt, const b
         char ids[24];
         snprintf(ids, sizeof ids, "%lld", (long long)r->id);
         *key_out = bf_xstrdup(PQgetvalue(res, 0, 0)); /* whole: it becomes the cursor */
-        const char *params[] = {self->job->name,          ids,   rp->label,
-                                PQgetvalue(res, 0, 0),    error, PQgetvalue(res, 0, 1),
-                                parked ? "true" : "false"};
+        const char *params[] = {self->job->name,           ids,          rp->label,
+                                PQgetvalue(res, 0, 0),     error,        PQgetvalue(res, 0, 1),
+                                parked ? "true" : "false", tp->src_label};
         PGresult *ins = NULL;
         if (bf_pg_exec(tgt, BF_REJECTS_DDL) != 0 ||
-            !(ins = bf_pg_query(tgt, BF_REJECTS_INSERT, 7, params)))
+            !(ins = bf_pg_query(tgt, BF_REJECTS_INSERT, 8, params)))
             rc = -2;
         PQclear(ins);
     }
@@ -1340,11 +1340,11 @@ static int s_load_parked(bf_copier_t *self, const bf_tableplan_t *tp)
         return 0;
     char lim[24];
     snprintf(lim, sizeof lim, "%d", PARKED_KEYS_MAX);
-    const char *params[] = {self->job->name, rp->label, lim};
+    const char *params[] = {self->job->name, rp->label, lim, tp->src_label};
     res = bf_pg_query(tgt,
                       "SELECT key, error FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
-                      "LIMIT $3::int",
-                      3, params);
+                      "AND src IN ($4, '') LIMIT $3::int",
+                      4, params);
     if (!res)
         return -1;
     const char *own = strrchr(rp->label, '.');

@@ -20,12 +20,14 @@
 #     rest lands and the job ends naming table, key and the missing row (exit 4),
 #     again when run again; with that row put on the target, a run of the finished
 #     job writes it. With --max-rejects it is set aside and counted. In a routed
-#     table the orphan is found by its value too (not by halving). Parked rows
+#     table the orphan is found by its value too (not by halving). Two source
+#     tables into one target table with an orphan of the same key each: both
+#     parked, both written (they overwrote each other before). Parked rows
 #     are counted as the workers park them (`status`, --json, the run's summary), then as what is still parked once they were written again.
 #  4. A cycle (a -> b -> a, nullable): not ordered (`plan` says so), copied side by
 #     side with deferrals; every row lands.
 . "$(dirname "$0")/lib.sh"
-fresh_db fk_src fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5
+fresh_db fk_src fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5 fk_tgt6
 q fk_src "
 CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL);
 INSERT INTO customer SELECT g, 'customer ' || g FROM generate_series(1, 20000) g;
@@ -46,7 +48,7 @@ CREATE TABLE b (id bigint PRIMARY KEY, a_id bigint);
 INSERT INTO b SELECT g, CASE WHEN g > 500 THEN 1 + g % 100 END FROM generate_series(1, 1000) g;
 INSERT INTO a SELECT g, 1 + g % 500 FROM generate_series(1, 1000) g;
 ANALYZE;" >/dev/null
-for db in fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5; do
+for db in fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5 fk_tgt6; do
     q "$db" "
     CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL);
     CREATE TABLE trading_order (id bigint PRIMARY KEY, customer_id bigint NOT NULL
@@ -276,6 +278,50 @@ expect_eq "$(q fk_tgt3 "SELECT key || ' ' || parked FROM backfill_rejects WHERE 
     "orphan set aside"
 expect_eq "$(redis_cmd HGET 'bf:{fkx2}:stats' rejects_total)" 1 "rows set aside (counted)"
 q fk_src "DELETE FROM trading_order WHERE id = 60001" >/dev/null
+# Two source tables into one target table, each with an orphan of the same key
+# (7): two parked rows, told apart by their source table (kept under one key they
+# overwrote each other, and one row was never written). The target's rejects table
+# is of the older layout (no parked, no src): the coordinator brings it up to date.
+q fk_src "CREATE TABLE order_a (id bigint PRIMARY KEY, customer_id bigint NOT NULL);
+CREATE TABLE order_b (id bigint PRIMARY KEY, customer_id bigint NOT NULL);
+INSERT INTO order_a SELECT g, CASE WHEN g = 7 THEN 888888 ELSE 1 + g % 100 END FROM generate_series(1, 300) g;
+INSERT INTO order_b SELECT g, CASE WHEN g = 7 THEN 888888 ELSE 1 + g % 100 END FROM generate_series(1, 300) g;
+ANALYZE order_a, order_b" >/dev/null
+q fk_tgt6 "CREATE TABLE orders_all (id bigint PRIMARY KEY, customer_id bigint NOT NULL
+    CONSTRAINT orders_all_customer_fk REFERENCES customer DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE public.backfill_rejects (job text NOT NULL, range_id bigint NOT NULL, tbl text NOT NULL,
+    key text NOT NULL, error text NOT NULL, row jsonb, at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job, tbl, key))" >/dev/null
+forget_job fkm
+cat >"$WORK/merge.yaml" <<YAML
+name: fkm
+source: $(uri fk_src)
+redis: $BF_REDIS_URL
+targets:
+  svc: $(uri fk_tgt6)
+tables:
+  - from: customer
+    to: svc.customer
+  - from: order_a
+    to: svc.orders_all
+  - from: order_b
+    to: svc.orders_all
+    columns:
+      id: id + 1000000
+YAML
+rc=0
+"$BF" run "$WORK/merge.yaml" --workers 2 >"$WORK/run3m.out" 2>"$WORK/run3m.err" || rc=$?
+expect_eq "$rc" 4 "exit code with an orphan of the same key in two source tables"
+expect_eq "$(q fk_tgt6 "SELECT count(*) FROM backfill_rejects WHERE job = 'fkm' AND parked")" 2 \
+    "orphans parked"
+expect_eq "$(q fk_tgt6 "SELECT string_agg(src || ' ' || key || ' ' || parked, ', ' ORDER BY src)
+    FROM backfill_rejects WHERE job = 'fkm'")" "public.order_a 7 true, public.order_b 7 true" \
+    "both orphans parked"
+q fk_tgt6 "INSERT INTO customer VALUES (888888, 'came later')" >/dev/null
+"$BF" run "$WORK/merge.yaml" --workers 2 >"$WORK/run3n.out" 2>"$WORK/run3n.err" ||
+    { tail -5 "$WORK/run3n.err"; fail "merged tables with the orphans' customer on the target"; }
+expect_eq "$(q fk_tgt6 "SELECT count(*) FROM orders_all")" 600 "orders of both source tables"
+expect_eq "$(q fk_tgt6 "SELECT count(*) FROM orders_all WHERE id IN (7, 1000007)")" 2 "both orphans written"
 
 # 4. A cycle: not ordered; deferrals bring it through.
 forget_job fkc
