@@ -271,3 +271,32 @@ char *bf_pg_literal(bf_pg_t *self, const char *value)
     PQfreemem(q);
     return out;
 }
+
+char *bf_pg_text_array(const char *const *values, int n)
+{
+    bf_strbuf_t arr;
+    bf_strbuf_init(&arr);
+    bf_strbuf_append(&arr, "{");
+    for (int i = 0; i < n; i++) {
+        bf_strbuf_append(&arr, i ? ",\"" : "\"");
+        for (const char *c = values[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                bf_strbuf_appendn(&arr, "\\", 1);
+            bf_strbuf_appendn(&arr, c, 1);
+        }
+        bf_strbuf_append(&arr, "\"");
+    }
+    bf_strbuf_append(&arr, "}");
+    return bf_strbuf_take(&arr);
+}
+
+int bf_pg_exists(bf_pg_t *self, const char *qname)
+{
+    const char *params[] = {qname};
+    PGresult *res = bf_pg_query_quiet(self, "SELECT to_regclass($1) IS NOT NULL", 1, params);
+    if (!res)
+        return -1;
+    int found = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return found;
+}

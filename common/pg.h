@@ -67,4 +67,12 @@ bool bf_pg_is_alive(bf_pg_t *self);
 char *bf_pg_ident(bf_pg_t *self, const char *name);
 char *bf_pg_literal(bf_pg_t *self, const char *value);
 
+/* The n values as a text[] literal for a query parameter: {"v1","v2"}, with " and
+ * \ escaped (malloc'd). */
+char *bf_pg_text_array(const char *const *values, int n);
+
+/* 1 when relation qname (as to_regclass reads it) exists, 0 when not, -1 on an
+ * error (kept in self, not logged). */
+int bf_pg_exists(bf_pg_t *self, const char *qname);
+
 #endif

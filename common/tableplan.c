@@ -40,8 +40,6 @@ static const char *SQL_UNIQUE =
     "WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1])) = "
     "(SELECT array_agg(x ORDER BY x) FROM unnest($2::text[]) x)";
 
-static const char *SQL_EXISTS = "SELECT to_regclass($1) IS NOT NULL";
-
 static void s_free_list(char **list, int n)
 {
     if (!list)
@@ -87,18 +85,6 @@ static char *s_qname(bf_pg_t *pg, const char *schema, const char *table)
     free(s);
     free(t);
     return out;
-}
-
-/* 1 when the relation exists, 0 when not, -1 on error. */
-static int s_exists(bf_pg_t *pg, const char *qname)
-{
-    const char *params[] = {qname};
-    PGresult *res = bf_pg_query_quiet(pg, SQL_EXISTS, 1, params);
-    if (!res)
-        return -1;
-    int found = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
-    return found;
 }
 
 /* Row of column `name` in a SQL_COLUMNS result, or -1. */
@@ -164,22 +150,10 @@ static int s_resolve_key(bf_tableplan_t *tp, const bf_job_t *job, const bf_table
             }
             names[n++] = bf_xstrdup(t->key[i]);
         }
-        bf_strbuf_t arr;
-        bf_strbuf_init(&arr);
-        bf_strbuf_append(&arr, "{");
-        for (int i = 0; i < n; i++) {
-            bf_strbuf_append(&arr, i ? ",\"" : "\"");
-            for (const char *p = names[i]; *p; p++) {
-                if (*p == '"' || *p == '\\')
-                    bf_strbuf_append(&arr, "\\");
-                bf_strbuf_appendf(&arr, "%c", *p);
-            }
-            bf_strbuf_append(&arr, "\"");
-        }
-        bf_strbuf_append(&arr, "}");
-        const char *up[] = {tp->src_qname, arr.buf};
+        char *arr = bf_pg_text_array((const char *const *)names, n);
+        const char *up[] = {tp->src_qname, arr};
         res = bf_pg_query_quiet(src, SQL_UNIQUE, 2, up);
-        bf_strbuf_free(&arr);
+        free(arr);
         if (!res) {
             snprintf(err, errlen, "%s:%d: table %s: cannot read its indexes: %s", job->path,
                      t->key_line, tp->src_label, src->errmsg);
@@ -330,7 +304,7 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
     bf_strbuf_init(&trow);
     bf_strbuf_init(&named);
 
-    int e = s_exists(tgt, rp->qname);
+    int e = bf_pg_exists(tgt, rp->qname);
     if (e <= 0) {
         if (e == 0)
             snprintf(err, errlen,
@@ -621,7 +595,7 @@ int bf_tableplan_resolve(bf_tableplan_t *tp, const bf_job_t *job, int index, bf_
     PGresult *scols = NULL;
     int rc = -1;
 
-    int e = s_exists(src, tp->src_qname);
+    int e = bf_pg_exists(src, tp->src_qname);
     if (e <= 0) {
         if (e == 0)
             snprintf(err, errlen,

@@ -59,19 +59,15 @@ static int s_rejected(bf_pg_t *src, bf_pg_t *tgt, const bf_job_t *job, const bf_
     *excl = NULL;
     *n = 0;
     *parked = 0;
-    PGresult *res =
-        bf_pg_query(tgt, "SELECT to_regclass('public.backfill_rejects') IS NULL", 0, NULL);
-    if (!res)
-        return -1;
-    bool none = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
-    if (none)
-        return 0;
+    int exists = bf_pg_exists(tgt, "public.backfill_rejects");
+    if (exists <= 0)
+        return exists;
     const char *params[] = {job->name, rp->label, tp->src_label};
-    res = bf_pg_query(tgt,
-                      "SELECT key, parked FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
-                      "AND src IN ($3, '')",
-                      3, params);
+    PGresult *res =
+        bf_pg_query(tgt,
+                    "SELECT key, parked FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
+                    "AND src IN ($3, '')",
+                    3, params);
     if (!res)
         return -1;
     *n = PQntuples(res);

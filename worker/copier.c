@@ -779,20 +779,6 @@ static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf
     char *qcol = bf_pg_ident(src, col);
     if (!qcol)
         return 0;
-    /* The values as a text[] literal: {"v1","v2"} with " and \ escaped. */
-    bf_strbuf_t arr;
-    bf_strbuf_init(&arr);
-    bf_strbuf_append(&arr, "{");
-    for (int i = 0; i < n; i++) {
-        bf_strbuf_append(&arr, i ? ",\"" : "\"");
-        for (const char *c = values[i]; *c; c++) {
-            if (*c == '"' || *c == '\\')
-                bf_strbuf_appendn(&arr, "\\", 1);
-            bf_strbuf_appendn(&arr, c, 1);
-        }
-        bf_strbuf_append(&arr, "\"");
-    }
-    bf_strbuf_append(&arr, "}");
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
     bf_strbuf_appendf(&sql,
@@ -803,10 +789,11 @@ static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf
     s_batch_cond(&sql, src, tp, rp, r, lower, NULL);
     bf_strbuf_appendf(&sql, " ORDER BY %s LIMIT %lld) a) b WHERE v = ANY ($1::text[])%s LIMIT 1",
                       tp->key_list, (long long)batch_rows, sure ? " ORDER BY n" : "");
-    const char *params[] = {arr.buf};
+    char *arr = bf_pg_text_array(values, n);
+    const char *params[] = {arr};
     PGresult *res = bf_pg_query(src, sql.buf, 1, params);
     bf_strbuf_free(&sql);
-    bf_strbuf_free(&arr);
+    free(arr);
     if (!res)
         return -1;
     int64_t at = PQntuples(res) == 1 ? atoll(PQgetvalue(res, 0, 0)) : 0;
@@ -1327,24 +1314,22 @@ static int s_load_parked(bf_copier_t *self, const bf_tableplan_t *tp)
     struct parked_keys *pk = &self->pk[tp->index];
     const bf_route_plan_t *rp = &tp->routes[0];
     bf_pg_t *tgt = self->tgt[rp->target];
-    PGresult *res =
-        bf_pg_query(tgt, "SELECT to_regclass('public.backfill_rejects') IS NULL", 0, NULL);
-    if (!res)
+    int exists = bf_pg_exists(tgt, "public.backfill_rejects");
+    if (exists < 0)
         return -1;
-    bool none = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
-    PQclear(res);
     for (int i = 0; i < pk->n; i++)
         free(pk->keys[i]);
     pk->n = 0;
-    if (none)
+    if (!exists)
         return 0;
     char lim[24];
     snprintf(lim, sizeof lim, "%d", PARKED_KEYS_MAX);
     const char *params[] = {self->job->name, rp->label, lim, tp->src_label};
-    res = bf_pg_query(tgt,
-                      "SELECT key, error FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
-                      "AND src IN ($4, '') LIMIT $3::int",
-                      4, params);
+    PGresult *res =
+        bf_pg_query(tgt,
+                    "SELECT key, error FROM public.backfill_rejects WHERE job = $1 AND tbl = $2 "
+                    "AND src IN ($4, '') LIMIT $3::int",
+                    4, params);
     if (!res)
         return -1;
     const char *own = strrchr(rp->label, '.');
@@ -1655,7 +1640,7 @@ bf_batch_result_t bf_copier_batch(bf_copier_t *self, bf_lease_work_t *w)
         w->alone_next = false;
     } else if (w->limit > 0 && w->located) { /* the refused one */
         /* A row predicted to refer to a parked one that went in: a miss. */
-        if (w->predicted && w->parked == parked_before && s_in_order(self, r->table))
+        if (w->predicted && w->parked == parked_before)
             self->pk[r->table].misses++;
         w->limit = w->resume_limit * 2 >= self->batch_size[r->table] ? 0 : w->resume_limit * 2;
         w->located = false;
