@@ -723,21 +723,22 @@ static bool s_is_row_error(const char *sqlstate)
 }
 
 /* What a foreign key's refusal names: "Key (col)=(value) is not present in table
- * "table"." (row_detail fits each part). */
+ * "table"." (row_detail fits each part). A key of several columns names them
+ * joined by ", ", and their values (as text) the same way. */
 typedef struct {
     char col[1024], value[1024], table[1024];
+    int ncols;
 } fk_ref_t;
 
-/* Parses a one-column key's refusal into *ref. False when the detail is not of
- * that form (a key of several columns, no detail without the privilege to read
- * the row). */
+/* Parses a foreign key's refusal into *ref. False when the detail is not of that
+ * form (no detail without the privilege to read the row). */
 static bool s_fk_detail(const char *detail, fk_ref_t *ref)
 {
     static const char tail_text[] = ") is not present in table \"";
     const char *k = strncmp(detail, "Key (", 5) == 0 ? detail + 5 : NULL;
     const char *eq = k ? strstr(k, ")=(") : NULL;
     const char *tail = eq ? strstr(eq, tail_text) : NULL;
-    if (!tail || memchr(k, ',', (size_t)(eq - k)))
+    if (!tail)
         return false;
     const char *tn = tail + strlen(tail_text), *te = strrchr(tn, '"');
     if (!te)
@@ -745,7 +746,35 @@ static bool s_fk_detail(const char *detail, fk_ref_t *ref)
     snprintf(ref->col, sizeof ref->col, "%.*s", (int)(eq - k), k);
     snprintf(ref->value, sizeof ref->value, "%.*s", (int)(tail - eq - 3), eq + 3);
     snprintf(ref->table, sizeof ref->table, "%.*s", (int)(te - tn), tn);
+    ref->ncols = 1;
+    for (const char *c = ref->col; (c = strstr(c, ", ")) != NULL; c += 2)
+        ref->ncols++;
     return true;
+}
+
+/* The text a refusal prints for columns cols ("a" or "a, b", as s_fk_detail keeps
+ * them) of the rows of alias: a.a::text, or a.a::text || ', ' || a.b::text. NULL
+ * when a name cannot be quoted. */
+static char *s_fk_text(bf_pg_t *src, const char *alias, const char *cols)
+{
+    bf_strbuf_t e;
+    bf_strbuf_init(&e);
+    for (const char *c = cols;;) {
+        const char *sep = strstr(c, ", ");
+        char *name = bf_xasprintf("%.*s", sep ? (int)(sep - c) : (int)strlen(c), c);
+        char *q = bf_pg_ident(src, name);
+        free(name);
+        if (!q) {
+            bf_strbuf_free(&e);
+            return NULL;
+        }
+        bf_strbuf_appendf(&e, "%s%s.%s::text", c == cols ? "" : " || ', ' || ", alias, q);
+        free(q);
+        if (!sep)
+            break;
+        c = sep + 2;
+    }
+    return e.buf;
 }
 
 /* Whether job table t is copied in key order (its target table refers to itself:
@@ -764,7 +793,8 @@ static bool s_in_order(bf_copier_t *self, int t)
 }
 
 /* Where in the batch of route rp (its first batch_rows rows after lower, in key
- * order) the first row is whose target column col holds one of the n values: the
+ * order) the first row is whose target column col (or columns: "a, b", their
+ * values joined the same way) holds one of the n values: the
  * row a foreign key refused (the checks run in the order the rows came), or the
  * first that refers to a parked row. 1-based; 0 when no row matches (a value
  * printed another way), -1 on a source error (kept in the connection). A guess
@@ -776,13 +806,13 @@ static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf
                            const char *col, const char *const *values, int n, bool sure)
 {
     bf_pg_t *src = self->src;
-    char *qcol = bf_pg_ident(src, col);
+    char *qcol = s_fk_text(src, "a", col);
     if (!qcol)
         return 0;
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
     bf_strbuf_appendf(&sql,
-                      "SELECT n FROM (SELECT row_number() OVER () AS n, a.%s::text AS v FROM "
+                      "SELECT n FROM (SELECT row_number() OVER () AS n, %s AS v FROM "
                       "(SELECT %s FROM %s WHERE ",
                       qcol, rp->select_named, tp->src_qname);
     free(qcol);
@@ -804,19 +834,19 @@ static int64_t s_fk_locate(bf_copier_t *self, const bf_tableplan_t *tp, const bf
 /* The same for a table with several routes, whose batch is the rows in (the Redis
  * cursor, end] of every route: where in it (1-based, counting every route's rows,
  * as s_batch_end does) the first row of route rp in (lower, end] is whose target
- * column col holds value. 0 when none matches, -1 on a source error. */
+ * column(s) col hold value. 0 when none matches, -1 on a source error. */
 static int64_t s_fk_locate_routed(bf_copier_t *self, const bf_tableplan_t *tp,
                                   const bf_route_plan_t *rp, const bf_range_t *r, const char *lower,
                                   const char *end, const char *col, const char *value)
 {
     bf_pg_t *src = self->src;
-    char *qcol = bf_pg_ident(src, col);
+    char *qcol = s_fk_text(src, "a", col);
     if (!qcol)
         return 0;
     bf_strbuf_t sql;
     bf_strbuf_init(&sql);
     bf_strbuf_appendf(&sql,
-                      "SELECT bf_key FROM (SELECT row_number() OVER () AS n, a.bf_key, a.%s::text "
+                      "SELECT bf_key FROM (SELECT row_number() OVER () AS n, a.bf_key, %s "
                       "AS v FROM (SELECT %s AS bf_key, %s FROM %s WHERE ",
                       qcol, tp->key_text, rp->select_named, tp->src_qname);
     free(qcol);
@@ -1339,7 +1369,8 @@ static int s_load_parked(bf_copier_t *self, const bf_tableplan_t *tp)
          * "... (Key (col)=(value) is not present in table "t".)". */
         const char *detail = pk->col ? NULL : strstr(PQgetvalue(res, i, 1), "(Key (");
         fk_ref_t ref;
-        if (detail && own && s_fk_detail(detail + 1, &ref) && strcmp(ref.table, own + 1) == 0)
+        if (detail && own && s_fk_detail(detail + 1, &ref) && ref.ncols == 1 &&
+            strcmp(ref.table, own + 1) == 0)
             pk->col = bf_xstrdup(ref.col);
     }
     PQclear(res);
@@ -1538,7 +1569,9 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
             int64_t parked_before = w->parked;
             br = s_batch_target(self, w, tp, ti, &end, &final, limit, failed_route, self->row_error,
                                 fk, rows, bytes, &done, &failed_route);
-            if (br == BF_BATCH_MORE && own && limit > 0 && end && w->parked > parked_before) {
+            /* (A key of several columns: its refusals find its rows.) */
+            if (br == BF_BATCH_MORE && own && ref.ncols == 1 && limit > 0 && end &&
+                w->parked > parked_before) {
                 s_remember_parked(&self->pk[tp->index], ref.col, end);
                 self->pk[tp->index].misses = 0; /* rows may refer to this one: look again */
             }

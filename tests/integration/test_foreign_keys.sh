@@ -22,12 +22,13 @@
 #     job writes it. With --max-rejects it is set aside and counted. In a routed
 #     table the orphan is found by its value too (not by halving). Two source
 #     tables into one target table with an orphan of the same key each: both
-#     parked, both written (they overwrote each other before). Parked rows
+#     parked, both written (they overwrote each other before). A foreign key of
+#     two columns: the orphan is found by its values too. Parked rows
 #     are counted as the workers park them (`status`, --json, the run's summary), then as what is still parked once they were written again.
 #  4. A cycle (a -> b -> a, nullable): not ordered (`plan` says so), copied side by
 #     side with deferrals; every row lands.
 . "$(dirname "$0")/lib.sh"
-fresh_db fk_src fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5 fk_tgt6
+fresh_db fk_src fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5 fk_tgt6 fk_tgt7
 q fk_src "
 CREATE TABLE customer (id bigint PRIMARY KEY, name text NOT NULL);
 INSERT INTO customer SELECT g, 'customer ' || g FROM generate_series(1, 20000) g;
@@ -323,6 +324,33 @@ q fk_tgt6 "INSERT INTO customer VALUES (888888, 'came later')" >/dev/null
 expect_eq "$(q fk_tgt6 "SELECT count(*) FROM orders_all")" 600 "orders of both source tables"
 expect_eq "$(q fk_tgt6 "SELECT count(*) FROM orders_all WHERE id IN (7, 1000007)")" 2 "both orphans written"
 
+# A foreign key of two columns (region, code): the refusal prints both values
+# joined by ", " (one holds ", " itself); the orphan is found by them, not by
+# halving the batch.
+q fk_src "CREATE TABLE warehouse (region text, code int, PRIMARY KEY (region, code));
+INSERT INTO warehouse SELECT r, c FROM unnest(ARRAY['eu', 'us, east']) r, generate_series(1, 20) c;
+CREATE TABLE stock (id bigint PRIMARY KEY, region text NOT NULL, code int NOT NULL, qty int);
+INSERT INTO stock SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us, east' END, 1 + g % 20, g
+    FROM generate_series(1, 3000) g;
+UPDATE stock SET code = 99 WHERE id = 1235;
+ANALYZE warehouse, stock" >/dev/null
+q fk_tgt7 "CREATE TABLE warehouse (region text, code int, PRIMARY KEY (region, code));
+CREATE TABLE stock (id bigint PRIMARY KEY, region text NOT NULL, code int NOT NULL, qty int,
+    CONSTRAINT stock_warehouse_fk FOREIGN KEY (region, code) REFERENCES warehouse)" >/dev/null
+forget_job fkw
+job fkw fk_tgt7 stock warehouse >"$WORK/composite.yaml"
+rc=0
+"$BF" run "$WORK/composite.yaml" --workers 2 >"$WORK/run3w.out" 2>"$WORK/run3w.err" || rc=$?
+expect_eq "$rc" 4 "exit code with an orphan of a two-column foreign key"
+expect_eq "$(q fk_tgt7 "SELECT count(*) FROM stock")" 2999 "stock but the orphan"
+expect_eq "$(q fk_tgt7 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkw'")" "1235 true" \
+    "orphan of a two-column key parked"
+grep -q 'target svc refused row 1235 of a 2000-row batch (insert or update on table "stock" violates foreign key constraint "stock_warehouse_fk"' \
+    "$WORK/run3w.err" || fail "the orphan of a two-column key was not found by its values: $(grep -m3 'refused\|isolate' "$WORK/run3w.err")"
+if grep -q 'to isolate it' "$WORK/run3w.err"; then
+    fail "a batch was halved for a two-column key: $(grep -m1 'to isolate it' "$WORK/run3w.err")"
+fi
+
 # 4. A cycle: not ordered; deferrals bring it through.
 forget_job fkc
 job fkc fk_tgt3 a b | sed 's/range_rows: 5000/range_rows: 400/; s/batch_rows: 2000/batch_rows: 200/' \
@@ -335,4 +363,4 @@ grep -q 'not ordered on svc: foreign key a_b_fk of svc.public.a refers to svc.pu
 for t in a b; do
     expect_eq "$(table_md5 fk_tgt3 "$t" id)" "$(table_md5 fk_src "$t" id)" "md5 of $t"
 done
-for j in fko fks fkn fkx fkx2 fkc; do forget_job "$j"; done
+for j in fko fks fkn fkx fkx2 fkc fkw fkr fkm; do forget_job "$j"; done
