@@ -664,7 +664,8 @@ int bf_rstate_forget(bf_rstate_t *self)
 
 int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
                          const struct bf_plan_range *const *ranges, const size_t *nranges,
-                         const char *const *after, const bool *ordered)
+                         const char *const *after, const bool *ordered, const char *const *sigs,
+                         const char *const *maps)
 {
     if (bf_rstate_forget(self) != 0 || (!self->ctx && s_connect(self, true) != 0)) {
         log_error("cannot store the plan: %s", self->errmsg);
@@ -718,6 +719,11 @@ int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labe
         }
         if (in_order) {
             redisAppendCommand(c, "HSET %s tbl:%d:ordered 1", meta, t);
+            queued++;
+        }
+        if (sigs && maps) {
+            redisAppendCommand(c, "HSET %s tbl:%d:sig %s tbl:%d:map %s", meta, t, sigs[t], t,
+                               maps[t]);
             queued++;
         }
     }

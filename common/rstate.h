@@ -161,12 +161,14 @@ int bf_rstate_lease_info(bf_rstate_t *self, int n, const int64_t *ids, int64_t *
  * labels[t] names the table. after (may be NULL): after[t] lists the tables
  * ("2,5") whose ranges must all be done before table t's are leased (NULL or ""
  * = none). ordered (may be NULL): ordered[t] has table t's ranges leased one
- * after another in key order (its target table refers to itself). Atomic
- * (MULTI/EXEC). 0 or -1 (logged). */
+ * after another in key order (its target table refers to itself). sigs[t] and
+ * maps[t] (may be NULL) are what the job file said of table t (meta tbl:<t>:sig,
+ * tbl:<t>:map; see jobctx.h). Atomic (MULTI/EXEC). 0 or -1 (logged). */
 struct bf_plan_range;
 int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labels,
                          const struct bf_plan_range *const *ranges, const size_t *nranges,
-                         const char *const *after, const bool *ordered);
+                         const char *const *after, const bool *ordered, const char *const *sigs,
+                         const char *const *maps);
 
 /* Deletes every key of the job but the fencing counter and the coordinator
  * lock. 0 or -1. */

@@ -247,6 +247,11 @@ int bf_cmd_status(int argc, char **argv)
         bf_jobctx_close(&ctx);
         return planned < 0 ? BF_EXIT_CONNECT : BF_EXIT_OK;
     }
+    bool mismatch = false;
+    if ((rc = bf_jobctx_check_plan(&ctx, false, &mismatch)) != BF_EXIT_OK) {
+        bf_jobctx_close(&ctx);
+        return rc;
+    }
     if (watch) {
         rc = s_watch(&ctx, (int)(interval * 1000));
         bf_jobctx_close(&ctx);

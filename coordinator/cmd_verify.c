@@ -132,6 +132,11 @@ int bf_cmd_verify(int argc, char **argv)
     }
     int planned = bf_rstate_is_planned(ctx.redis);
     int64_t nranges = 0;
+    bool mismatch = false;
+    if (planned > 0 && (rc = bf_jobctx_check_plan(&ctx, false, &mismatch)) != BF_EXIT_OK) {
+        bf_jobctx_close(&ctx);
+        return rc;
+    }
     if (planned > 0)
         bf_rstate_hget_int(ctx.redis, "meta", "nranges", &nranges);
 

@@ -307,6 +307,16 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         *exit_code = BF_EXIT_CONNECT;
         goto fail;
     }
+    if (planned) {
+        /* The plan's ranges belong to its tables by position: a job file whose
+         * tables changed would resume the wrong table's checkpoints. */
+        bool mismatch = false;
+        *exit_code = bf_jobctx_check_plan(&self->ctx, opts->replan, &mismatch);
+        if (*exit_code != BF_EXIT_OK)
+            goto fail;
+        if (mismatch)
+            planned = 0; /* --replan: planned afresh below */
+    }
     *exit_code = s_fence_prepare(self, planned);
     if (*exit_code != BF_EXIT_OK)
         goto fail;

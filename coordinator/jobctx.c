@@ -7,6 +7,7 @@
 #include "planner.h"
 #include "strbuf.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +78,137 @@ void bf_jobctx_close(bf_jobctx_t *ctx)
     memset(ctx, 0, sizeof *ctx);
 }
 
+char *bf_jobctx_table_sig(const bf_table_t *t)
+{
+    bf_strbuf_t b;
+    bf_strbuf_init(&b);
+    bf_strbuf_appendf(&b, "%s.%s ->", t->from_schema, t->from_table);
+    for (int i = 0; i < t->nroutes; i++)
+        bf_strbuf_appendf(&b, "%s %s.%s.%s", i ? "," : "", t->routes[i].alias, t->routes[i].schema,
+                          t->routes[i].table);
+    for (int k = 0; k < t->nkey; k++)
+        bf_strbuf_appendf(&b, "%s%s%s", k ? ", " : " key (", t->key[k],
+                          k == t->nkey - 1 ? ")" : "");
+    return b.buf;
+}
+
+/* FNV-1a, 64 bits, of s into *h. */
+static void s_fnv(uint64_t *h, const char *s)
+{
+    for (; s && *s; s++) {
+        *h ^= (unsigned char)*s;
+        *h *= 1099511628211ULL;
+    }
+    *h ^= 0xff; /* a separator: ("ab", "c") is not ("a", "bc") */
+    *h *= 1099511628211ULL;
+}
+
+char *bf_jobctx_table_map(const bf_table_t *t)
+{
+    uint64_t h = 14695981039346656037ULL;
+    s_fnv(&h, bf_mode_name(t->mode));
+    s_fnv(&h, t->version ? t->version : "");
+    s_fnv(&h, t->where ? t->where : "");
+    for (int c = 0; c < t->ncolumns; c++) {
+        s_fnv(&h, t->columns[c].name);
+        s_fnv(&h, t->columns[c].expr ? t->columns[c].expr : "~");
+    }
+    for (int i = 0; i < t->nroutes; i++)
+        s_fnv(&h, t->routes[i].when ? t->routes[i].when : "");
+    return bf_xasprintf("%016llx", (unsigned long long)h);
+}
+
+/* The field f of an HGETALL reply, or NULL. */
+static const char *s_field(const redisReply *all, const char *f)
+{
+    for (size_t i = 0; i + 1 < all->elements; i += 2)
+        if (strcmp(all->element[i]->str, f) == 0)
+            return all->element[i + 1]->str;
+    return NULL;
+}
+
+int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch)
+{
+    const bf_job_t *job = ctx->job;
+    bf_rstate_t *r = ctx->redis;
+    *mismatch = false;
+    redisReply *meta = bf_rstate_cmd(r, "HGETALL %s", bf_rstate_key(r, "meta"));
+    if (!meta) {
+        log_error("%s", r->errmsg);
+        return BF_EXIT_CONNECT;
+    }
+    const char *v = s_field(meta, "ntables");
+    int stored = v ? atoi(v) : 0;
+    char f[64], what[2600] = "";
+    if (stored != job->ntables) {
+        snprintf(what, sizeof what, "the plan has %d table%s, the job file lists %d", stored,
+                 stored == 1 ? "" : "s", job->ntables);
+    }
+    for (int t = 0; t < job->ntables && t < stored && !what[0]; t++) {
+        snprintf(f, sizeof f, "tbl:%d:sig", t);
+        const char *was = s_field(meta, f);
+        char *now = bf_jobctx_table_sig(&job->tables[t]);
+        /* (A plan of an older version has no signatures: nothing to compare.) */
+        if (was && strcmp(was, now) != 0)
+            snprintf(what, sizeof what,
+                     "table %d of the job file (line %d) is %s, but the plan's table %d is %s",
+                     t + 1, job->tables[t].line, now, t + 1, was);
+        free(now);
+    }
+    if (what[0]) {
+        *mismatch = true;
+        freeReplyObject(meta);
+        if (replan) {
+            log_warn("job %s: the job file's tables are not those of the plan in redis (%s): "
+                     "planning afresh (--replan)",
+                     job->name, what);
+            return BF_EXIT_OK;
+        }
+        log_error("job %s: the job file's tables are not those of the plan in redis (%s). The "
+                  "plan's ranges and checkpoints belong to its tables, in its order: put the "
+                  "tables back as they were, copy other tables in a job of another name, or "
+                  "start this job over (empty its target tables, then run it with --replan)",
+                  job->name, what);
+        return BF_EXIT_USAGE;
+    }
+    for (int t = 0; t < job->ntables; t++) {
+        snprintf(f, sizeof f, "tbl:%d:map", t);
+        const char *was = s_field(meta, f);
+        char *now = bf_jobctx_table_map(&job->tables[t]);
+        if (was && strcmp(was, now) != 0)
+            log_warn("job %s: the mode, columns, where or route conditions of table %s.%s "
+                     "(line %d) changed since the job was planned: rows copied before keep what "
+                     "the earlier job file said",
+                     job->name, job->tables[t].from_schema, job->tables[t].from_table,
+                     job->tables[t].line);
+        free(now);
+    }
+    freeReplyObject(meta);
+    return BF_EXIT_OK;
+}
+
+/* bf_rstate_store_plan with each table's signature and mapping hash. */
+static int s_store(bf_jobctx_t *ctx, const char **labels, bf_plan_range_t **ranges,
+                   const size_t *counts, char **after, const bool *ordered)
+{
+    int n = ctx->job->ntables;
+    char **sigs = bf_xcalloc((size_t)n, sizeof *sigs), **maps = bf_xcalloc((size_t)n, sizeof *maps);
+    for (int t = 0; t < n; t++) {
+        sigs[t] = bf_jobctx_table_sig(&ctx->job->tables[t]);
+        maps[t] = bf_jobctx_table_map(&ctx->job->tables[t]);
+    }
+    int rc = bf_rstate_store_plan(ctx->redis, n, labels, (const bf_plan_range_t *const *)ranges,
+                                  counts, (const char *const *)after, ordered,
+                                  (const char *const *)sigs, (const char *const *)maps);
+    for (int t = 0; t < n; t++) {
+        free(sigs[t]);
+        free(maps[t]);
+    }
+    free(sigs);
+    free(maps);
+    return rc;
+}
+
 int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
 {
     const bf_job_t *job = ctx->job;
@@ -121,9 +253,7 @@ int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
             ordered = bf_fk_ordered(&fks, n);
         }
     }
-    if (rc == BF_EXIT_OK &&
-        bf_rstate_store_plan(ctx->redis, n, labels, (const bf_plan_range_t *const *)ranges, counts,
-                             (const char *const *)after, ordered) != 0)
+    if (rc == BF_EXIT_OK && s_store(ctx, labels, ranges, counts, after, ordered) != 0)
         rc = BF_EXIT_CONNECT;
     bf_fk_after_free(after, n);
     free(ordered);

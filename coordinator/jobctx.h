@@ -29,6 +29,21 @@ typedef struct {
 int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need);
 void bf_jobctx_close(bf_jobctx_t *ctx);
 
+/* What the plan in Redis keeps of table t of the job file, to tell a job file
+ * changed since (its ranges and checkpoints belong to its tables, by position):
+ * its signature, where it is read and written by which key ("public.customer ->
+ * svc.public.customer"), and a hash of how (mode, version, where, columns, route
+ * conditions). Freed by the caller. */
+char *bf_jobctx_table_sig(const bf_table_t *t);
+char *bf_jobctx_table_map(const bf_table_t *t);
+
+/* Compares the job file's tables with those of the job's plan in Redis (planned):
+ * the number of tables and each one's signature. A different one is an error
+ * saying what differs and what to do (BF_EXIT_USAGE), or with replan a warning
+ * (BF_EXIT_OK; *mismatch tells). A changed mapping hash is a warning. Plans of
+ * an older version have no signatures: only the count is compared. */
+int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch);
+
 /* Plans every table and stores the plan in Redis, resetting the fence rows of
  * the job on the targets (whose fence tables the caller created: the
  * coordinator's start). Returns BF_EXIT_*. */

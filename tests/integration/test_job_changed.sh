@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A job file whose tables changed after the job was planned. The plan's ranges and
+# checkpoints belong to its tables by position: resuming them with other tables
+# would copy the wrong table's ranges (an interrupted job whose tables were
+# swapped lost rows), and a table added to a finished job was never copied while
+# `run` said the job was complete. Now every command that reads the plan (run,
+# coordinator, status, verify) refuses a job file whose tables differ, saying what
+# differs and what to do (exit 2); `--replan` plans such a job afresh. A changed
+# mode, columns or filter is only a warning.
+. "$(dirname "$0")/lib.sh"
+fresh_db jc_src jc_tgt
+make_monolith jc_src 20000
+make_service jc_tgt
+q jc_src "CREATE TABLE extra (id bigint PRIMARY KEY, v text);
+    INSERT INTO extra SELECT g, 'v' || g FROM generate_series(1, 3000) g; ANALYZE extra" >/dev/null
+q jc_tgt "CREATE TABLE extra (id bigint PRIMARY KEY, v text)" >/dev/null
+forget_job jc
+write_job "$WORK/job.yaml" jc jc_src jc_tgt 5000 8000
+"$BF" run "$WORK/job.yaml" --workers 2 >/dev/null 2>"$WORK/run1.err" || { tail -5 "$WORK/run1.err"; fail "first run"; }
+
+# expect_refused NAME CMD...: exit 2 and the message naming what differs.
+expect_refused() {
+    local name=$1 rc=0
+    shift
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" || rc=$?
+    expect_eq "$rc" 2 "exit code of $name"
+    grep -q "job jc: the job file's tables are not those of the plan in redis ($WHAT)\. .*start this job over (empty its target tables, then run it with --replan)" \
+        "$WORK/$name.err" || fail "$name does not say what differs: $(cat "$WORK/$name.err" "$WORK/$name.out")"
+}
+
+# A table added to the finished job.
+cp "$WORK/job.yaml" "$WORK/added.yaml"
+printf '  - from: extra\n    to: svc.extra\n' >>"$WORK/added.yaml"
+WHAT="the plan has 3 tables, the job file lists 4"
+expect_refused run_added "$BF" run "$WORK/added.yaml" --workers 2
+expect_eq "$(q jc_tgt "SELECT count(*) FROM extra")" 0 "rows of the added table"
+expect_refused status_added "$BF" status "$WORK/added.yaml"
+expect_refused verify_added "$BF" verify "$WORK/added.yaml"
+
+# A table left out (verify said it could not read a range, exit 3).
+head -n -2 "$WORK/job.yaml" >"$WORK/removed.yaml"
+WHAT="the plan has 3 tables, the job file lists 2"
+expect_refused verify_removed "$BF" verify "$WORK/removed.yaml"
+
+# Two tables swapped.
+sed -e 's/^  - from: users$/  - from: XX/' -e 's/^    to: svc.users$/    to: svc.XX/' \
+    -e 's/^  - from: public.notes$/  - from: users/' -e 's/^    to: svc.public.notes$/    to: svc.users/' \
+    -e 's/^  - from: XX$/  - from: public.notes/' -e 's/^    to: svc.XX$/    to: svc.public.notes/' \
+    "$WORK/job.yaml" >"$WORK/swapped.yaml"
+WHAT="table 2 of the job file (line 12) is public.notes -> svc.public.notes, but the plan's table 2 is public.users -> svc.public.users"
+expect_refused run_swapped "$BF" run "$WORK/swapped.yaml" --workers 2
+expect_refused coordinator_swapped "$BF" coordinator "$WORK/swapped.yaml" --bind "ipc://$WORK/c.sock"
+
+# Another target table for a table.
+sed 's/^    to: svc.users$/    to: svc.people/' "$WORK/job.yaml" >"$WORK/retarget.yaml"
+WHAT="table 2 of the job file (line 12) is public.users -> svc.public.people, but the plan's table 2 is public.users -> svc.public.users"
+expect_refused status_retarget "$BF" status "$WORK/retarget.yaml" --json
+
+# The same tables written another way: a warning, and the job stays complete.
+cat "$WORK/job.yaml" >"$WORK/mode.yaml"
+printf '    mode: upsert\n' >>"$WORK/mode.yaml"
+"$BF" run "$WORK/mode.yaml" --workers 2 >"$WORK/mode.out" 2>"$WORK/mode.err" ||
+    { cat "$WORK/mode.err"; fail "run with a changed mode"; }
+grep -q '^job is already complete' "$WORK/mode.out" || fail "run with a changed mode: $(cat "$WORK/mode.out")"
+grep -q 'the mode, columns, where or route conditions of table public.notes (line 14) changed since the job was planned' \
+    "$WORK/mode.err" || fail "no warning for a changed mode: $(cat "$WORK/mode.err")"
+"$BF" verify "$WORK/job.yaml" >/dev/null 2>&1 || fail "verify of the unchanged job file"
+
+# Started over on purpose: the targets emptied, --replan plans the new tables.
+q jc_tgt "TRUNCATE orders, users, notes" >/dev/null
+"$BF" run "$WORK/added.yaml" --workers 2 --replan >"$WORK/replan.out" 2>"$WORK/replan.err" ||
+    { tail -5 "$WORK/replan.err"; fail "run --replan of the changed job"; }
+grep -q "the job file's tables are not those of the plan in redis (the plan has 3 tables, the job file lists 4): planning afresh (--replan)" \
+    "$WORK/replan.err" || fail "--replan does not say it plans afresh: $(cat "$WORK/replan.err")"
+expect_eq "$(q jc_tgt "SELECT count(*) FROM extra")" 3000 "rows of the added table after --replan"
+expect_same jc_src jc_tgt
+"$BF" verify "$WORK/added.yaml" >"$WORK/verify.out" 2>&1 || { cat "$WORK/verify.out"; fail "verify after --replan"; }
+"$BF" status "$WORK/added.yaml" >/dev/null 2>&1 || fail "status after --replan"
+forget_job jc
