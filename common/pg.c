@@ -38,6 +38,66 @@ static void s_notice(void *arg, const char *message)
     log_debug("%s: %s", self->what, line);
 }
 
+/* libpq's complaint about a connection string quotes pieces of it ('missing "="
+ * after "horse"', 'invalid integer value "pa" for connection option "port"' from a
+ * password with a "/" in a URI), which may be pieces of a password. A quoted piece
+ * stays when it is an option's name, or shown anyway in the redacted connection
+ * string safe (a host, a user, a database name); any other becomes "***". */
+static void s_scrub(char *msg, size_t len, const char *safe)
+{
+    PQconninfoOption *opts = PQconndefaults();
+    bf_strbuf_t out;
+    bf_strbuf_init(&out);
+    for (const char *p = msg; *p;) {
+        const char *q = strchr(p, '"'), *e = q ? strchr(q + 1, '"') : NULL;
+        if (!e) {
+            bf_strbuf_appendf(&out, "%s", p);
+            break;
+        }
+        size_t n = (size_t)(e - q - 1);
+        char *piece = bf_xasprintf("%.*s", (int)n, q + 1);
+        bool keep = strcmp(piece, "=") == 0 || (n >= 3 && strstr(safe, piece));
+        for (PQconninfoOption *o = opts; o && o->keyword && !keep; o++)
+            keep = strcmp(o->keyword, piece) == 0;
+        bf_strbuf_appendf(&out, "%.*s\"%s\"", (int)(q - p), p, keep ? piece : "***");
+        free(piece);
+        p = e + 1;
+    }
+    PQconninfoFree(opts);
+    snprintf(msg, len, "%s", out.buf);
+    bf_strbuf_free(&out);
+}
+
+#define BF_DSN_HINT                                                                                \
+    "In a postgresql:// URI, percent-encode the characters of the user name and password "         \
+    "that mean something there (% as %25, / as %2F, @ as %40, : as %3A, # as %23, ? as "           \
+    "%3F, space as %20); in the key=value form, put a value with spaces or quotes in single "      \
+    "quotes ('...', with \\' and \\\\ inside)"
+
+static _Thread_local bool s_refused;
+
+bool bf_pg_connect_refused(void)
+{
+    return s_refused;
+}
+
+/* Whether libpq's message for a failed connection says the server or libpq
+ * refused it for good (its English text: a server with other lc_messages is
+ * taken as unreachable, to be retried). */
+static bool s_is_refusal(const char *msg)
+{
+    static const char *const refusals[] = {
+        "password authentication failed", "authentication failed for user",
+        "no pg_hba.conf entry",           "does not exist",
+        "no password supplied",           "SSL is not enabled on the server",
+        "server does not support SSL",    "permission denied for database",
+        "is not permitted to log in",     "invalid "};
+    for (size_t i = 0; i < sizeof refusals / sizeof *refusals; i++)
+        if (strstr(msg, refusals[i]))
+            return true;
+    return false;
+}
+
 bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
 {
     bf_pg_t *self = calloc(1, sizeof *self);
@@ -53,11 +113,34 @@ bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
     const char *keys[] = {"connect_timeout", "fallback_application_name", "client_encoding",
                           "dbname", NULL};
     const char *vals[] = {"5", "backfill", "UTF8", dsn, NULL};
+    /* (A plain word is a database name: libpq takes it as one, the parser not.) */
+    bool conninfo = strchr(dsn, '=') || strncmp(dsn, "postgresql://", 13) == 0 ||
+                    strncmp(dsn, "postgres://", 11) == 0;
+    char *perr = NULL;
+    PQconninfoOption *parsed = conninfo ? PQconninfoParse(dsn, &perr) : NULL;
+    if (conninfo && !parsed) {
+        s_one_line(self->errmsg, sizeof self->errmsg, perr ? perr : "out of memory");
+        PQfreemem(perr);
+        s_scrub(self->errmsg, sizeof self->errmsg, self->redacted);
+        s_refused = true;
+        log_error("cannot connect to %s at %s: the connection string cannot be parsed (%s). %s",
+                  self->what, self->redacted, self->errmsg, BF_DSN_HINT);
+        bf_pg_destroy(&self);
+        return NULL;
+    }
+    PQconninfoFree(parsed);
+    s_refused = false;
     self->conn = PQconnectdbParams(keys, vals, 1);
     if (!self->conn || PQstatus(self->conn) != CONNECTION_OK) {
         s_one_line(self->errmsg, sizeof self->errmsg,
                    self->conn ? PQerrorMessage(self->conn) : "out of memory");
-        log_error("cannot connect to %s at %s: %s", self->what, self->redacted, self->errmsg);
+        s_scrub(self->errmsg, sizeof self->errmsg, self->redacted);
+        /* A value libpq itself found wrong (a port, a host): perhaps a password
+         * character the URI gives a meaning. */
+        bool hint = strncmp(self->errmsg, "invalid ", 8) == 0 && strstr(dsn, "://");
+        s_refused = self->conn && s_is_refusal(self->errmsg);
+        log_error("cannot connect to %s at %s: %s%s%s", self->what, self->redacted, self->errmsg,
+                  hint ? ". " : "", hint ? BF_DSN_HINT : "");
         bf_pg_destroy(&self);
         return NULL;
     }

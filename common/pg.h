@@ -42,6 +42,11 @@ void bf_pg_cancel(bf_pg_t *self);
 bf_pg_t *bf_pg_connect(const char *dsn, const char *what);
 void bf_pg_destroy(bf_pg_t **self_p);
 
+/* Whether this thread's last bf_pg_connect that failed was refused for a reason
+ * trying again cannot fix: a wrong password, no such role or database, no
+ * pg_hba.conf entry, a connection string libpq cannot use. */
+bool bf_pg_connect_refused(void);
+
 /* Runs a statement that returns no rows. 0 or -1 (error kept in self, logged
  * unless quiet). */
 int bf_pg_exec(bf_pg_t *self, const char *sql);

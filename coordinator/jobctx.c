@@ -34,7 +34,7 @@ int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need)
     if (need & BF_NEED_SOURCE) {
         ctx->src = bf_pg_connect(ctx->job->source, "source");
         if (!ctx->src)
-            return BF_EXIT_CONNECT;
+            return bf_pg_connect_refused() ? BF_EXIT_USAGE : BF_EXIT_CONNECT;
     }
     if (need & BF_NEED_TARGETS) {
         ctx->tgt = bf_xcalloc((size_t)ctx->job->ntargets, sizeof *ctx->tgt);
@@ -43,7 +43,7 @@ int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need)
             snprintf(what, sizeof what, "target %s", ctx->job->targets[i].alias);
             ctx->tgt[i] = bf_pg_connect(ctx->job->targets[i].dsn, what);
             if (!ctx->tgt[i])
-                return BF_EXIT_CONNECT;
+                return bf_pg_connect_refused() ? BF_EXIT_USAGE : BF_EXIT_CONNECT;
         }
     }
     if (need & BF_NEED_TABLES) {

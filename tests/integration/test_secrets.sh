@@ -2,7 +2,9 @@
 # Passwords never leak: PostgreSQL (scram-sha-256) and Redis (AUTH) passwords come
 # from the environment (${VAR} in the job file); plan, run (debug and JSON logs),
 # status, verify, /metrics, the process titles, and the errors of a wrong
-# password, are searched for them and must not hold them. sslmode in a DSN passes
+# password (exit 2, not 3: retrying cannot fix it) and of passwords libpq cannot
+# use as written (a space in key=value, "/", "@" or "%" in a URI: libpq quotes
+# pieces of them), are searched for them (and their pieces) and must not hold them. sslmode in a DSN passes
 # through to libpq (require fails against this server without SSL, naming SSL).
 . "$(dirname "$0")/lib.sh"
 SB=$WORK/sb
@@ -69,9 +71,34 @@ grep -q '"level":"debug"' "$OUT/run.err" || fail "no JSON debug lines"
 "$BF" verify "$WORK/job.yaml" >"$OUT/verify.out" 2>&1 || { cat "$OUT/verify.out"; fail "verify"; }
 
 # Wrong passwords, and sslmode passed through: clear errors, no password in them.
+# A wrong password is not "unreachable, retry" (3): exit 2.
 job "$WORK/wrong_pg.yaml" BF_TEST_WRONG_PASSWORD BF_TEST_REDIS_PASSWORD
-if "$BF" plan "$WORK/wrong_pg.yaml" >"$OUT/wrong_pg.out" 2>&1; then fail "a wrong PostgreSQL password worked"; fi
+rc=0
+"$BF" plan "$WORK/wrong_pg.yaml" >"$OUT/wrong_pg.out" 2>&1 || rc=$?
+expect_eq "$rc" 2 "exit code of plan with a wrong PostgreSQL password"
 grep -q 'password authentication failed' "$OUT/wrong_pg.out" || { cat "$OUT/wrong_pg.out"; fail "unclear error"; }
+rc=0
+"$BF" run "$WORK/wrong_pg.yaml" >"$OUT/wrong_pg_run.out" 2>&1 || rc=$?
+expect_eq "$rc" 2 "exit code of run with a wrong PostgreSQL password"
+# Passwords libpq cannot use as written: its complaint quotes pieces of them
+# ('missing "=" after "<second word>"', a URI's "/" or "@" making a piece of it
+# the port, a "%" not followed by hex). None may appear; the error says how to
+# write them.
+export BF_TEST_SPACED_PASSWORD="first$RANDOM second$RANDOM third$RANDOM"
+export BF_TEST_SLASH_PASSWORD="aa$RANDOM/bb$RANDOM" BF_TEST_AT_PASSWORD="cc$RANDOM@dd$RANDOM:ee$RANDOM"
+export BF_TEST_PERCENT_PASSWORD="ff$RANDOM%zz"
+sed "s#^source: .*#source: host=127.0.0.1 port=$PGP user=bfsecret password=\${BF_TEST_SPACED_PASSWORD} dbname=sec_src#" \
+    "$WORK/job.yaml" >"$WORK/spaced.yaml"
+for v in SPACED SLASH AT PERCENT; do
+    [ "$v" = SPACED ] || job "$WORK/$v.yaml" "BF_TEST_${v}_PASSWORD" BF_TEST_REDIS_PASSWORD
+    f=$WORK/$v.yaml
+    [ "$v" = SPACED ] && f=$WORK/spaced.yaml
+    rc=0
+    "$BF" plan "$f" >"$OUT/malformed_$v.out" 2>&1 || rc=$?
+    expect_eq "$rc" 2 "exit code of plan with a $v password libpq cannot parse"
+    grep -q 'percent-encode the characters of the user name and password' "$OUT/malformed_$v.out" ||
+        fail "no hint for a $v password: $(cat "$OUT/malformed_$v.out")"
+done
 job "$WORK/wrong_redis.yaml" BF_TEST_PG_PASSWORD BF_TEST_WRONG_PASSWORD
 if "$BF" status "$WORK/wrong_redis.yaml" >"$OUT/wrong_redis.out" 2>&1; then fail "a wrong Redis password worked"; fi
 grep -qi 'pass' "$OUT/wrong_redis.out" || { cat "$OUT/wrong_redis.out"; fail "unclear Redis auth error"; }
@@ -79,7 +106,9 @@ job "$WORK/ssl.yaml" BF_TEST_PG_PASSWORD BF_TEST_REDIS_PASSWORD require
 if "$BF" plan "$WORK/ssl.yaml" >"$OUT/ssl.out" 2>&1; then fail "sslmode=require worked without SSL"; fi
 grep -qi 'ssl' "$OUT/ssl.out" || { cat "$OUT/ssl.out"; fail "sslmode=require: no SSL error"; }
 
-for pw in "$BF_TEST_PG_PASSWORD" "$BF_TEST_REDIS_PASSWORD" "$BF_TEST_WRONG_PASSWORD"; do
+for pw in "$BF_TEST_PG_PASSWORD" "$BF_TEST_REDIS_PASSWORD" "$BF_TEST_WRONG_PASSWORD" \
+    $BF_TEST_SPACED_PASSWORD ${BF_TEST_SLASH_PASSWORD/\// } ${BF_TEST_AT_PASSWORD//[@:]/ } \
+    "${BF_TEST_PERCENT_PASSWORD%\%zz}"; do
     if grep -rlF "$pw" "$OUT"; then fail "a password appears in the files above"; fi
 done
 [ "$(cat "$OUT"/*.out "$OUT"/*.err "$OUT"/*.txt "$OUT"/*.json | wc -c)" -gt 10000 ] ||
