@@ -28,6 +28,8 @@
 /* On SIGINT/SIGTERM or DRAIN the batch in flight may finish for this long; then it
  * is abandoned (rolled back) and the range handed back at its last checkpoint. */
 #define STOP_GRACE_MS 5000
+/* A worker that has not joined yet says so after this long (it keeps trying). */
+#define WAIT_WARN_MS 10000
 
 static volatile sig_atomic_t s_stop = 0;
 
@@ -91,8 +93,14 @@ static void s_socket_new(worker_t *w)
             return;
         }
     }
-    if (zsock_connect(w->sock, "%s", w->endpoint) != 0)
-        log_error("cannot connect to %s: %s", w->endpoint, zmq_strerror(zmq_errno()));
+    if (zsock_connect(w->sock, "%s", w->endpoint) != 0) {
+        /* Not a server that is down (that is waited for): an address ZeroMQ cannot use. */
+        log_error("cannot connect to %s: %s (an endpoint is tcp://HOST:PORT or ipc:///PATH)",
+                  w->endpoint, zmq_strerror(zmq_errno()));
+        w->exit_code = BF_EXIT_USAGE;
+        w->finished = true;
+        return;
+    }
     w->sid = w->ep = 0;
     w->credit_sent = false;
 }
@@ -540,11 +548,14 @@ int bf_cmd_worker(int argc, char **argv)
     w.backoff_ms = 1000;
     w.retry_backoff_ms = 1000;
     s_socket_new(&w);
-    if (w.finished) { /* a bad certificate: said so */
+    if (w.finished) { /* a bad certificate or endpoint: said so */
         zsock_destroy(&w.sock);
         return w.exit_code;
     }
     w.last_heard = bf_now_ms();
+    long long started = w.last_heard;
+    bool said_waiting = false;
+    log_info("waiting for the coordinator at %s", w.endpoint);
 
     while (!w.finished) {
         /* Read what arrived first (a long batch may have kept us from it), waiting
@@ -584,6 +595,13 @@ int bf_cmd_worker(int argc, char **argv)
             w.backoff_ms = w.backoff_ms * 2 > 32000 ? 32000 : w.backoff_ms * 2;
         } else if (!w.sid && now >= w.next_hello) {
             w.next_hello = now + s_hello(&w);
+        }
+        if (!w.job && !said_waiting && now - started >= WAIT_WARN_MS) {
+            log_warn("no coordinator has answered at %s for %d s; still trying (is it running "
+                     "and is the address right%s?)",
+                     w.endpoint, WAIT_WARN_MS / 1000,
+                     w.curve_cert ? ", and does it allow this worker's key" : "");
+            said_waiting = true;
         }
         if (w.sid && !w.lease && !w.credit_sent && w.copier && now >= w.retry_until) {
             bf_msg_t m = {.type = BF_MSG_CREDIT, .credit = 1};

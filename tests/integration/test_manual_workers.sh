@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `backfill coordinator` on a TCP port with `backfill worker`s started by hand;
-# workers join at different times; the coordinator exits 0 when done.
+# workers join at different times; the coordinator exits 0 when done. A worker
+# given an address ZeroMQ cannot use exits 2 at once.
 . "$(dirname "$0")/lib.sh"
 fresh_db mw_src mw_tgt
 make_monolith mw_src 400000
@@ -43,3 +44,11 @@ wait_for 10 eval '! kill -0 '"$w3"' 2>/dev/null' || fail "late worker still wait
 wait "$w3" || fail "late worker exit code $?"
 grep -q 'job finished (the coordinator says so)' "$WORK/w3.err" || fail "late worker: $(tail -3 "$WORK/w3.err")"
 wait "$CPID" || fail "coordinator exit code $?"
+
+# A worker given an address ZeroMQ cannot use says so and exits 2 (it waited
+# forever, as for a coordinator not up yet).
+rc=0
+timeout 10 "$BF" worker --connect nohost:5570 >"$WORK/wbad.out" 2>"$WORK/wbad.err" || rc=$?
+expect_eq "$rc" 2 "exit code of a worker with a bad endpoint"
+grep -q 'cannot connect to nohost:5570: .* (an endpoint is tcp://HOST:PORT or ipc:///PATH)' "$WORK/wbad.err" ||
+    fail "bad endpoint: $(cat "$WORK/wbad.err")"
