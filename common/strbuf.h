@@ -28,6 +28,9 @@ void *bf_xrealloc(void *p, size_t n);
 char *bf_xstrdup(const char *s);
 char *bf_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* A command-line number: the whole of s is a decimal integer in [min, max]. */
+int bf_parse_ll(const char *s, long long min, long long max, long long *out);
+
 /* Milliseconds from CLOCK_MONOTONIC / CLOCK_REALTIME. */
 long long bf_now_ms(void);
 long long bf_wall_ms(void);

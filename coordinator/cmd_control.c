@@ -6,6 +6,7 @@
 #include "exitcodes.h"
 #include "jobctx.h"
 #include "log.h"
+#include "strbuf.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -42,14 +43,13 @@ static int s_control(int argc, char **argv, ctl_t what)
             fputs(s_usage[what], stdout);
             return BF_EXIT_OK;
         }
-        char *end = NULL;
         if (c == 'r' && what == CTL_THROTTLE) {
-            rate = strtoll(optarg, &end, 10);
-            if (end != optarg && *end == '\0' && rate >= 0)
+            /* (A rate over a trillion rows/s is a typo.) */
+            if (bf_parse_ll(optarg, 0, 1000000000000LL, &rate) == 0)
                 continue;
             fprintf(stderr,
-                    "backfill throttle: --rows-per-second wants a whole number >= 0, "
-                    "not '%s'\n",
+                    "backfill throttle: --rows-per-second wants a whole number from 0 to "
+                    "1000000000000, not '%s'\n",
                     optarg);
             return BF_EXIT_USAGE;
         }

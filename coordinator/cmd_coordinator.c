@@ -65,22 +65,32 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
     while ((c = getopt_long(argc, argv, "b:w:h", opts, NULL)) != -1) {
         switch (c) {
         case 'b':
+            if (run) {
+                fprintf(stderr, "backfill run: --bind is for `backfill coordinator` (run's "
+                                "workers talk to it over a private local socket; for workers on "
+                                "other machines run a coordinator)\n");
+                return BF_EXIT_USAGE;
+            }
             a->bind = optarg;
             break;
-        case 'w':
-            a->workers = atoi(optarg);
-            if (a->workers < 1 || a->workers > 256 || !run) {
+        case 'w': {
+            long long v = 0;
+            if (!run || bf_parse_ll(optarg, 1, 256, &v) != 0) {
                 fprintf(stderr, "backfill: --workers takes a number from 1 to 256 (run only)\n");
                 return BF_EXIT_USAGE;
             }
+            a->workers = (int)v;
             break;
-        case 't':
-            a->opts.lease_ttl_ms = atoi(optarg) * 1000;
-            if (a->opts.lease_ttl_ms < 5000) {
-                fprintf(stderr, "backfill: --lease-ttl takes seconds, at least 5\n");
+        }
+        case 't': {
+            long long v = 0;
+            if (bf_parse_ll(optarg, 5, 86400, &v) != 0) {
+                fprintf(stderr, "backfill: --lease-ttl takes seconds, from 5 to 86400\n");
                 return BF_EXIT_USAGE;
             }
+            a->opts.lease_ttl_ms = (int)(v * 1000);
             break;
+        }
         case 'l':
             if (bf_log_level_parse(optarg) < 0) {
                 fprintf(stderr, "backfill: unknown log level '%s' (debug, info, warn, error)\n",
@@ -118,9 +128,8 @@ static int s_parse(int argc, char **argv, coord_args_t *a, bool run, void (*usag
             break;
         }
         case 'm': {
-            char *end = NULL;
-            long long v = strtoll(optarg, &end, 10);
-            if (!*optarg || *end || v < 0) {
+            long long v = 0;
+            if (bf_parse_ll(optarg, 0, INT64_MAX, &v) != 0) {
                 fprintf(stderr, "backfill: --max-rejects takes a number of rows (0 or more)\n");
                 return BF_EXIT_USAGE;
             }

@@ -120,11 +120,14 @@ int bf_cmd_demo(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
-            rows = atoll(optarg);
+            if (bf_parse_ll(optarg, 1, 1000000000, &rows) != 0)
+                rows = 0; /* refused below */
             break;
-        case 'w':
-            workers = atoi(optarg);
+        case 'w': {
+            long long v = 0;
+            workers = bf_parse_ll(optarg, 1, 64, &v) == 0 ? (int)v : 0;
             break;
+        }
         case 'k':
             keep = true;
             break;

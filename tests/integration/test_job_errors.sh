@@ -104,3 +104,17 @@ expect_error unset_env 2 "noenv.yaml:2: environment variable JE_SECRET is not se
 for c in run coordinator worker plan status verify demo sandbox; do
     "$BF" "$c" --help >/dev/null || fail "$c --help"
 done
+
+# Numbers on the command line are whole numbers in range (atoi took "2abc" as 2 and
+# a lease TTL of 3000000 s overflowed), and `run --bind` is refused, not ignored.
+good >"$WORK/good.yaml"
+expect_error workers_junk 2 "^backfill: --workers takes a number from 1 to 256 \(run only\)$" -- \
+    "$BF" run "$WORK/good.yaml" --workers 2abc
+expect_error lease_ttl_huge 2 "^backfill: --lease-ttl takes seconds, from 5 to 86400$" -- \
+    "$BF" run "$WORK/good.yaml" --lease-ttl 3000000
+expect_error max_rejects_huge 2 "^backfill: --max-rejects takes a number of rows \(0 or more\)$" -- \
+    "$BF" coordinator "$WORK/good.yaml" --max-rejects 99999999999999999999
+expect_error throttle_huge 2 "^backfill throttle: --rows-per-second wants a whole number from 0 to 1000000000000, not '99999999999999999999'$" -- \
+    "$BF" throttle "$WORK/good.yaml" --rows-per-second 99999999999999999999
+expect_error run_bind 2 "^backfill run: --bind is for \`backfill coordinator\`" -- \
+    "$BF" run "$WORK/good.yaml" --bind tcp://127.0.0.1:5999
