@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "exitcodes.h"
 #include "jobctx.h"
+#include "joblock.h"
 #include "log.h"
 #include "strbuf.h"
 
@@ -78,6 +79,21 @@ static int s_control(int argc, char **argv, ctl_t what)
                       r->redacted, argv[0]);
         bf_jobctx_close(&ctx);
         return planned < 0 ? BF_EXIT_CONNECT : BF_EXIT_USAGE;
+    }
+    if (what == CTL_CANCEL) {
+        /* The flag is for a running coordinator (a starting one clears it). */
+        char holder[700];
+        int held = bf_joblock_holder(r, holder, sizeof holder);
+        if (held < 0) {
+            log_error("%s", r->errmsg);
+            bf_jobctx_close(&ctx);
+            return BF_EXIT_CONNECT;
+        }
+        if (held == 0) {
+            printf("job %s: no coordinator is running it; nothing to cancel\n", name);
+            bf_jobctx_close(&ctx);
+            return BF_EXIT_OK;
+        }
     }
     const char *meta = bf_rstate_key(r, "meta");
     redisReply *rep = NULL;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Live control of a running job, through Redis: `throttle` holds 3 workers to the
 # asked rate within 5 s, `pause` stops all copying within 3 s, `resume` continues,
-# `cancel` ends the run (exit 130) leaving it resumable, and a second run finishes
-# it with every row copied once.
+# `cancel` ends the run (exit 130) leaving it resumable (with no coordinator
+# running, it says there is nothing to cancel), and a second run finishes it with
+# every row copied once.
 . "$(dirname "$0")/lib.sh"
 fresh_db ct_src ct_tgt
 make_monolith ct_src 800000
@@ -64,6 +65,12 @@ expect_eq "$rc" 130 "exit code of the cancelled run"
 grep -q 'job cancelled' "$WORK/run.err" || fail "run did not say it was cancelled"
 left=$(copied)
 [ "$left" -lt "$total" ] || fail "cancel came too late: all $total rows were copied already"
+# With no coordinator running there is nothing to cancel: it says so and sets nothing.
+redis_cmd HDEL 'bf:{ct}:meta' cancel >/dev/null
+"$BF" cancel "$WORK/job.yaml" >"$WORK/cancel2.out" || fail "cancel with no coordinator"
+grep -q '^job ct: no coordinator is running it; nothing to cancel$' "$WORK/cancel2.out" ||
+    fail "cancel with no coordinator: $(cat "$WORK/cancel2.out")"
+expect_eq "$(redis_cmd HGET 'bf:{ct}:meta' cancel)" "" "cancel flag with no coordinator"
 
 # A second run (throttle lifted) resumes and finishes: every row exactly once.
 "$BF" throttle "$WORK/job.yaml" --rows-per-second 0 >/dev/null
