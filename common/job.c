@@ -19,6 +19,7 @@ typedef struct {
     bool failed;          /* an error was written */
     bf_env_fn env;        /* variable lookup; NULL means getenv */
     void *env_arg;        /* passed to env */
+    bool redis_env_only;  /* unset variables outside `redis:` read as "" */
     yaml_document_t *doc; /* the parsed document */
     bf_job_t *job;        /* the job being built */
 } s_loader_t;
@@ -235,6 +236,13 @@ static const char *s_lookup(s_loader_t *self, const char *name, int line, const 
         if (strcmp(job->env_names[i], name) == 0)
             return job->env_values[i];
     const char *value = self->env ? self->env(name, self->env_arg) : getenv(name);
+    char unset[300];
+    if (!value && self->redis_env_only && strcmp(what, "redis") != 0 &&
+        strcmp(what, "name") != 0) {
+        /* Left as written: not used by the command (nor shown). */
+        snprintf(unset, sizeof unset, "${%s}", name);
+        value = unset;
+    }
     if (!value) {
         s_fail(self, line, "environment variable %s is not set (referenced by '%s')", name, what);
         return NULL;
@@ -1137,10 +1145,11 @@ static void s_syntax_error(s_loader_t *self, const yaml_parser_t *parser, const 
         s_fail(self, line, "YAML syntax error: %s", problem);
 }
 
-bf_job_t *bf_job_load_string(const char *text, const char *label, bf_env_fn env, void *env_arg,
-                             char *err, size_t errlen)
+static bf_job_t *s_load_string(const char *text, const char *label, bf_env_fn env, void *env_arg,
+                               bool redis_env_only, char *err, size_t errlen)
 {
     s_loader_t loader = {0};
+    loader.redis_env_only = redis_env_only;
     loader.label = label ? label : "<job>";
     loader.err = err;
     loader.errlen = errlen;
@@ -1209,7 +1218,25 @@ bf_job_t *bf_job_load_string(const char *text, const char *label, bf_env_fn env,
     return job;
 }
 
+bf_job_t *bf_job_load_string(const char *text, const char *label, bf_env_fn env, void *env_arg,
+                             char *err, size_t errlen)
+{
+    return s_load_string(text, label, env, env_arg, false, err, errlen);
+}
+
+static bf_job_t *s_load_file(const char *path, bool redis_env_only, char *err, size_t errlen);
+
 bf_job_t *bf_job_load_file(const char *path, char *err, size_t errlen)
+{
+    return s_load_file(path, false, err, errlen);
+}
+
+bf_job_t *bf_job_load_file_redis_only(const char *path, char *err, size_t errlen)
+{
+    return s_load_file(path, true, err, errlen);
+}
+
+static bf_job_t *s_load_file(const char *path, bool redis_env_only, char *err, size_t errlen)
 {
     if (err && errlen)
         err[0] = '\0';
@@ -1258,7 +1285,7 @@ bf_job_t *bf_job_load_file(const char *path, char *err, size_t errlen)
         free(buf.data);
         return NULL;
     }
-    bf_job_t *job = bf_job_load_string(buf.data, path, NULL, NULL, err, errlen);
+    bf_job_t *job = s_load_string(buf.data, path, NULL, NULL, redis_env_only, err, errlen);
     free(buf.data);
     return job;
 }

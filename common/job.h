@@ -102,6 +102,11 @@ typedef const char *(*bf_env_fn)(const char *name, void *arg);
  * ("FILE:LINE: what is wrong; how to fix") to err. */
 bf_job_t *bf_job_load_file(const char *path, char *err, size_t errlen);
 
+/* The same for commands that only talk to Redis (status, pause, resume, cancel,
+ * throttle): an unset ${VAR} outside `redis:` and `name:` (a database's password)
+ * stays "${VAR}", so the operator's machine needs Redis's secret only. */
+bf_job_t *bf_job_load_file_redis_only(const char *path, char *err, size_t errlen);
+
 /* Same from text; label is the file name used in messages. env may be NULL
  * (then getenv is used). */
 bf_job_t *bf_job_load_string(const char *text, const char *label, bf_env_fn env, void *env_arg,

@@ -63,7 +63,7 @@ static int s_control(int argc, char **argv, ctl_t what)
     }
     bf_log_set_role(argv[0]);
     bf_jobctx_t ctx;
-    int rc = bf_jobctx_open(&ctx, argv[optind], BF_NEED_REDIS);
+    int rc = bf_jobctx_open(&ctx, argv[optind], BF_NEED_REDIS | BF_REDIS_ONLY);
     if (rc != BF_EXIT_OK) {
         bf_jobctx_close(&ctx);
         return rc;

@@ -225,7 +225,7 @@ int bf_cmd_status(int argc, char **argv)
     int rc;
     bf_log_set_role("status");
     bf_jobctx_t ctx;
-    rc = bf_jobctx_open(&ctx, path, BF_NEED_REDIS);
+    rc = bf_jobctx_open(&ctx, path, BF_NEED_REDIS | BF_REDIS_ONLY);
     if (rc != BF_EXIT_OK) {
         bf_jobctx_close(&ctx);
         return rc;

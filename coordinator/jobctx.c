@@ -16,7 +16,8 @@ int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need)
 {
     memset(ctx, 0, sizeof *ctx);
     char err[1024];
-    ctx->job = bf_job_load_file(path, err, sizeof err);
+    ctx->job = (need & BF_REDIS_ONLY) ? bf_job_load_file_redis_only(path, err, sizeof err)
+                                      : bf_job_load_file(path, err, sizeof err);
     if (!ctx->job) {
         log_error("%s", err);
         return BF_EXIT_USAGE;

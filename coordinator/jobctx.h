@@ -13,6 +13,7 @@ enum {
     BF_NEED_TARGETS = 2, /* connect to every target */
     BF_NEED_REDIS = 4,   /* connect to Redis and load the functions */
     BF_NEED_TABLES = 8,  /* resolve every table (implies source and targets) */
+    BF_REDIS_ONLY = 16,  /* only Redis is used: other secrets may be unset */
 };
 
 typedef struct {

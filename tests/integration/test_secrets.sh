@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Passwords never leak: PostgreSQL (scram-sha-256) and Redis (AUTH) passwords come
 # from the environment (${VAR} in the job file); plan, run (debug and JSON logs),
-# status, verify, /metrics, the process titles, and the errors of a wrong
+# status, verify, /metrics, the process titles (status and throttle run without
+# the PostgreSQL password in the environment: they only talk to Redis), and the errors of a wrong
 # password (exit 2, not 3: retrying cannot fix it) and of passwords libpq cannot
 # use as written (a space in key=value, "/", "@" or "%" in a URI: libpq quotes
 # pieces of them), are searched for them (and their pieces) and must not hold them. sslmode in a DSN passes
@@ -69,6 +70,21 @@ grep -q 'job complete' "$OUT/run.out" || fail "run did not complete"
 grep -q '"level":"debug"' "$OUT/run.err" || fail "no JSON debug lines"
 "$BF" status "$WORK/job.yaml" --json >"$OUT/status.json" 2>&1
 "$BF" verify "$WORK/job.yaml" >"$OUT/verify.out" 2>&1 || { cat "$OUT/verify.out"; fail "verify"; }
+# Commands that only talk to Redis need only its secret (an operator's machine need
+# not hold the databases' passwords); those that reach PostgreSQL say what is unset.
+env -u BF_TEST_PG_PASSWORD "$BF" status "$WORK/job.yaml" >"$OUT/status_nopg.out" 2>&1 ||
+    { cat "$OUT/status_nopg.out"; fail "status without the PostgreSQL password in the environment"; }
+grep -q 'public.orders' "$OUT/status_nopg.out" || fail "status without the PostgreSQL password: $(cat "$OUT/status_nopg.out")"
+env -u BF_TEST_PG_PASSWORD "$BF" throttle "$WORK/job.yaml" --rows-per-second 0 >>"$OUT/throttle.out" 2>&1 ||
+    fail "throttle without the PostgreSQL password in the environment"
+rc=0
+env -u BF_TEST_PG_PASSWORD "$BF" verify "$WORK/job.yaml" >"$OUT/verify_nopg.out" 2>&1 || rc=$?
+expect_eq "$rc" 2 "exit code of verify without the PostgreSQL password in the environment"
+grep -q 'environment variable BF_TEST_PG_PASSWORD is not set' "$OUT/verify_nopg.out" ||
+    fail "verify without the PostgreSQL password: $(cat "$OUT/verify_nopg.out")"
+rc=0
+env -u BF_TEST_REDIS_PASSWORD "$BF" status "$WORK/job.yaml" >"$OUT/status_noredis.out" 2>&1 || rc=$?
+expect_eq "$rc" 2 "exit code of status without the Redis password in the environment"
 
 # Wrong passwords, and sslmode passed through: clear errors, no password in them.
 # A wrong password is not "unreachable, retry" (3): exit 2.
