@@ -2,9 +2,11 @@
 
 #include "strbuf.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Columns of a table, excluding dropped and generated ones, in order: name, type
  * as a cast target without modifier (schema.typname: pg_catalog.bpchar, not
@@ -53,7 +55,8 @@ static void s_route_clear(bf_route_plan_t *rp, int nkeys)
 {
     char **f[] = {&rp->label,       &rp->qname,     &rp->filter,  &rp->select_list,
                   &rp->target_cols, &rp->src_row,   &rp->tgt_row, &rp->tkey_row,
-                  &rp->stage,       &rp->stage_ddl, &rp->merge,   &rp->select_named};
+                  &rp->stage,       &rp->stage_ddl, &rp->merge,   &rp->select_named,
+                  &rp->unread,      &rp->defaulted};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         free(*f[i]);
         *f[i] = NULL;
@@ -245,6 +248,48 @@ static bool s_names_col(bf_pg_t *conn, const char *expr, const char *quoted)
     return same;
 }
 
+/* Whether SQL text names column name (as a word; any case unless quoted there). */
+static bool s_mentions(const char *sql, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = sql; p && *p; p++) {
+        if (strncasecmp(p, name, n) != 0)
+            continue;
+        bool before = p > sql && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == '$');
+        bool after = isalnum((unsigned char)p[n]) || p[n] == '_' || p[n] == '$';
+        if (!before && !after)
+            return true;
+    }
+    return false;
+}
+
+/* Sets rp->unread and rp->defaulted (see tableplan.h) from the written expressions
+ * (exprs[i] for target column i, NULL when none). */
+static void s_column_use(bf_route_plan_t *rp, const bf_tableplan_t *tp, const bf_table_t *t, int r,
+                         const PGresult *scols, const PGresult *tcols, char *const *exprs)
+{
+    bf_strbuf_t unread, dflt;
+    bf_strbuf_init(&unread);
+    bf_strbuf_init(&dflt);
+    for (int i = 0; i < PQntuples(tcols); i++)
+        if (!exprs[i] && !s_job_column(t, PQgetvalue(tcols, i, C_NAME)))
+            bf_strbuf_appendf(&dflt, "%s%s", dflt.len ? ", " : "", PQgetvalue(tcols, i, C_NAME));
+    for (int c = 0; c < PQntuples(scols); c++) {
+        const char *name = PQgetvalue(scols, c, C_NAME);
+        bool read = s_mentions(t->where, name) || s_mentions(t->routes[r].when, name);
+        for (int k = 0; k < tp->nkeys && !read; k++)
+            read = s_mentions(tp->key_cols[k], name);
+        for (int i = 0; i < PQntuples(tcols) && !read; i++)
+            read = exprs[i] && s_mentions(exprs[i], name);
+        if (!read)
+            bf_strbuf_appendf(&unread, "%s%s", unread.len ? ", " : "", name);
+    }
+    rp->unread = unread.len ? bf_strbuf_take(&unread) : NULL;
+    rp->defaulted = dflt.len ? bf_strbuf_take(&dflt) : NULL;
+    bf_strbuf_free(&unread);
+    bf_strbuf_free(&dflt);
+}
+
 /* The source rows of route r: the table's filter, this route's condition, and not
  * any earlier route's (first match wins; a NULL condition does not match). */
 static char *s_route_filter(const bf_table_t *t, int r)
@@ -360,6 +405,7 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
                  job->path, route->line, rp->label, tp->src_label);
         goto done;
     }
+    s_column_use(rp, tp, t, r, scols, tcols, exprs);
 
     /* Check every expression on the source and learn its type. */
     for (int i = 0; i < ntc; i++) {

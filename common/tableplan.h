@@ -35,6 +35,10 @@ typedef struct {
     char *stage;        /* temp staging table (modes other than insert), else NULL */
     char *stage_ddl;    /* creates it */
     char *merge;        /* INSERT ... SELECT FROM stage ON CONFLICT ... (modes but insert) */
+    char *unread;       /* source columns (not the key) that no column, filter or condition
+                         * of the route names: "a, b", or NULL */
+    char *defaulted;    /* target columns nothing is written to, not set to ~ under
+                         * `columns:` (left to their default): "c, d", or NULL */
 } bf_route_plan_t;
 
 typedef struct {

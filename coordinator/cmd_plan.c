@@ -79,6 +79,17 @@ int bf_cmd_plan(int argc, char **argv)
             bf_plan_ranges_free(r, n);
         }
     }
+    /* Columns that are not carried over, so that a renamed one is seen. */
+    for (int t = 0; rc == BF_EXIT_OK && t < ctx.job->ntables; t++)
+        for (int r = 0; r < ctx.tables[t].nroutes; r++) {
+            const bf_route_plan_t *rp = &ctx.tables[t].routes[r];
+            if (rp->unread)
+                printf("%s -> %s: source columns not copied: %s\n", ctx.tables[t].src_label,
+                       rp->label, rp->unread);
+            if (rp->defaulted)
+                printf("%s -> %s: target columns left to their default: %s\n",
+                       ctx.tables[t].src_label, rp->label, rp->defaulted);
+        }
     if (rc == BF_EXIT_OK) {
         /* The order the targets' foreign keys impose. */
         bf_fk_graph_t fks;

@@ -59,6 +59,20 @@ int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need)
             }
         }
         ctx->resolved = true;
+        /* A source column not copied next to a target column left to its default
+         * looks like a column renamed in the service (its values would be lost
+         * without a word: verify compares only what is written). */
+        for (int t = 0; t < ctx->job->ntables; t++)
+            for (int r = 0; r < ctx->tables[t].nroutes; r++) {
+                const bf_route_plan_t *rp = &ctx->tables[t].routes[r];
+                if (rp->unread && rp->defaulted)
+                    log_warn("%s:%d: table %s -> %s: source column(s) %s are not copied and "
+                             "target column(s) %s get their default: if a column was renamed, "
+                             "map it under 'columns:' (new_name: old_name); set a target column "
+                             "to ~ there to say it is meant",
+                             ctx->job->path, ctx->job->tables[t].routes[r].line,
+                             ctx->tables[t].src_label, rp->label, rp->unread, rp->defaulted);
+            }
     }
     return BF_EXIT_OK;
 }
