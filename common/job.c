@@ -237,8 +237,7 @@ static const char *s_lookup(s_loader_t *self, const char *name, int line, const 
             return job->env_values[i];
     const char *value = self->env ? self->env(name, self->env_arg) : getenv(name);
     char unset[300];
-    if (!value && self->redis_env_only && strcmp(what, "redis") != 0 &&
-        strcmp(what, "name") != 0) {
+    if (!value && self->redis_env_only && strcmp(what, "redis") != 0 && strcmp(what, "name") != 0) {
         /* Left as written: not used by the command (nor shown). */
         snprintf(unset, sizeof unset, "${%s}", name);
         value = unset;
@@ -1042,6 +1041,13 @@ static int s_load_setting(s_loader_t *self, int k, yaml_node_t *node)
         job->redis = s_required(self, node, "redis");
         if (!job->redis)
             return -1;
+        if (strncasecmp(job->redis, "rediss://", 9) == 0) {
+            s_fail(self, s_line(node),
+                   "'redis': TLS (rediss://) is not supported (Debian's hiredis is built "
+                   "without it); reach Redis through a TLS tunnel (stunnel, spiped) with a "
+                   "redis:// URL to its local end");
+            return -1;
+        }
         if (strncasecmp(job->redis, "redis://", 8) != 0) {
             s_fail(self, s_line(node),
                    "'redis' must be a URL like redis://[:password@]host[:port][/db]");

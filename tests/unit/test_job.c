@@ -536,6 +536,8 @@ static void test_empty_values(void **state)
                    "'targets.t' is empty");
     s_expect_error("name: x\nsource: s\nredis: 127.0.0.1:6379\n", 3,
                    "'redis' must be a URL like redis://");
+    s_expect_error("name: x\nsource: s\nredis: rediss://h:6380\n", 3,
+                   "'redis': TLS (rediss://) is not supported");
 }
 
 static void test_target_alias_rules(void **state)
