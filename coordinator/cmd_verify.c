@@ -37,15 +37,22 @@ static int s_sum(bf_pg_t *pg, const char *qname, const char *row, const char *co
 
 /* The source side of a route: its rows in the range (lo/hi NULL = open, both NULL
  * and whole = the whole table), without the rows the target refused (excl). */
-static int s_sum_source(bf_pg_t *src, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
-                        const char *lo, const char *hi, bool whole, const char *excl,
-                        range_sum_t *out)
+static char *s_source_cond(bf_pg_t *src, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
+                           const char *lo, const char *hi, bool whole, const char *excl)
 {
     char *range = whole ? bf_xstrdup("TRUE") : bf_tableplan_range_cond(tp, src, lo, NULL, hi);
     char *cond = bf_xasprintf("%s%s%s%s%s", range, rp->filter ? " AND " : "",
                               rp->filter ? rp->filter : "", excl ? " AND " : "", excl ? excl : "");
-    int rc = s_sum(src, tp->src_qname, rp->src_row, cond, out);
     free(range);
+    return cond;
+}
+
+static int s_sum_source(bf_pg_t *src, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
+                        const char *lo, const char *hi, bool whole, const char *excl,
+                        range_sum_t *out)
+{
+    char *cond = s_source_cond(src, tp, rp, lo, hi, whole, excl);
+    int rc = s_sum(src, tp->src_qname, rp->src_row, cond, out);
     free(cond);
     return rc;
 }
@@ -89,22 +96,144 @@ static int s_rejected(bf_pg_t *src, bf_pg_t *tgt, const bf_job_t *job, const bf_
     return 0;
 }
 
+/* Rows of one side of a range, in key order (as text, byte order on both sides),
+ * read through a cursor FETCH_ROWS at a time. */
+#define FETCH_ROWS 5000
+typedef struct {
+    bf_pg_t *pg;
+    const char *name; /* cursor */
+    PGresult *res;
+    int at, n;
+    bool done;
+} side_t;
+
+static int s_side_open(side_t *s, bf_pg_t *pg, const char *name, const char *key, const char *row,
+                       const char *qname, const char *cond)
+{
+    memset(s, 0, sizeof *s);
+    s->pg = pg;
+    s->name = name;
+    char *sql = bf_xasprintf("DECLARE %s NO SCROLL CURSOR FOR SELECT (%s) COLLATE \"C\" AS k, "
+                             "md5(%s) FROM %s WHERE %s ORDER BY 1",
+                             name, key, row, qname, cond ? cond : "TRUE");
+    int rc = bf_pg_exec(pg, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY") != 0 ||
+                     bf_pg_exec(pg, sql) != 0
+                 ? -1
+                 : 0;
+    free(sql);
+    return rc;
+}
+
+/* The side's current row (key, hash), fetching more when needed; NULL at the end
+ * or on an error (*err set). */
+static const char *s_side_key(side_t *s, const char **hash, bool *err)
+{
+    if (s->done)
+        return NULL;
+    if (!s->res || s->at >= s->n) {
+        PQclear(s->res);
+        char *sql = bf_xasprintf("FETCH %d FROM %s", FETCH_ROWS, s->name);
+        s->res = bf_pg_query(s->pg, sql, 0, NULL);
+        free(sql);
+        s->at = 0;
+        s->n = s->res ? PQntuples(s->res) : 0;
+        if (!s->res)
+            *err = true;
+        if (s->n == 0) {
+            s->done = true;
+            return NULL;
+        }
+    }
+    *hash = PQgetvalue(s->res, s->at, 1);
+    return PQgetvalue(s->res, s->at, 0);
+}
+
+static void s_side_close(side_t *s)
+{
+    PQclear(s->res);
+    s->res = NULL;
+    if (bf_pg_is_alive(s->pg))
+        bf_pg_exec_quiet(s->pg, "ROLLBACK");
+}
+
+/* Prints the first `max` keys of a mismatching range that differ: on the source
+ * and not the target, on the target and not the source, or on both with other
+ * values. 0 or -1 (a server error, logged). */
+static int s_diff_keys(bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
+                       const bf_route_plan_t *rp, const char *scond, const char *tcond, int max)
+{
+    /* The target's key columns as the source's key text reads them. */
+    char *tkey = tp->nkeys == 1 ? bf_xasprintf("(%s)::text", rp->tkey_row)
+                                : bf_xasprintf("json_build_array%s::text", rp->tkey_row);
+    side_t a, b;
+    int rc = s_side_open(&a, src, "bf_verify_src", tp->key_text, rp->src_row, tp->src_qname, scond);
+    if (rc == 0)
+        rc = s_side_open(&b, tgt, "bf_verify_tgt", tkey, rp->tgt_row, rp->qname, tcond);
+    else
+        b.pg = NULL;
+    free(tkey);
+    int shown = 0;
+    bool erra = false, errb = false;
+    while (rc == 0 && shown < max) {
+        const char *ha = NULL, *hb = NULL;
+        const char *ka = s_side_key(&a, &ha, &erra), *kb = s_side_key(&b, &hb, &errb);
+        if (erra || errb) {
+            rc = -1;
+            break;
+        }
+        if (!ka && !kb)
+            break;
+        int c = !ka ? 1 : !kb ? -1 : strcmp(ka, kb);
+        if (c < 0)
+            printf("  key %s: on the source, not on the target\n", ka);
+        else if (c > 0)
+            printf("  key %s: on the target, not on the source (deleted there, or written by "
+                   "another hand)\n",
+                   kb);
+        else if (strcmp(ha, hb) != 0)
+            printf("  key %s: different values\n", ka);
+        shown += c != 0 || strcmp(ha, hb) != 0;
+        if (c <= 0)
+            a.at++;
+        if (c >= 0)
+            b.at++;
+    }
+    if (rc == 0 && shown == max)
+        printf("  (stopped after %d keys; --keys N lists more)\n", max);
+    if (rc != 0)
+        log_error("listing the differing keys failed on the %s: %s",
+                  erra || !b.pg ? "source" : "target", erra || !b.pg ? src->errmsg : tgt->errmsg);
+    s_side_close(&a);
+    if (b.pg)
+        s_side_close(&b);
+    return rc;
+}
+
 int bf_cmd_verify(int argc, char **argv)
 {
-    static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"keys", required_argument, NULL, 'k'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     const char *usage =
-        "usage: backfill verify JOB.yaml\n\n"
+        "usage: backfill verify JOB.yaml [--keys N]\n\n"
         "Compares every range of every table on the source and its target: row count and\n"
         "an order-independent hash of the copied columns. Uses the ranges stored in Redis\n"
         "when the job has a plan there, else plans afresh. Exit 0 when all match, 1 with\n"
-        "the mismatching ranges listed.\n";
+        "the mismatching ranges listed, each with the first keys that differ (on the\n"
+        "source only, on the target only, or with other values).\n"
+        "  --keys N   keys listed per mismatching range (default 10, 0 = none)\n";
     int c;
+    long long max_keys = 10;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         if (c == 'h') {
             fputs(usage, stdout);
             return BF_EXIT_OK;
         }
+        if (c == 'k' && bf_parse_ll(optarg, 0, 1000000, &max_keys) == 0)
+            continue;
+        if (c == 'k')
+            fprintf(stderr, "backfill verify: --keys takes a number from 0 to 1000000\n");
         fputs(usage, stderr);
         return BF_EXIT_USAGE;
     }
@@ -203,8 +332,8 @@ int bf_cmd_verify(int argc, char **argv)
                 char *tcond = bf_tableplan_target_range_cond(tp, rp, tgt, r->lo, r->hi);
                 int e1 = s_sum_source(ctx.src, tp, rp, r->lo, r->hi, false, excl, &a);
                 int e2 = e1 == 0 ? s_sum(tgt, rp->qname, rp->tgt_row, tcond, &b) : -1;
-                free(tcond);
                 if (e1 != 0 || e2 != 0) {
+                    free(tcond);
                     rc = BF_EXIT_CONNECT;
                     break;
                 }
@@ -216,7 +345,15 @@ int bf_cmd_verify(int argc, char **argv)
                            tp->src_label, rp->label, r->lo ? r->lo : "-inf", r->hi ? r->hi : "+inf",
                            a.count, b.count,
                            strcmp(a.count, b.count) == 0 ? " (same count, different content)" : "");
+                    char *scond = max_keys > 0
+                                      ? s_source_cond(ctx.src, tp, rp, r->lo, r->hi, false, excl)
+                                      : NULL;
+                    if (max_keys > 0 &&
+                        s_diff_keys(ctx.src, tgt, tp, rp, scond, tcond, (int)max_keys) != 0)
+                        rc = BF_EXIT_CONNECT;
+                    free(scond);
                 }
+                free(tcond);
             }
             free(excl);
             printf("%-40s -> %-32s source %10lld rows, target %10lld rows, %zu ranges, %lld "

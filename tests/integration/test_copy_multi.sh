@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A multi-table job with 3 workers copies every row bit-exact and verify passes.
+# A multi-table job with 3 workers copies every row bit-exact and verify passes;
+# then verify catches a changed, a missing and an extra row, and names their keys.
 . "$(dirname "$0")/lib.sh"
 fresh_db cm_src cm_tgt
 make_monolith cm_src 200000
@@ -31,3 +32,17 @@ grep -q '"table":"public.orders","ranges":[0-9]*,"done":[0-9]*,"leased":0,"pendi
 q cm_tgt "UPDATE orders SET qty = qty + 1 WHERE id = 77" >/dev/null
 if "$BF" verify "$WORK/job.yaml" >"$WORK/verify2.out"; then fail "verify missed a changed row"; fi
 grep -q 'MISMATCH public.orders' "$WORK/verify2.out" || fail "mismatch not listed"
+# With the keys that differ: a changed row, one missing and one extra on the target.
+q cm_tgt "DELETE FROM orders WHERE id = 78; INSERT INTO orders SELECT 0, user_id, symbol, qty, meta,
+    created_at FROM orders WHERE id = 1" >/dev/null
+rc=0
+"$BF" verify "$WORK/job.yaml" >"$WORK/verify3.out" || rc=$?
+expect_eq "$rc" 1 "exit code of verify with differing rows"
+expect_eq "$(grep -A3 '^MISMATCH public.orders' "$WORK/verify3.out" | tail -3)" \
+    "  key 0: on the target, not on the source (deleted there, or written by another hand)
+  key 77: different values
+  key 78: on the source, not on the target" "keys listed by verify"
+"$BF" verify "$WORK/job.yaml" --keys 1 >"$WORK/verify4.out" || true
+expect_eq "$(grep -A2 '^MISMATCH public.orders' "$WORK/verify4.out" | tail -2)" \
+    "  key 0: on the target, not on the source (deleted there, or written by another hand)
+  (stopped after 1 keys; --keys N lists more)" "verify --keys 1"
