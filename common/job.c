@@ -19,7 +19,8 @@ typedef struct {
     bool failed;          /* an error was written */
     bf_env_fn env;        /* variable lookup; NULL means getenv */
     void *env_arg;        /* passed to env */
-    bool redis_env_only;  /* unset variables outside `redis:` read as "" */
+    bool redis_env_only;  /* unset variables outside `redis:` stay "${VAR}" */
+    char unset[300];      /* the last such "${VAR}" */
     yaml_document_t *doc; /* the parsed document */
     bf_job_t *job;        /* the job being built */
 } s_loader_t;
@@ -236,11 +237,11 @@ static const char *s_lookup(s_loader_t *self, const char *name, int line, const 
         if (strcmp(job->env_names[i], name) == 0)
             return job->env_values[i];
     const char *value = self->env ? self->env(name, self->env_arg) : getenv(name);
-    char unset[300];
     if (!value && self->redis_env_only && strcmp(what, "redis") != 0 && strcmp(what, "name") != 0) {
-        /* Left as written: not used by the command (nor shown). */
-        snprintf(unset, sizeof unset, "${%s}", name);
-        value = unset;
+        /* Left as written: not used by the command (nor shown). Not recorded: the
+         * same variable in `redis:` is still an error. (Used at once by s_expand.) */
+        snprintf(self->unset, sizeof self->unset, "${%s}", name);
+        return self->unset;
     }
     if (!value) {
         s_fail(self, line, "environment variable %s is not set (referenced by '%s')", name, what);

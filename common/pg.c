@@ -4,6 +4,7 @@
 #include "dsn.h"
 #include "log.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <unistd.h>
@@ -38,34 +39,116 @@ static void s_notice(void *arg, const char *message)
     log_debug("%s: %s", self->what, line);
 }
 
-/* libpq's complaint about a connection string quotes pieces of it ('missing "="
- * after "horse"', 'invalid integer value "pa" for connection option "port"' from a
- * password with a "/" in a URI), which may be pieces of a password. A quoted piece
- * stays when it is an option's name, or shown anyway in the redacted connection
- * string safe (a host, a user, a database name); any other becomes "***". */
-static void s_scrub(char *msg, size_t len, const char *safe)
+/* The password as written in a connection string, for s_scrub: in a URI what
+ * lies between the user name's ":" and the last "@"; in the key=value form the
+ * value of password= up to the next word that is a key=value (a password with
+ * spaces written unquoted reaches that far), quotes and all. NULL when none. */
+static char *s_password_text(const char *dsn)
 {
-    PQconninfoOption *opts = PQconndefaults();
+    const char *scheme = strstr(dsn, "://");
+    if (scheme) {
+        /* The last "@" before the query (which may hold one), else the last. */
+        const char *user = scheme + 3, *q = strchr(user, '?'), *at = NULL;
+        for (const char *c = user; *c && (!q || c < q); c++)
+            if (*c == '@')
+                at = c;
+        if (!at)
+            at = strrchr(user, '@');
+        const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
+        return colon && at > colon + 1 ? bf_xasprintf("%.*s", (int)(at - colon - 1), colon + 1)
+                                       : NULL;
+    }
+    for (const char *p = dsn; (p = strstr(p, "password")) != NULL; p += 8) {
+        if (p > dsn && !isspace((unsigned char)p[-1]))
+            continue;
+        const char *v = p + 8;
+        while (isspace((unsigned char)*v))
+            v++;
+        if (*v != '=')
+            continue;
+        v++;
+        while (isspace((unsigned char)*v))
+            v++;
+        /* To the next " key=" (or the end). */
+        const char *end = v + strlen(v);
+        for (const char *w = v; *w; w++) {
+            if (!isspace((unsigned char)*w))
+                continue;
+            const char *k = w;
+            while (isspace((unsigned char)*k))
+                k++;
+            const char *e = k;
+            while (isalnum((unsigned char)*e) || *e == '_')
+                e++;
+            while (isspace((unsigned char)*e))
+                e++;
+            if (e > k && *e == '=') {
+                end = w;
+                break;
+            }
+        }
+        return end > v ? bf_xasprintf("%.*s", (int)(end - v), v) : NULL;
+    }
+    return NULL;
+}
+
+/* A password libpq would misread, found before it quotes pieces of it in its
+ * complaint ('missing "=" after "horse"' for a spaced one, 'invalid integer value
+ * "pa" for connection option "port"' for a URI's "pa/ss"): what is wrong, in
+ * words that hold none of it; NULL when it reads as written. */
+static const char *s_password_problem(const char *dsn)
+{
+    char *pw = s_password_text(dsn);
+    if (!pw)
+        return NULL;
+    const char *why = NULL;
+    if (strstr(dsn, "://")) {
+        for (const char *c = pw; *c && !why; c++)
+            if (strchr("@/?#\"' ", *c))
+                why = "the password in the URI holds a character that means something there "
+                      "(@ / ? # space or a quote)";
+            else if (*c == '%' && !(isxdigit((unsigned char)c[1]) && isxdigit((unsigned char)c[2])))
+                why = "the password in the URI holds a % that does not start a %XX escape";
+    } else if (pw[0] != '\'' && strpbrk(pw, " \t\"'\\")) {
+        why = "the password in the key=value form holds a space, a quote or a backslash "
+              "without being in single quotes";
+    }
+    free(pw);
+    return why;
+}
+
+/* Defence in depth for messages libpq writes after it read the string: a quoted
+ * piece holding 3 characters of the password in a row (or all of a shorter one)
+ * becomes "***"; hosts, users and databases stay. */
+static void s_scrub(char *msg, size_t len, const char *dsn)
+{
+    char *pw = s_password_text(dsn);
+    if (!pw)
+        return;
+    size_t pwlen = strlen(pw), min = pwlen < 3 ? pwlen : 3;
     bf_strbuf_t out;
     bf_strbuf_init(&out);
     for (const char *p = msg; *p;) {
-        const char *q = strchr(p, '"'), *e = q ? strchr(q + 1, '"') : NULL;
-        if (!e) {
-            bf_strbuf_appendf(&out, "%s", p);
-            break;
+        const char *e = *p == '"' ? strchr(p + 1, '"') : NULL;
+        bool hit = false;
+        for (const char *c = p + 1; e && c < e && !hit; c++) {
+            size_t n = 0;
+            for (const char *w = pw; *w && n < min; w++)
+                for (n = 0; n < min && c + n < e && c[n] == w[n];)
+                    n++;
+            hit = n >= min;
         }
-        size_t n = (size_t)(e - q - 1);
-        char *piece = bf_xasprintf("%.*s", (int)n, q + 1);
-        bool keep = strcmp(piece, "=") == 0 || (n >= 3 && strstr(safe, piece));
-        for (PQconninfoOption *o = opts; o && o->keyword && !keep; o++)
-            keep = strcmp(o->keyword, piece) == 0;
-        bf_strbuf_appendf(&out, "%.*s\"%s\"", (int)(q - p), p, keep ? piece : "***");
-        free(piece);
-        p = e + 1;
+        if (hit) {
+            bf_strbuf_append(&out, "\"***\"");
+            p = e + 1;
+        } else {
+            bf_strbuf_appendn(&out, p, 1);
+            p++;
+        }
     }
-    PQconninfoFree(opts);
     snprintf(msg, len, "%s", out.buf);
     bf_strbuf_free(&out);
+    free(pw);
 }
 
 #define BF_DSN_HINT                                                                                \
@@ -86,14 +169,22 @@ bool bf_pg_connect_refused(void)
  * taken as unreachable, to be retried). */
 static bool s_is_refusal(const char *msg)
 {
-    static const char *const refusals[] = {
+    /* libpq's own: an option it cannot use, no password to send, no SSL. */
+    static const char *const client[] = {"no password supplied", "server does not support SSL",
+                                         "SSL is not enabled on the server"};
+    /* The server's FATAL answer to the login. */
+    static const char *const server[] = {
         "password authentication failed", "authentication failed for user",
         "no pg_hba.conf entry",           "does not exist",
-        "no password supplied",           "SSL is not enabled on the server",
-        "server does not support SSL",    "permission denied for database",
-        "is not permitted to log in",     "invalid "};
-    for (size_t i = 0; i < sizeof refusals / sizeof *refusals; i++)
-        if (strstr(msg, refusals[i]))
+        "permission denied for database", "is not permitted to log in"};
+    if (strncmp(msg, "invalid ", 8) == 0)
+        return true;
+    for (size_t i = 0; i < sizeof client / sizeof *client; i++)
+        if (strstr(msg, client[i]))
+            return true;
+    const char *fatal = strstr(msg, "FATAL:");
+    for (size_t i = 0; fatal && i < sizeof server / sizeof *server; i++)
+        if (strstr(fatal, server[i]))
             return true;
     return false;
 }
@@ -116,12 +207,21 @@ bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
     /* (A plain word is a database name: libpq takes it as one, the parser not.) */
     bool conninfo = strchr(dsn, '=') || strncmp(dsn, "postgresql://", 13) == 0 ||
                     strncmp(dsn, "postgres://", 11) == 0;
+    const char *problem = conninfo ? s_password_problem(dsn) : NULL;
+    if (problem) {
+        snprintf(self->errmsg, sizeof self->errmsg, "%s", problem);
+        s_refused = true;
+        log_error("cannot connect to %s at %s: %s. %s", self->what, self->redacted, problem,
+                  BF_DSN_HINT);
+        bf_pg_destroy(&self);
+        return NULL;
+    }
     char *perr = NULL;
     PQconninfoOption *parsed = conninfo ? PQconninfoParse(dsn, &perr) : NULL;
     if (conninfo && !parsed) {
         s_one_line(self->errmsg, sizeof self->errmsg, perr ? perr : "out of memory");
         PQfreemem(perr);
-        s_scrub(self->errmsg, sizeof self->errmsg, self->redacted);
+        s_scrub(self->errmsg, sizeof self->errmsg, dsn);
         s_refused = true;
         log_error("cannot connect to %s at %s: the connection string cannot be parsed (%s). %s",
                   self->what, self->redacted, self->errmsg, BF_DSN_HINT);
@@ -134,7 +234,7 @@ bf_pg_t *bf_pg_connect(const char *dsn, const char *what)
     if (!self->conn || PQstatus(self->conn) != CONNECTION_OK) {
         s_one_line(self->errmsg, sizeof self->errmsg,
                    self->conn ? PQerrorMessage(self->conn) : "out of memory");
-        s_scrub(self->errmsg, sizeof self->errmsg, self->redacted);
+        s_scrub(self->errmsg, sizeof self->errmsg, dsn);
         /* A value libpq itself found wrong (a port, a host): perhaps a password
          * character the URI gives a meaning. */
         bool hint = strncmp(self->errmsg, "invalid ", 8) == 0 && strstr(dsn, "://");

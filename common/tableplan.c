@@ -53,10 +53,10 @@ static void s_free_list(char **list, int n)
 
 static void s_route_clear(bf_route_plan_t *rp, int nkeys)
 {
-    char **f[] = {&rp->label,       &rp->qname,     &rp->filter,  &rp->select_list,
-                  &rp->target_cols, &rp->src_row,   &rp->tgt_row, &rp->tkey_row,
-                  &rp->stage,       &rp->stage_ddl, &rp->merge,   &rp->select_named,
-                  &rp->unread,      &rp->defaulted};
+    char **f[] = {&rp->label,       &rp->qname,     &rp->filter,   &rp->select_list,
+                  &rp->target_cols, &rp->src_row,   &rp->tgt_row,  &rp->tkey_row,
+                  &rp->stage,       &rp->stage_ddl, &rp->merge,    &rp->select_named,
+                  &rp->unread,      &rp->defaulted, &rp->tkey_text};
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
         free(*f[i]);
         *f[i] = NULL;
@@ -510,8 +510,9 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
 
     /* Where the target holds the source key as is (verify compares ranges). */
     rp->tkey_types = bf_xcalloc((size_t)tp->nkeys, sizeof *rp->tkey_types);
-    bf_strbuf_t tkey;
+    bf_strbuf_t tkey, ttext;
     bf_strbuf_init(&tkey);
+    bf_strbuf_init(&ttext);
     int found = 0;
     for (int kk = 0; kk < tp->nkeys; kk++) {
         for (int i = 0; i < ntc; i++) {
@@ -519,15 +520,21 @@ static int s_resolve_route(bf_tableplan_t *tp, const bf_job_t *job, const bf_tab
                 continue;
             char *q = bf_pg_ident(tgt, PQgetvalue(tcols, i, C_NAME));
             bf_strbuf_appendf(&tkey, "%s%s", kk ? ", " : "", q);
+            bf_strbuf_appendf(&ttext, "%s%s::text", kk ? ", " : "", q);
             free(q);
             rp->tkey_types[kk] = bf_xstrdup(PQgetvalue(tcols, i, C_TYPE));
             found++;
             break;
         }
     }
-    if (found == tp->nkeys)
+    if (found == tp->nkeys) {
         rp->tkey_row = tp->nkeys == 1 ? bf_strbuf_take(&tkey) : bf_xasprintf("(%s)", tkey.buf);
+        /* The same text as the source's key_text. */
+        rp->tkey_text = tp->nkeys == 1 ? bf_strbuf_take(&ttext)
+                                       : bf_xasprintf("json_build_array(%s)::text", ttext.buf);
+    }
     bf_strbuf_free(&tkey);
+    bf_strbuf_free(&ttext);
 
     /* Modes other than insert: staging table and merge on the target's primary key. */
     if (t->mode != BF_MODE_INSERT) {

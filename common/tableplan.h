@@ -32,6 +32,7 @@ typedef struct {
     char *tkey_row;     /* verify: target columns holding the source key as is ("c" or
                          * "(c1, c2)"), NULL when the key is not copied unchanged */
     char **tkey_types;  /* their types on the target (nkeys entries) */
+    char *tkey_text;    /* verify: those columns as the source's key_text reads its key */
     char *stage;        /* temp staging table (modes other than insert), else NULL */
     char *stage_ddl;    /* creates it */
     char *merge;        /* INSERT ... SELECT FROM stage ON CONFLICT ... (modes but insert) */

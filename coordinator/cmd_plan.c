@@ -259,7 +259,7 @@ int bf_cmd_status(int argc, char **argv)
         return planned < 0 ? BF_EXIT_CONNECT : BF_EXIT_OK;
     }
     bool mismatch = false;
-    if ((rc = bf_jobctx_check_plan(&ctx, false, &mismatch)) != BF_EXIT_OK) {
+    if ((rc = bf_jobctx_check_plan(&ctx, false, false, &mismatch)) != BF_EXIT_OK) {
         bf_jobctx_close(&ctx);
         return rc;
     }

@@ -162,16 +162,12 @@ static void s_side_close(side_t *s)
 static int s_diff_keys(bf_pg_t *src, bf_pg_t *tgt, const bf_tableplan_t *tp,
                        const bf_route_plan_t *rp, const char *scond, const char *tcond, int max)
 {
-    /* The target's key columns as the source's key text reads them. */
-    char *tkey = tp->nkeys == 1 ? bf_xasprintf("(%s)::text", rp->tkey_row)
-                                : bf_xasprintf("json_build_array%s::text", rp->tkey_row);
     side_t a, b;
     int rc = s_side_open(&a, src, "bf_verify_src", tp->key_text, rp->src_row, tp->src_qname, scond);
     if (rc == 0)
-        rc = s_side_open(&b, tgt, "bf_verify_tgt", tkey, rp->tgt_row, rp->qname, tcond);
+        rc = s_side_open(&b, tgt, "bf_verify_tgt", rp->tkey_text, rp->tgt_row, rp->qname, tcond);
     else
         b.pg = NULL;
-    free(tkey);
     int shown = 0;
     bool erra = false, errb = false;
     while (rc == 0 && shown < max) {
@@ -262,7 +258,7 @@ int bf_cmd_verify(int argc, char **argv)
     int planned = bf_rstate_is_planned(ctx.redis);
     int64_t nranges = 0;
     bool mismatch = false;
-    if (planned > 0 && (rc = bf_jobctx_check_plan(&ctx, false, &mismatch)) != BF_EXIT_OK) {
+    if (planned > 0 && (rc = bf_jobctx_check_plan(&ctx, false, false, &mismatch)) != BF_EXIT_OK) {
         bf_jobctx_close(&ctx);
         return rc;
     }

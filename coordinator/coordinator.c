@@ -311,7 +311,7 @@ bf_coord_t *bf_coord_new(bf_jobctx_t *ctx, const bf_coord_opts_t *opts, int *exi
         /* The plan's ranges belong to its tables by position: a job file whose
          * tables changed would resume the wrong table's checkpoints. */
         bool mismatch = false;
-        *exit_code = bf_jobctx_check_plan(&self->ctx, opts->replan, &mismatch);
+        *exit_code = bf_jobctx_check_plan(&self->ctx, opts->replan, true, &mismatch);
         if (*exit_code != BF_EXIT_OK)
             goto fail;
         if (mismatch)

@@ -7,6 +7,7 @@
 #include "planner.h"
 #include "strbuf.h"
 
+#include <ctype.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,7 +143,41 @@ static const char *s_field(const redisReply *all, const char *f)
     return NULL;
 }
 
-int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch)
+/* Whether table t of a job loaded for Redis only still holds an unset "${VAR}"
+ * (left as written): its signature and mapping cannot be compared. */
+static bool s_unexpanded(const bf_table_t *t)
+{
+    bool u = strstr(t->from_schema, "${") || strstr(t->from_table, "${") ||
+             (t->where && strstr(t->where, "${")) || (t->version && strstr(t->version, "${"));
+    for (int i = 0; i < t->nroutes && !u; i++)
+        u = strstr(t->routes[i].schema, "${") || strstr(t->routes[i].table, "${") ||
+            strstr(t->routes[i].alias, "${") ||
+            (t->routes[i].when && strstr(t->routes[i].when, "${"));
+    for (int c = 0; c < t->ncolumns && !u; c++)
+        u = t->columns[c].expr && strstr(t->columns[c].expr, "${");
+    for (int k = 0; k < t->nkey && !u; k++)
+        u = strstr(t->key[k], "${");
+    return u;
+}
+
+/* Whether two table names are the same but for case and double quotes. */
+static bool s_same_name(const char *a, const char *b)
+{
+    for (;;) {
+        while (*a == '"')
+            a++;
+        while (*b == '"')
+            b++;
+        if (!*a || !*b)
+            return !*a && !*b;
+        if (tolower((unsigned char)*a) != tolower((unsigned char)*b))
+            return false;
+        a++;
+        b++;
+    }
+}
+
+int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool adopt, bool *mismatch)
 {
     const bf_job_t *job = ctx->job;
     bf_rstate_t *r = ctx->redis;
@@ -154,6 +189,7 @@ int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch)
     }
     const char *v = s_field(meta, "ntables");
     int stored = v ? atoi(v) : 0;
+    bool old = false; /* a table without a signature (a plan of an older version) */
     char f[64], what[2600] = "";
     if (stored != job->ntables) {
         snprintf(what, sizeof what, "the plan has %d table%s, the job file lists %d", stored,
@@ -163,12 +199,25 @@ int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch)
         snprintf(f, sizeof f, "tbl:%d:sig", t);
         const char *was = s_field(meta, f);
         char *now = bf_jobctx_table_sig(&job->tables[t]);
-        /* (A plan of an older version has no signatures: nothing to compare.) */
-        if (was && strcmp(was, now) != 0)
+        if (was && strcmp(was, now) != 0 && !s_unexpanded(&job->tables[t]))
             snprintf(what, sizeof what,
                      "table %d of the job file (line %d) is %s, but the plan's table %d is %s",
                      t + 1, job->tables[t].line, now, t + 1, was);
         free(now);
+        if (was)
+            continue;
+        /* A plan of an older version has no signatures, only each table's source
+         * (as the catalog names it: compared without case or quotes). */
+        snprintf(f, sizeof f, "tbl:%d:name", t);
+        const char *name = s_field(meta, f);
+        char *from = bf_xasprintf("%s.%s", job->tables[t].from_schema, job->tables[t].from_table);
+        if (name && !s_unexpanded(&job->tables[t]) && !s_same_name(name, from))
+            snprintf(what, sizeof what,
+                     "table %d of the job file (line %d) is read from %s, but the plan's table "
+                     "%d from %s",
+                     t + 1, job->tables[t].line, from, t + 1, name);
+        free(from);
+        old = true;
     }
     if (what[0]) {
         *mismatch = true;
@@ -190,7 +239,7 @@ int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch)
         snprintf(f, sizeof f, "tbl:%d:map", t);
         const char *was = s_field(meta, f);
         char *now = bf_jobctx_table_map(&job->tables[t]);
-        if (was && strcmp(was, now) != 0)
+        if (was && strcmp(was, now) != 0 && !s_unexpanded(&job->tables[t]))
             log_warn("job %s: the mode, columns, where or route conditions of table %s.%s "
                      "(line %d) changed since the job was planned: rows copied before keep what "
                      "the earlier job file said",
@@ -199,6 +248,17 @@ int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch)
         free(now);
     }
     freeReplyObject(meta);
+    if (old && adopt) {
+        /* From now on the plan is compared in full. */
+        for (int t = 0; t < job->ntables; t++) {
+            char *sig = bf_jobctx_table_sig(&job->tables[t]);
+            char *map = bf_jobctx_table_map(&job->tables[t]);
+            freeReplyObject(bf_rstate_cmd(r, "HSET %s tbl:%d:sig %s tbl:%d:map %s",
+                                          bf_rstate_key(r, "meta"), t, sig, t, map));
+            free(sig);
+            free(map);
+        }
+    }
     return BF_EXIT_OK;
 }
 

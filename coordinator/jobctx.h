@@ -42,8 +42,9 @@ char *bf_jobctx_table_map(const bf_table_t *t);
  * the number of tables and each one's signature. A different one is an error
  * saying what differs and what to do (BF_EXIT_USAGE), or with replan a warning
  * (BF_EXIT_OK; *mismatch tells). A changed mapping hash is a warning. Plans of
- * an older version have no signatures: only the count is compared. */
-int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool *mismatch);
+ * an older version have no signatures: each table's source name is compared,
+ * and with adopt (the coordinator) the signatures are stored once it matches. */
+int bf_jobctx_check_plan(bf_jobctx_t *ctx, bool replan, bool adopt, bool *mismatch);
 
 /* Plans every table and stores the plan in Redis, resetting the fence rows of
  * the job on the targets (whose fence tables the caller created: the

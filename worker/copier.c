@@ -1512,10 +1512,17 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                                                        batch_rows, ref.col, &value, 1, true)
                                          : s_fk_locate_routed(self, tp, frp, r, self->row_lower,
                                                               end, ref.col, ref.value);
-                if (at < 0) {
+                if (at < 0 && (!bf_pg_is_alive(self->src) || bf_pg_error_is_retryable(self->src))) {
                     free(end);
                     return s_fail(self, w, tp, tp->routes[failed_route].label, self->src,
                                   "finding the refused row in the source for");
+                }
+                if (at < 0) {
+                    /* (A column the refusal names that the source cannot read so.) */
+                    log_warn("range %lld: finding the refused row by its value failed (%s); "
+                             "halving the batch instead",
+                             (long long)r->id, self->src->errmsg);
+                    at = 0;
                 }
                 w->located = at > 0 && at <= batch_rows;
                 w->predicted = false;

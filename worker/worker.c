@@ -144,8 +144,34 @@ static const char *s_env_from_msg(const char *name, void *arg)
     return getenv(name);
 }
 
+/* Whether the job of a WELCOME is the one this worker runs: its text, and the
+ * values of the variables it references. */
+static bool s_same_job(const bf_job_t *job, const bf_msg_t *m)
+{
+    if (!m->job || strcmp(m->job, job->text) != 0 || m->nenv != job->nenv)
+        return false;
+    for (int i = 0; i < job->nenv; i++) {
+        const char *v = s_env_from_msg(job->env_names[i], (void *)m);
+        if (!v || strcmp(v, job->env_values[i]) != 0)
+            return false;
+    }
+    return true;
+}
+
 static void s_on_welcome(worker_t *w, bf_msg_t *m)
 {
+    if (w->job && !s_same_job(w->job, m)) {
+        /* A coordinator restarted with a changed job file (or --replan of other
+         * tables): this worker's tables, mapping and secrets are those of the old
+         * one, and the new plan's ranges would be read against them. */
+        log_error("the coordinator at %s now runs another version of job %s (its job file or "
+                  "the variables it references changed); this worker stops: start it again to "
+                  "take the new one",
+                  w->endpoint, w->job->name);
+        w->exit_code = BF_EXIT_USAGE;
+        w->finished = true;
+        return;
+    }
     if (!w->job) {
         char err[1024];
         w->job = bf_job_load_string(m->job, "job (from coordinator)", s_env_from_msg, m, err,

@@ -5,8 +5,9 @@
 # swapped lost rows), and a table added to a finished job was never copied while
 # `run` said the job was complete. Now every command that reads the plan (run,
 # coordinator, status, verify) refuses a job file whose tables differ, saying what
-# differs and what to do (exit 2); `--replan` plans such a job afresh. A changed
-# mode, columns or filter is only a warning.
+# differs and what to do (exit 2); `--replan` plans such a job afresh, and a
+# worker that outlived its coordinator stops rather than run the new job's ranges
+# against its old tables. A changed mode, columns or filter is only a warning.
 . "$(dirname "$0")/lib.sh"
 fresh_db jc_src jc_tgt
 make_monolith jc_src 20000
@@ -51,6 +52,15 @@ WHAT="table 2 of the job file (line 12) is public.notes -> svc.public.notes, but
 expect_refused run_swapped "$BF" run "$WORK/swapped.yaml" --workers 2
 expect_refused coordinator_swapped "$BF" coordinator "$WORK/swapped.yaml" --bind "ipc://$WORK/c.sock"
 
+# A plan stored by an older version has no signatures: the tables' source names
+# are compared, and a coordinator that finds them matching stores the signatures.
+for t in 0 1 2; do redis_cmd HDEL 'bf:{jc}:meta' "tbl:$t:sig" "tbl:$t:map" >/dev/null; done
+WHAT="table 2 of the job file (line 12) is read from public.notes, but the plan's table 2 from public.users"
+expect_refused run_swapped_old "$BF" run "$WORK/swapped.yaml" --workers 2
+"$BF" run "$WORK/job.yaml" --workers 2 >"$WORK/old.out" 2>"$WORK/old.err" || fail "run of an older plan: $(cat "$WORK/old.err")"
+grep -q '^job is already complete' "$WORK/old.out" || fail "run of an older plan: $(cat "$WORK/old.out")"
+expect_eq "$(redis_cmd HGET 'bf:{jc}:meta' tbl:1:sig)" "public.users -> svc.public.users" "signature stored for an older plan"
+
 # Another target table for a table.
 sed 's/^    to: svc.users$/    to: svc.people/' "$WORK/job.yaml" >"$WORK/retarget.yaml"
 WHAT="table 2 of the job file (line 12) is public.users -> svc.public.people, but the plan's table 2 is public.users -> svc.public.users"
@@ -65,6 +75,29 @@ grep -q '^job is already complete' "$WORK/mode.out" || fail "run with a changed 
 grep -q 'the mode, columns, where or route conditions of table public.notes (line 14) changed since the job was planned' \
     "$WORK/mode.err" || fail "no warning for a changed mode: $(cat "$WORK/mode.err")"
 "$BF" verify "$WORK/job.yaml" >/dev/null 2>&1 || fail "verify of the unchanged job file"
+
+# A worker that outlives its coordinator does not take a changed job for its own:
+# a coordinator restarted with the tables swapped and --replan would otherwise
+# have it read the new plan's ranges against its old tables.
+forget_job jcw
+sed 's/^name: jc$/name: jcw/' "$WORK/job.yaml" >"$WORK/w.yaml"
+sed 's/^name: jc$/name: jcw/' "$WORK/swapped.yaml" >"$WORK/w2.yaml"
+start_coordinator coordw auto "$WORK/w.yaml"
+"$BF" pause "$WORK/w.yaml" >/dev/null
+start_worker w1
+wait_for 10 grep -q 'joined coordinator' "$WORK/w1.err" || fail "worker did not join: $(cat "$WORK/w1.err")"
+kill -9 "$CPID"
+wait "$CPID" 2>/dev/null || true
+start_coordinator coordw2 "$PORT" "$WORK/w2.yaml" --replan
+rc=0
+wait_for 20 eval '! kill -0 '"$WPID"' 2>/dev/null' || fail "worker kept running with the old job: $(tail -3 "$WORK/w1.err")"
+wait "$WPID" || rc=$?
+expect_eq "$rc" 2 "exit code of a worker whose coordinator came back with another job"
+grep -q "the coordinator at $ENDPOINT now runs another version of job jcw (its job file or the variables it references changed); this worker stops" \
+    "$WORK/w1.err" || fail "worker did not say why it stopped: $(tail -3 "$WORK/w1.err")"
+kill "$CPID"
+wait "$CPID" 2>/dev/null || true
+forget_job jcw
 
 # Started over on purpose: the targets emptied, --replan plans the new tables.
 q jc_tgt "TRUNCATE orders, users, notes" >/dev/null

@@ -116,3 +116,12 @@ done
 # Collation-correct: the text key's ranges follow the column's ICU order, so every
 # row landed (checked above) and the bounds interleave upper and lower case.
 echo "$(grep -c . "$WORK/plan.out") ranges; collation ${coll:-default}; all tables match"
+# verify names the keys that differ, a key of several columns too (its text is the
+# same on both sides: each column as text, whatever its type).
+IFS='|' read -r ct cc cs < <(q kt_tgt "SELECT tenant, code, seq FROM comp ORDER BY 1, 2, 3 OFFSET 10 LIMIT 1")
+q kt_tgt "UPDATE comp SET v = v || 'x' WHERE (tenant, code, seq) = ($ct, '$cc', $cs)" >/dev/null
+rc=0
+"$BF" verify "$WORK/job.yaml" >"$WORK/verify2.out" 2>&1 || rc=$?
+expect_eq "$rc" 1 "exit code of verify with a changed row of a three-column key"
+grep -A1 '^MISMATCH public.comp' "$WORK/verify2.out" | grep -qxF "  key [\"$ct\", \"$cc\", \"$cs\"]: different values" ||
+    fail "the changed row of comp is not named: $(grep -A3 '^MISMATCH public.comp' "$WORK/verify2.out")"

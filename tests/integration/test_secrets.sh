@@ -85,6 +85,13 @@ grep -q 'environment variable BF_TEST_PG_PASSWORD is not set' "$OUT/verify_nopg.
 rc=0
 env -u BF_TEST_REDIS_PASSWORD "$BF" status "$WORK/job.yaml" >"$OUT/status_noredis.out" 2>&1 || rc=$?
 expect_eq "$rc" 2 "exit code of status without the Redis password in the environment"
+# A variable in both source: and redis: is still needed for redis:.
+sed "s/BF_TEST_REDIS_PASSWORD/BF_TEST_PG_PASSWORD/" "$WORK/job.yaml" >"$WORK/shared.yaml"
+rc=0
+env -u BF_TEST_PG_PASSWORD "$BF" status "$WORK/shared.yaml" >"$OUT/status_shared.out" 2>&1 || rc=$?
+expect_eq "$rc" 2 "exit code of status without a variable both source: and redis: use"
+grep -q "environment variable BF_TEST_PG_PASSWORD is not set (referenced by 'redis')" "$OUT/status_shared.out" ||
+    fail "status without a shared variable: $(cat "$OUT/status_shared.out")"
 
 # Wrong passwords, and sslmode passed through: clear errors, no password in them.
 # A wrong password is not "unreachable, retry" (3): exit 2.
