@@ -104,14 +104,14 @@ static const char *s_password_problem(const char *dsn)
     const char *why = NULL;
     if (strstr(dsn, "://")) {
         for (const char *c = pw; *c && !why; c++)
-            if (strchr("@/?#\"' ", *c))
+            if (strchr("@/?", *c))
                 why = "the password in the URI holds a character that means something there "
-                      "(@ / ? # space or a quote)";
+                      "(@ / or ?)";
             else if (*c == '%' && !(isxdigit((unsigned char)c[1]) && isxdigit((unsigned char)c[2])))
                 why = "the password in the URI holds a % that does not start a %XX escape";
-    } else if (pw[0] != '\'' && strpbrk(pw, " \t\"'\\")) {
-        why = "the password in the key=value form holds a space, a quote or a backslash "
-              "without being in single quotes";
+    } else if (pw[0] != '\'' && strpbrk(pw, " \t'")) {
+        why = "the password in the key=value form holds a space or a quote without being in "
+              "single quotes";
     }
     free(pw);
     return why;
