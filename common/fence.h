@@ -70,9 +70,21 @@
 #define BF_FENCE_RESET "DELETE FROM public.backfill_fence WHERE job = $1"
 #define BF_REJECTS_RESET "DELETE FROM public.backfill_rejects WHERE job = $1"
 
+/* ... and keep a floor above every token of that plan (range_id -1, token $2):
+ * a worker of the earlier plan still holding a lease (it outlived its coordinator)
+ * finds its range's new fence row above its token, instead of creating one at 0
+ * and committing (a range of the new plan with that id would then go on from its
+ * cursor, skipping rows when the plans differ). */
+#define BF_FENCE_FLOOR                                                                             \
+    "INSERT INTO public.backfill_fence (job, range_id, token, seq) VALUES ($1, -1, $2, 0)"         \
+    " ON CONFLICT (job, range_id) DO UPDATE SET token ="                                           \
+    " greatest(backfill_fence.token, EXCLUDED.token), updated_at = now()"
+
+/* A range's fence row, at the floor's token (0 without one). */
 #define BF_FENCE_ENSURE                                                                            \
-    "INSERT INTO public.backfill_fence (job, range_id, token, seq) VALUES ($1, $2, 0, 0) "         \
-    "ON CONFLICT (job, range_id) DO NOTHING"
+    "INSERT INTO public.backfill_fence (job, range_id, token, seq) SELECT $1, $2, coalesce("       \
+    "(SELECT token FROM public.backfill_fence WHERE job = $1 AND range_id = -1), 0), 0"            \
+    " ON CONFLICT (job, range_id) DO NOTHING"
 
 #define BF_FENCE_LOCK                                                                              \
     "SELECT token, seq, cursor, final, lo, hi FROM public.backfill_fence "                         \

@@ -300,12 +300,32 @@ int bf_jobctx_plan_and_store(bf_jobctx_t *ctx)
         else
             log_info("planned %s: %zu ranges in %lld ms", labels[t], counts[t], bf_now_ms() - t0);
     }
-    /* A fresh plan starts over: fence rows of an earlier plan would fence it out. */
+    /* A fresh plan starts over: fence rows of an earlier plan would fence it out.
+     * Tokens were issued before (an earlier plan): a floor above them fences out
+     * its workers (BF_FENCE_FLOOR); the new plan's tokens start a million higher. */
+    long long issued = 0;
+    if (rc == BF_EXIT_OK) {
+        redisReply *f = bf_rstate_cmd(ctx->redis, "GET %s", bf_rstate_key(ctx->redis, "fence"));
+        if (!f) {
+            log_error("%s", ctx->redis->errmsg);
+            rc = BF_EXIT_CONNECT;
+        } else if (f->type == REDIS_REPLY_STRING) {
+            issued = atoll(f->str);
+        }
+        freeReplyObject(f);
+    }
     for (int i = 0; i < job->ntargets && rc == BF_EXIT_OK; i++) {
-        const char *params[] = {job->name};
+        char floor[24];
+        snprintf(floor, sizeof floor, "%lld", issued + 1);
+        const char *params[] = {job->name, floor};
         PGresult *res = NULL;
         if (bf_pg_exec(ctx->tgt[i], BF_REJECTS_DDL) != 0 ||
             !(res = bf_pg_query(ctx->tgt[i], BF_FENCE_RESET, 1, params)))
+            rc = BF_EXIT_CONNECT;
+        PQclear(res);
+        res = NULL;
+        if (rc == BF_EXIT_OK && issued > 0 &&
+            !(res = bf_pg_query(ctx->tgt[i], BF_FENCE_FLOOR, 2, params)))
             rc = BF_EXIT_CONNECT;
         PQclear(res);
         res = NULL;

@@ -9,9 +9,10 @@
 # worker that outlived its coordinator stops rather than run the new job's ranges
 # against its old tables. A changed mode, columns or filter is only a warning.
 . "$(dirname "$0")/lib.sh"
-fresh_db jc_src jc_tgt
+fresh_db jc_src jc_tgt jcw_tgt
 make_monolith jc_src 20000
 make_service jc_tgt
+make_service jcw_tgt
 q jc_src "CREATE TABLE extra (id bigint PRIMARY KEY, v text);
     INSERT INTO extra SELECT g, 'v' || g FROM generate_series(1, 3000) g; ANALYZE extra" >/dev/null
 q jc_tgt "CREATE TABLE extra (id bigint PRIMARY KEY, v text)" >/dev/null
@@ -79,13 +80,16 @@ grep -q 'the mode, columns, where or route conditions of table public.notes (lin
 # A worker that outlives its coordinator does not take a changed job for its own:
 # a coordinator restarted with the tables swapped and --replan would otherwise
 # have it read the new plan's ranges against its old tables.
+# Nor does it write into the emptied targets of the new plan before it finds out:
+# its lease is of the old plan, and the fence rows' floor is above its token.
 forget_job jcw
-sed 's/^name: jc$/name: jcw/' "$WORK/job.yaml" >"$WORK/w.yaml"
-sed 's/^name: jc$/name: jcw/' "$WORK/swapped.yaml" >"$WORK/w2.yaml"
+sed -e 's/^name: jc$/name: jcw/' -e 's#/jc_tgt$#/jcw_tgt#' "$WORK/job.yaml" >"$WORK/w.yaml"
+sed -e 's/^name: jc$/name: jcw/' -e 's#/jc_tgt$#/jcw_tgt#' "$WORK/swapped.yaml" >"$WORK/w2.yaml"
 start_coordinator coordw auto "$WORK/w.yaml"
 "$BF" pause "$WORK/w.yaml" >/dev/null
 start_worker w1
 wait_for 10 grep -q 'joined coordinator' "$WORK/w1.err" || fail "worker did not join: $(cat "$WORK/w1.err")"
+wait_for 10 grep -q 'paused (backfill pause)' "$WORK/w1.err" || fail "worker did not pause: $(cat "$WORK/w1.err")"
 kill -9 "$CPID"
 wait "$CPID" 2>/dev/null || true
 start_coordinator coordw2 "$PORT" "$WORK/w2.yaml" --replan
@@ -97,6 +101,11 @@ grep -q "the coordinator at $ENDPOINT now runs another version of job jcw (its j
     "$WORK/w1.err" || fail "worker did not say why it stopped: $(tail -3 "$WORK/w1.err")"
 kill "$CPID"
 wait "$CPID" 2>/dev/null || true
+for t in orders users notes; do
+    expect_eq "$(q jcw_tgt "SELECT count(*) FROM $t")" 0 "rows the old plan's worker wrote into $t after --replan"
+done
+expect_eq "$(q jcw_tgt "SELECT token > 0 FROM backfill_fence WHERE job = 'jcw' AND range_id = -1")" t \
+    "fence floor after --replan"
 forget_job jcw
 
 # Started over on purpose: the targets emptied, --replan plans the new tables.
