@@ -1097,10 +1097,19 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
             end = *end_p;
         }
     }
-    if (reject_route >= 0 && !set_aside)
+    if (reject_route >= 0 && !set_aside && w->predicted)
+        log_debug("range %lld: the row predicted to refer to a parked row went in",
+                  (long long)r->id);
+    else if (reject_route >= 0 && !set_aside)
         log_info("range %lld: the row target %s refused went in when tried again (%s before)",
                  (long long)r->id, job->targets[ti].alias, reject_error);
     bool parked = set_aside && park && strcmp(self->row_sqlstate, SQLSTATE_FK) == 0;
+    if (set_aside && park && !parked && w->predicted) {
+        /* A predicted row refused for another reason: refused like any row (the
+         * caller sets it aside as --max-rejects allows, or stops). */
+        result = BF_BATCH_ROW_ERROR;
+        goto rollback;
+    }
     if (set_aside && park && !parked) {
         /* Refused again, for another reason now: that is not for parking; the
          * retried lease isolates it again (and sets it aside as --max-rejects
@@ -1453,8 +1462,23 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
             bf_fault_point("between-targets");
         bool done = false;
         int failed_route = -1;
-        bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL, false,
-                                              rows, bytes, &done, &failed_route);
+        /* A row predicted to refer to a row parked here, alone: tried once, in the
+         * savepoint that parks it when refused (not first in a batch of its own,
+         * which the target would refuse: one transaction per parked row saved). */
+        bool direct = w->predicted && w->located && !w->alone_next && limit == 1 &&
+                      tp->nroutes == 1 && self->pk[tp->index].col;
+        int64_t parked_first = w->parked;
+        bf_batch_result_t br = direct
+                                   ? s_batch_target(self, w, tp, ti, &end, &final, limit, 0,
+                                                    "it refers to a row parked here", true, rows,
+                                                    bytes, &done, &failed_route)
+                                   : s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL,
+                                                    false, rows, bytes, &done, &failed_route);
+        if (direct && br == BF_BATCH_MORE && end && w->parked > parked_first) {
+            struct parked_keys *pk = &self->pk[tp->index];
+            s_remember_parked(pk, pk->col, end);
+            pk->misses = 0; /* rows may refer to this one: look again */
+        }
         bool fk = br == BF_BATCH_ROW_ERROR && strcmp(self->row_sqlstate, SQLSTATE_FK) == 0;
         fk_ref_t ref;
         bool fk_parsed = fk && s_fk_detail(self->row_detail, &ref);

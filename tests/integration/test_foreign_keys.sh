@@ -14,7 +14,8 @@
 #     greater key (node 150 -> 2900, in a later range whose rows refer to rows
 #     below it): found in its batch by the key value, parked with the rows that
 #     refer to it (found in the source before their batches are tried, not each
-#     by a refused batch), written when every range is done; every row lands.
+#     by a refused batch, and each tried once, in the savepoint that parks it),
+#     written when every range is done; every row lands.
 #  3. An orphan (a row referring to a row the source does not have): the range is
 #     set back while other batches commit (deferred), then the row is parked; the
 #     rest lands and the job ends naming table, key and the missing row (exit 4),
@@ -154,8 +155,12 @@ expect_eq "$(q fk_tgt "SELECT count(*) FROM backfill_rejects")" 0 "rows set asid
 forget_job fkn
 job fkn fk_tgt node | sed 's/range_rows: 5000/range_rows: 500/; s/batch_rows: 2000/batch_rows: 200/' \
     >"$WORK/node.yaml"
+rollbacks() { q postgres "SELECT xact_rollback FROM pg_stat_database WHERE datname = 'fk_tgt'"; }
+rb0=$(rollbacks)
 "$BF" run "$WORK/node.yaml" --workers 2 >"$WORK/run2b.out" 2>"$WORK/run2b.err" ||
     { tail -20 "$WORK/run2b.err"; fail "a row referring to a later range"; }
+sleep 1 # (the workers' statistics reach pg_stat_database when they exit)
+rb1=$(rollbacks)
 expect_eq "$(table_md5 fk_tgt node id)" "$(table_md5 fk_src node id)" "md5 of node"
 grep -q 'table public.node -> svc.public.node: row with key 150 refers to a row target svc does not have yet: parked in public.backfill_rejects there, tried again when every range is done (insert or update on table "node" violates foreign key constraint "node_parent_fk" (Key (parent_id)=(2900) is not present in table "node".))' \
     "$WORK/run2b.err" || fail "row 150 not parked: $(grep -i 'node' "$WORK/run2b.err" | tail -3)"
@@ -169,6 +174,9 @@ parked=$(grep -c 'parked in public.backfill_rejects' "$WORK/run2b.err")
 located=$(grep -c 'target svc refused row' "$WORK/run2b.err")
 [ "$parked" -ge 20 ] || fail "only $parked rows parked (the test data should park the subtree under 150)"
 [ "$located" -le 3 ] || fail "$located refused batches for $parked parked rows"
+# A row found that way is tried once, in the savepoint that parks it: not first in
+# a batch of its own that the target refuses (a rolled-back transaction each).
+[ $((rb1 - rb0)) -le 10 ] || fail "$((rb1 - rb0)) transactions rolled back on the target for $parked parked rows"
 grep -q "target svc: writing $parked parked rows again" "$WORK/run2b.err" ||
     fail "parked rows not written again: $(grep -i 'parked' "$WORK/run2b.err" | tail -3)"
 if grep -q 'to isolate it\|is retried in' "$WORK/run2b.err"; then
