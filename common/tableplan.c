@@ -252,13 +252,26 @@ static bool s_names_col(bf_pg_t *conn, const char *expr, const char *quoted)
 static bool s_mentions(const char *sql, const char *name)
 {
     size_t n = strlen(name);
+    bool in_string = false;
     for (const char *p = sql; p && *p; p++) {
-        if (strncasecmp(p, name, n) != 0)
+        if (*p == '\'') /* ('' inside a string toggles twice) */
+            in_string = !in_string;
+        if (in_string || strncasecmp(p, name, n) != 0)
             continue;
         bool before = p > sql && (isalnum((unsigned char)p[-1]) || p[-1] == '_' || p[-1] == '$');
         bool after = isalnum((unsigned char)p[n]) || p[n] == '_' || p[n] == '$';
-        if (!before && !after)
-            return true;
+        if (before || after)
+            continue;
+        /* Not a type in a cast (x::text) nor a function called so (date(x)). */
+        const char *b = p;
+        while (b > sql && isspace((unsigned char)b[-1]))
+            b--;
+        const char *a = p + n;
+        while (isspace((unsigned char)*a))
+            a++;
+        if ((b - sql >= 2 && b[-1] == ':' && b[-2] == ':') || *a == '(')
+            continue;
+        return true;
     }
     return false;
 }

@@ -122,18 +122,20 @@ expect_error run_bind 2 "^backfill run: --bind is for \`backfill coordinator\`" 
 # A column renamed in the service: the source's column is not copied and the
 # target's gets its default. `plan` lists both and warns (they were dropped without
 # a word); with the target column set to ~ under columns: it is meant, no warning.
-q je_src "CREATE TABLE customer (id bigint PRIMARY KEY, name text, email text);
-    INSERT INTO customer VALUES (1, 'a', 'a@x'); ANALYZE customer" >/dev/null
+q je_src "CREATE TABLE customer (id bigint PRIMARY KEY, name text, email text, text text);
+    INSERT INTO customer VALUES (1, 'a', 'a@x', 't'); ANALYZE customer" >/dev/null
 q je_tgt "CREATE TABLE customer (id bigint PRIMARY KEY, name text, email_address text)" >/dev/null
 export JE_SECRET=$SECRET
 good | sed 's/public.orders$/customer/' >"$WORK/renamed.yaml"
+# (A column named like the type in a cast, name::text, is not read by it.)
+printf '    columns:\n      name: name::text\n' >>"$WORK/renamed.yaml"
 "$BF" plan "$WORK/renamed.yaml" >"$WORK/renamed.out" 2>"$WORK/renamed.err" || fail "plan of a renamed column"
-grep -q '^public.customer -> svc.public.customer: source columns not copied: email$' "$WORK/renamed.out" ||
+grep -q '^public.customer -> svc.public.customer: source columns not copied: email, text$' "$WORK/renamed.out" ||
     fail "plan does not list the column not copied: $(cat "$WORK/renamed.out")"
 grep -q '^public.customer -> svc.public.customer: target columns left to their default: email_address$' \
     "$WORK/renamed.out" || fail "plan does not list the defaulted column: $(cat "$WORK/renamed.out")"
-grep -q "renamed.yaml:8: table public.customer -> svc.public.customer: source column(s) email are not copied and target column(s) email_address get their default: if a column was renamed, map it under 'columns:'" \
+grep -q "renamed.yaml:8: table public.customer -> svc.public.customer: source column(s) email, text are not copied and target column(s) email_address get their default: if a column was renamed, map it under 'columns:'" \
     "$WORK/renamed.err" || fail "no warning for a renamed column: $(cat "$WORK/renamed.err")"
-printf '    columns:\n      email_address: ~\n' >>"$WORK/renamed.yaml"
+printf '      email_address: ~\n' >>"$WORK/renamed.yaml"
 "$BF" plan "$WORK/renamed.yaml" >"$WORK/renamed2.out" 2>"$WORK/renamed2.err" || fail "plan with email_address: ~"
 if grep -q 'warn' "$WORK/renamed2.err"; then fail "warning although the column is set to ~: $(cat "$WORK/renamed2.err")"; fi
