@@ -35,7 +35,7 @@ static int s_sum(bf_pg_t *pg, const char *qname, const char *row, const char *co
     return 0;
 }
 
-/* The source side of a route: its rows in the range (lo/hi NULL = open, both NULL
+/* The condition for the source side of a route: its rows in the range (lo/hi NULL = open, both NULL
  * and whole = the whole table), without the rows the target refused (excl). */
 static char *s_source_cond(bf_pg_t *src, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
                            const char *lo, const char *hi, bool whole, const char *excl)
@@ -45,16 +45,6 @@ static char *s_source_cond(bf_pg_t *src, const bf_tableplan_t *tp, const bf_rout
                               rp->filter ? rp->filter : "", excl ? " AND " : "", excl ? excl : "");
     free(range);
     return cond;
-}
-
-static int s_sum_source(bf_pg_t *src, const bf_tableplan_t *tp, const bf_route_plan_t *rp,
-                        const char *lo, const char *hi, bool whole, const char *excl,
-                        range_sum_t *out)
-{
-    char *cond = s_source_cond(src, tp, rp, lo, hi, whole, excl);
-    int rc = s_sum(src, tp->src_qname, rp->src_row, cond, out);
-    free(cond);
-    return rc;
 }
 
 /* "NOT (key IN (...))" for the rows of this route the target refused (kept in its
@@ -308,8 +298,10 @@ int bf_cmd_verify(int argc, char **argv)
             }
             if (!rp->tkey_row) {
                 /* The key is not in the target as is: compare the whole table. */
-                if (s_sum_source(ctx.src, tp, rp, NULL, NULL, true, excl, &a) != 0 ||
-                    s_sum(tgt, rp->qname, rp->tgt_row, NULL, &b) != 0) {
+                char *scond = s_source_cond(ctx.src, tp, rp, NULL, NULL, true, excl);
+                int e = s_sum(ctx.src, tp->src_qname, rp->src_row, scond, &a);
+                free(scond);
+                if (e != 0 || s_sum(tgt, rp->qname, rp->tgt_row, NULL, &b) != 0) {
                     rc = BF_EXIT_CONNECT;
                     break;
                 }
@@ -323,12 +315,14 @@ int bf_cmd_verify(int argc, char **argv)
                            strcmp(a.count, b.count) == 0 ? " (same count, different content)" : "");
                 }
             }
-            for (size_t i = 0; rp->tkey_row && i < counts[t]; i++) {
+            for (size_t i = 0; rp->tkey_row && i < counts[t] && rc == BF_EXIT_OK; i++) {
                 const bf_plan_range_t *r = &ranges[t][i];
+                char *scond = s_source_cond(ctx.src, tp, rp, r->lo, r->hi, false, excl);
                 char *tcond = bf_tableplan_target_range_cond(tp, rp, tgt, r->lo, r->hi);
-                int e1 = s_sum_source(ctx.src, tp, rp, r->lo, r->hi, false, excl, &a);
+                int e1 = s_sum(ctx.src, tp->src_qname, rp->src_row, scond, &a);
                 int e2 = e1 == 0 ? s_sum(tgt, rp->qname, rp->tgt_row, tcond, &b) : -1;
                 if (e1 != 0 || e2 != 0) {
+                    free(scond);
                     free(tcond);
                     rc = BF_EXIT_CONNECT;
                     break;
@@ -341,14 +335,11 @@ int bf_cmd_verify(int argc, char **argv)
                            tp->src_label, rp->label, r->lo ? r->lo : "-inf", r->hi ? r->hi : "+inf",
                            a.count, b.count,
                            strcmp(a.count, b.count) == 0 ? " (same count, different content)" : "");
-                    char *scond = max_keys > 0
-                                      ? s_source_cond(ctx.src, tp, rp, r->lo, r->hi, false, excl)
-                                      : NULL;
                     if (max_keys > 0 &&
                         s_diff_keys(ctx.src, tgt, tp, rp, scond, tcond, (int)max_keys) != 0)
                         rc = BF_EXIT_CONNECT;
-                    free(scond);
                 }
+                free(scond);
                 free(tcond);
             }
             free(excl);

@@ -1335,7 +1335,7 @@ static void s_parked_add(struct parked_keys *pk, const char *key)
 }
 
 /* Keeps the key of a row just parked (its table refers to itself through col), for
- * s_skip_parked. */
+ * s_skip_parked, which looks again: rows may refer to this one. */
 static void s_remember_parked(struct parked_keys *pk, const char *col, const char *key)
 {
     if (pk->col && strcmp(pk->col, col) != 0)
@@ -1343,6 +1343,7 @@ static void s_remember_parked(struct parked_keys *pk, const char *col, const cha
     if (!pk->col)
         pk->col = bf_xstrdup(col);
     s_parked_add(pk, key);
+    pk->misses = 0;
 }
 
 /* At the start of a lease of a table copied in key order: the keys of its rows on
@@ -1468,17 +1469,11 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
         bool direct = w->predicted && w->located && !w->alone_next && limit == 1 &&
                       tp->nroutes == 1 && self->pk[tp->index].col;
         int64_t parked_first = w->parked;
-        bf_batch_result_t br = direct
-                                   ? s_batch_target(self, w, tp, ti, &end, &final, limit, 0,
-                                                    "it refers to a row parked here", true, rows,
-                                                    bytes, &done, &failed_route)
-                                   : s_batch_target(self, w, tp, ti, &end, &final, limit, -1, NULL,
-                                                    false, rows, bytes, &done, &failed_route);
-        if (direct && br == BF_BATCH_MORE && end && w->parked > parked_first) {
-            struct parked_keys *pk = &self->pk[tp->index];
-            s_remember_parked(pk, pk->col, end);
-            pk->misses = 0; /* rows may refer to this one: look again */
-        }
+        bf_batch_result_t br = s_batch_target(self, w, tp, ti, &end, &final, limit, direct ? 0 : -1,
+                                              direct ? "it refers to a row parked here" : NULL,
+                                              direct, rows, bytes, &done, &failed_route);
+        if (direct && br == BF_BATCH_MORE && end && w->parked > parked_first)
+            s_remember_parked(&self->pk[tp->index], self->pk[tp->index].col, end);
         bool fk = br == BF_BATCH_ROW_ERROR && strcmp(self->row_sqlstate, SQLSTATE_FK) == 0;
         fk_ref_t ref;
         bool fk_parsed = fk && s_fk_detail(self->row_detail, &ref);
@@ -1602,10 +1597,8 @@ static bf_batch_result_t s_batch_write(bf_copier_t *self, bf_lease_work_t *w, bf
                                 fk, rows, bytes, &done, &failed_route);
             /* (A key of several columns: its refusals find its rows.) */
             if (br == BF_BATCH_MORE && own && ref.ncols == 1 && limit > 0 && end &&
-                w->parked > parked_before) {
+                w->parked > parked_before)
                 s_remember_parked(&self->pk[tp->index], ref.col, end);
-                self->pk[tp->index].misses = 0; /* rows may refer to this one: look again */
-            }
         }
         if (br != BF_BATCH_MORE) {
             free(end);

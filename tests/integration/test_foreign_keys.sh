@@ -67,6 +67,15 @@ for db in fk_tgt fk_tgt2 fk_tgt3 fk_tgt4 fk_tgt5 fk_tgt6; do
     ALTER TABLE a ADD CONSTRAINT a_b_fk FOREIGN KEY (b_id) REFERENCES b;" >/dev/null
 done
 
+# expect_located ERR_FILE WHAT PATTERN: the row a foreign key refused was found by
+# its value (PATTERN logged), not by halving the batch.
+expect_located() {
+    grep -q "$3" "$1" || fail "$2 was not found by its value: $(grep -m3 'refused\|isolate' "$1")"
+    if grep -q 'to isolate it' "$1"; then
+        fail "a batch was halved for $2: $(grep -m1 'to isolate it' "$1")"
+    fi
+}
+
 job() { # job NAME DB TABLES...
     local name=$1 db=$2
     shift 2
@@ -277,11 +286,8 @@ expect_eq "$(q fk_tgt4 "SELECT count(*) FROM trading_order")" 30000 "even orders
 expect_eq "$(q fk_tgt5 "SELECT count(*) FROM trading_order")" 30000 "odd orders but the orphan"
 expect_eq "$(q fk_tgt5 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkr'")" "60001 true" \
     "orphan parked on its route's target"
-grep -q 'target odd refused row [0-9]* of a [0-9]*-row batch (insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk"' \
-    "$WORK/run3r.err" || fail "the routed orphan was not found by its key value: $(grep -m3 'refused\|isolate' "$WORK/run3r.err")"
-if grep -q 'to isolate it' "$WORK/run3r.err"; then
-    fail "a routed batch was halved: $(grep -m1 'to isolate it' "$WORK/run3r.err")"
-fi
+expect_located "$WORK/run3r.err" "the routed orphan" \
+    'target odd refused row [0-9]* of a [0-9]*-row batch (insert or update on table "trading_order" violates foreign key constraint "trading_order_customer_fk"'
 expect_eq "$(q fk_tgt3 "SELECT count(*) FROM trading_order")" 60000 "orders landed"
 expect_eq "$(q fk_tgt3 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkx2'")" "60001 false" \
     "orphan set aside"
@@ -353,11 +359,8 @@ expect_eq "$rc" 4 "exit code with an orphan of a two-column foreign key"
 expect_eq "$(q fk_tgt7 "SELECT count(*) FROM stock")" 2999 "stock but the orphan"
 expect_eq "$(q fk_tgt7 "SELECT key || ' ' || parked FROM backfill_rejects WHERE job = 'fkw'")" "1235 true" \
     "orphan of a two-column key parked"
-grep -q 'target svc refused row 1235 of a 2000-row batch (insert or update on table "stock" violates foreign key constraint "stock_warehouse_fk"' \
-    "$WORK/run3w.err" || fail "the orphan of a two-column key was not found by its values: $(grep -m3 'refused\|isolate' "$WORK/run3w.err")"
-if grep -q 'to isolate it' "$WORK/run3w.err"; then
-    fail "a batch was halved for a two-column key: $(grep -m1 'to isolate it' "$WORK/run3w.err")"
-fi
+expect_located "$WORK/run3w.err" "the orphan of a two-column key" \
+    'target svc refused row 1235 of a 2000-row batch (insert or update on table "stock" violates foreign key constraint "stock_warehouse_fk"'
 
 # 4. A cycle: not ordered; deferrals bring it through.
 forget_job fkc
