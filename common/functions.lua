@@ -4,7 +4,11 @@ Job state transitions, loaded with FUNCTION LOAD so they survive a Redis restart
 (unlike the EVALSHA script cache). Every function takes KEYS[1] = "bf:{job}:meta";
 the other keys of the job share its "bf:{job}:" prefix (one hash slot).
 
-  bf:{job}:meta        hash: planned nranges ntables created_ms epoch max_rejects
+  bf:{job}:meta        hash: planned nranges (ranges in Redis: planned + split off)
+                             next_id (the id the next split gets: at least nranges,
+                             more when Redis lost splits whose ids the targets' fence
+                             rows hold; absent in plans of older versions: nranges)
+                             ntables created_ms epoch max_rejects
                              tbl:<t>:name tbl:<t>:ranges tbl:<t>:est tbl:<t>:after
                              ("2,5": tables done before t starts) tbl:<t>:ordered
                              waits (1: some table has tbl:<t>:after or :ordered);
@@ -345,20 +349,30 @@ local function bf_defer(keys, args)
   return {'DEFERRED', delay}
 end
 
--- bf_floor(meta; target_max) -> the fencing counter's increase, 0 when it was at
---   least target_max (the largest token the targets hold). Below it, Redis lost
---   writes (a failover, a crash with appendfsync everysec), and tokens it issued
---   before are unknown: the counter jumps a million past, so that none is issued
---   twice.
+-- bf_floor(meta; target_max [, next_id]) -> {token increase, 1 when next_id was raised}
+--   target_max: the largest token the targets hold. Below it, Redis lost writes (a
+--   failover, a crash with appendfsync everysec), and tokens it issued before are
+--   unknown: the counter jumps a million past, so that none is issued twice.
+--   next_id: one more than the largest range id the targets' fence rows hold;
+--   above the meta's next_id, Redis lost a split whose part has fence rows: the
+--   next split must not get its id (bf_split takes it back by want_id).
 local function bf_floor(keys, args)
   local p = prefix(keys[1])
   local cur = tonumber(redis.call('GET', p .. 'fence') or '0')
   local max = tonumber(args[1])
-  if cur >= max then
-    return 0
+  local inc = 0
+  if cur < max then
+    redis.call('SET', p .. 'fence', string.format('%d', max + 1000000))
+    inc = max + 1000000 - cur
   end
-  redis.call('SET', p .. 'fence', string.format('%d', max + 1000000))
-  return max + 1000000 - cur
+  local raised = 0
+  local want = tonumber(args[2] or '0')
+  local m = redis.call('HMGET', keys[1], 'next_id', 'nranges')
+  if want > tonumber(m[1] or m[2] or '0') then
+    redis.call('HSET', keys[1], 'next_id', want)
+    raised = 1
+  end
+  return {inc, raised}
 end
 
 -- bf_unblock(meta) -> ranges of waiting tables moved to pending (their tables to
@@ -425,13 +439,17 @@ local function bf_reap(keys, args)
   return ids
 end
 
--- bf_split(meta; id, token, key, est_new, est_kept [, want_id]) -> new range id | 'STALE'
+-- bf_split(meta; id, token, key, est_new, est_kept [, want_id [, floor]]) -> new range id
+--   | 'STALE' | 'TAKEN'
 --   the owner of lease (id, token), between batches, gives up [key, hi) of its range:
 --   its hi becomes key and [key, old hi) is a new pending range of the same table.
 --   The owner picked key past its cursor (only the source can compare keys), so no
 --   row is in both parts and none in neither. want_id (>= 0): the id the part had
 --   before Redis lost this split (its fence rows on the targets carry it); 'TAKEN'
---   when another range has it (Redis gave it again).
+--   when another range has it. Else the part gets next_id, or floor when that is
+--   larger: one more than the largest range id in the fence rows of the owner's
+--   targets, so that an id Redis lost with a split is not given again while those
+--   rows hold it.
 local function bf_split(keys, args)
   local p = prefix(keys[1])
   local id, token, key = args[1], args[2], args[3]
@@ -441,16 +459,19 @@ local function bf_split(keys, args)
     return 'STALE'
   end
   local want = tonumber(args[6] or '-1')
+  local m = redis.call('HMGET', keys[1], 'next_id', 'nranges')
+  local nxt = tonumber(m[1] or m[2] or '0')
   local nid
   if want >= 0 and redis.call('EXISTS', p .. 'range:' .. want) == 1 then
     return 'TAKEN'
   elseif want >= 0 then
     nid = want
-    if tonumber(redis.call('HGET', keys[1], 'nranges') or '0') <= nid then
-      redis.call('HSET', keys[1], 'nranges', nid + 1)
-    end
   else
-    nid = redis.call('HINCRBY', keys[1], 'nranges', 1) - 1
+    nid = math.max(nxt, tonumber(args[7] or '0'))
+  end
+  redis.call('HINCRBY', keys[1], 'nranges', 1)
+  if nid >= nxt then
+    redis.call('HSET', keys[1], 'next_id', nid + 1)
   end
   local nk = p .. 'range:' .. nid
   local left = tonumber(args[4])
@@ -549,7 +570,8 @@ end
 -- bf_retry_failed(meta) -> number of failed ranges put back to pending
 local function bf_retry_failed(keys, args)
   local p = prefix(keys[1])
-  local n = tonumber(redis.call('HGET', keys[1], 'nranges') or '0')
+  local m = redis.call('HMGET', keys[1], 'next_id', 'nranges')
+  local n = math.max(tonumber(m[1] or '0'), tonumber(m[2] or '0'))
   local count = 0
   for id = 0, n - 1 do
     local rk = p .. 'range:' .. id

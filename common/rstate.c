@@ -64,6 +64,7 @@ static int s_connect(bf_rstate_t *self, bool log)
     }
     memset(u.password, 0, sizeof u.password);
     self->ctx = c;
+    self->connects++;
     return 0;
 fail:
     if (r)
@@ -245,6 +246,16 @@ int bf_rstate_is_planned(bf_rstate_t *self)
     return planned == 1;
 }
 
+int bf_rstate_id_end(bf_rstate_t *self, int64_t *end)
+{
+    int64_t nranges = 0, next_id = 0;
+    if (bf_rstate_hget_int(self, "meta", "nranges", &nranges) != 0 ||
+        bf_rstate_hget_int(self, "meta", "next_id", &next_id) != 0)
+        return -1;
+    *end = next_id > nranges ? next_id : nranges;
+    return 0;
+}
+
 int bf_rstate_is_complete(bf_rstate_t *self)
 {
     /* done before nranges: a split adds a range (nranges first, then the owner's
@@ -368,17 +379,18 @@ char *bf_rstate_bound(const char *key)
 }
 
 int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,
-                    int64_t est_kept, int64_t want_id, int64_t *new_id)
+                    int64_t est_kept, int64_t want_id, int64_t floor, int64_t *new_id)
 {
-    char ids[24], toks[24], en[24], ek[24], want[24];
+    char ids[24], toks[24], en[24], ek[24], want[24], fl[24];
     snprintf(ids, sizeof ids, "%lld", (long long)id);
     snprintf(toks, sizeof toks, "%lld", (long long)token);
     snprintf(en, sizeof en, "%lld", (long long)est_new);
     snprintf(ek, sizeof ek, "%lld", (long long)est_kept);
     snprintf(want, sizeof want, "%lld", (long long)want_id);
-    const char *argv[] = {"FCALL", "bf_split", "1", bf_rstate_key(self, "meta"), ids, toks, key,
-                          en,      ek,         want};
-    redisReply *r = bf_rstate_argv(self, 10, argv);
+    snprintf(fl, sizeof fl, "%lld", (long long)floor);
+    const char *argv[] = {"FCALL", "bf_split", "1", bf_rstate_key(self, "meta"), ids, toks, key, en,
+                          ek,      want,       fl};
+    redisReply *r = bf_rstate_argv(self, 11, argv);
     if (!r)
         return -1;
     int res = -1;
@@ -604,11 +616,15 @@ int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out)
                                   bf_rstate_key(self, suffix));
     if (!r)
         return -1;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 10 ||
-        r->element[9]->type != REDIS_REPLY_STRING) {
-        snprintf(self->errmsg, sizeof self->errmsg, "range %lld does not exist", (long long)id);
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 10) {
+        snprintf(self->errmsg, sizeof self->errmsg, "range %lld: unexpected reply", (long long)id);
         freeReplyObject(r);
         return -1;
+    }
+    if (r->element[9]->type != REDIS_REPLY_STRING) {
+        snprintf(self->errmsg, sizeof self->errmsg, "range %lld does not exist", (long long)id);
+        freeReplyObject(r);
+        return 1;
     }
     out->id = id;
     out->table = r->element[0]->type == REDIS_REPLY_STRING ? atoi(r->element[0]->str) : 0;
@@ -732,8 +748,8 @@ int bf_rstate_store_plan(bf_rstate_t *self, int ntables, const char *const *labe
         queued++;
     }
     redisAppendCommand(c, "HSET %s done_total 0 failed_total 0 batches 0 retries 0", stats);
-    redisAppendCommand(c, "HSET %s planned 1 nranges %lld ntables %d created_ms %lld", meta, id,
-                       ntables, bf_wall_ms());
+    redisAppendCommand(c, "HSET %s planned 1 nranges %lld next_id %lld ntables %d created_ms %lld",
+                       meta, id, id, ntables, bf_wall_ms());
     redisAppendCommand(c, "EXEC");
     queued += 3;
     int rc = 0;

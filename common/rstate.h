@@ -15,6 +15,7 @@ typedef struct {
     char key[320];      /* scratch for bf_rstate_key() */
     char errmsg[512];   /* last error, one line */
     int timeout_ms;     /* connect and command timeout, 0 = the defaults (5 s, 30 s) */
+    unsigned connects;  /* connections made so far (a new one: Redis may have restarted) */
 } bf_rstate_t;
 
 /* A range as stored: [lo, hi) on the key, open where NULL. */
@@ -60,6 +61,11 @@ int bf_rstate_is_planned(bf_rstate_t *self);
 /* 1 when the job is planned and every range is done, 0 when not, -1 on error. */
 int bf_rstate_is_complete(bf_rstate_t *self);
 
+/* One more than the largest range id of the job (ids below it may be missing:
+ * Redis lost a split whose id the targets' fence rows hold; it is made again with
+ * that id when its range is next leased). 0 or -1. */
+int bf_rstate_id_end(bf_rstate_t *self, int64_t *end);
+
 /* Leases the next pending ranges in one round trip, out[i] to owners[i], until
  * none is pending. Returns how many were leased (out[0..] filled; fewer than n
  * when the pending ranges ran out), or -1 on error. */
@@ -94,11 +100,13 @@ char *bf_rstate_bound(const char *key);
  * cursor, below hi): its hi becomes key, and [key, old hi) a new pending range,
  * *new_id. est_new / est_kept: estimated rows of the new part and left in the
  * owner's. want_id >= 0: the id the new part is to have (a split Redis lost, made
- * again: the part's fence rows carry that id). Returns 0, 1 when the lease is no
- * longer held, 2 when want_id is another range's, -1 on error (the split may or
- * may not have happened: the caller must not copy past key before it knows). */
+ * again: the part's fence rows carry that id). Else it gets the job's next id, or
+ * floor if larger (one more than the largest range id in the fence rows of the
+ * owner's targets: an id Redis lost with a split is not given again). Returns 0, 1 when the lease
+ * is no longer held, 2 when want_id is another range's, -1 on error (the split may or may not have
+ * happened: the caller must not copy past key before it knows). */
 int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,
-                    int64_t est_kept, int64_t want_id, int64_t *new_id);
+                    int64_t est_kept, int64_t want_id, int64_t floor, int64_t *new_id);
 
 /* Live control (`backfill pause|resume|cancel|throttle`), asked before each batch. */
 typedef enum { BF_ADMIT_RUN = 0, BF_ADMIT_PAUSED, BF_ADMIT_CANCEL, BF_ADMIT_BACKOFF } bf_admit_t;
@@ -139,7 +147,8 @@ int64_t bf_rstate_unblock(bf_rstate_t *self);
 /* Returns expired leases to pending; returns how many, or -1. */
 int bf_rstate_reap(bf_rstate_t *self);
 
-/* Reads one range. 0, or -1 (missing or error). */
+/* Reads one range. 0, 1 when there is no range of that id (see bf_rstate_id_end),
+ * -1 on error. */
 int bf_rstate_get_range(bf_rstate_t *self, int64_t id, bf_range_t *out);
 
 /* Reads an integer field of a hash (0 when missing); -1 on error. */

@@ -67,6 +67,9 @@ struct bf_coord {
     int64_t dones_since;   /* DONE messages since then */
     bool drained;          /* the pool was empty with nothing pending at the last dispatch */
     int64_t nranges;       /* ranges in the plan (grows when ranges are split) */
+    unsigned floored;      /* ctx.redis->connects when Redis's counters were last raised
+                            * past the targets' fence rows */
+    long long next_floor;  /* after a reconnect: no new try to raise them before this (ms) */
     bool *in_order;        /* per job table: its ranges are copied one after another */
     long long next_split;  /* no SHRINK round before this (ms) */
     bool splitting;        /* workers idle, nothing pending: SHRINK rounds due */
@@ -210,46 +213,85 @@ static bool s_has_fence_rows(bf_coord_t *self)
     return false;
 }
 
+/* Redis's fencing counter raised past every token the targets hold, and its next
+ * range id past every id of their fence rows: Redis may have lost writes (a
+ * failover, a crash with appendfsync everysec), and must not issue either again.
+ * At start on a resumed job, and after Redis's connection was made again (Redis
+ * may have restarted). Returns BF_EXIT_OK or BF_EXIT_CONNECT (logged). */
+static int s_raise_floor(bf_coord_t *self)
+{
+    const bf_job_t *job = self->ctx.job;
+    bf_rstate_t *r = self->ctx.redis;
+    unsigned connects = r->connects;
+    int64_t max_token = 0, next_id = 0;
+    for (int i = 0; i < job->ntargets; i++) {
+        const char *params[] = {job->name};
+        PGresult *res = bf_pg_query(self->ctx.tgt[i], BF_FENCE_MAX, 1, params);
+        if (!res)
+            return BF_EXIT_CONNECT;
+        int64_t id = atoll(PQgetvalue(res, 0, 0)), tok = atoll(PQgetvalue(res, 0, 1));
+        PQclear(res);
+        if (tok > max_token)
+            max_token = tok;
+        if (id > next_id)
+            next_id = id;
+    }
+    redisReply *f = bf_rstate_cmd(r, "FCALL bf_floor 1 %s %lld %lld", bf_rstate_key(r, "meta"),
+                                  (long long)max_token, (long long)next_id);
+    if (!f || f->type != REDIS_REPLY_ARRAY || f->elements != 2 ||
+        f->element[0]->type != REDIS_REPLY_INTEGER || f->element[1]->type != REDIS_REPLY_INTEGER) {
+        log_error("%s", f ? "bf_floor: unexpected reply" : r->errmsg);
+        freeReplyObject(f);
+        return BF_EXIT_CONNECT;
+    }
+    if (f->element[0]->integer > 0)
+        log_warn("job %s: the targets hold fencing tokens up to %lld, more than redis has issued: "
+                 "redis lost writes (a failover, or a crash with appendfsync everysec); tokens "
+                 "continue past them",
+                 job->name, (long long)max_token);
+    if (f->element[1]->integer > 0)
+        log_warn("job %s: the targets hold fence rows of ranges up to id %lld, which redis has not "
+                 "issued: redis lost splits (a failover, or a crash with appendfsync everysec); "
+                 "new splits get ids past them, and each lost one is made again when its range "
+                 "is next leased",
+                 job->name, (long long)next_id - 1);
+    freeReplyObject(f);
+    /* (the counters were raised on this connection: a reconnect since then, even
+     * in the middle of this, means doing it again) */
+    self->floored = connects;
+    return BF_EXIT_OK;
+}
+
 /* Every target's fence table as this version writes it; on a resumed job, Redis's
- * fencing counter raised past every token the targets hold (Redis may have lost
- * writes). Returns BF_EXIT_OK or BF_EXIT_CONNECT (logged). */
+ * counters raised past the targets' (s_raise_floor). Returns BF_EXIT_OK or
+ * BF_EXIT_CONNECT (logged). */
 static int s_fence_prepare(bf_coord_t *self, bool resumed)
 {
     const bf_job_t *job = self->ctx.job;
-    int64_t max_token = 0;
     for (int i = 0; i < job->ntargets; i++) {
         bf_pg_t *t = self->ctx.tgt[i];
         if (bf_pg_exec(t, BF_FENCE_DDL) != 0 || bf_pg_exec(t, BF_FENCE_MIGRATE) != 0 ||
             bf_pg_exec(t, BF_REJECTS_DDL) != 0 || bf_pg_exec(t, BF_REJECTS_MIGRATE) != 0)
             return BF_EXIT_CONNECT;
-        if (!resumed)
-            continue;
-        const char *params[] = {job->name};
-        PGresult *res = bf_pg_query(t, BF_FENCE_MAX, 1, params);
-        if (!res)
-            return BF_EXIT_CONNECT;
-        int64_t tok = atoll(PQgetvalue(res, 0, 1));
-        PQclear(res);
-        if (tok > max_token)
-            max_token = tok;
     }
-    if (!resumed)
-        return BF_EXIT_OK;
-    bf_rstate_t *r = self->ctx.redis;
-    redisReply *f = bf_rstate_cmd(r, "FCALL bf_floor 1 %s %lld", bf_rstate_key(r, "meta"),
-                                  (long long)max_token);
-    if (!f || f->type != REDIS_REPLY_INTEGER) {
-        log_error("%s", f && f->type == REDIS_REPLY_ERROR ? f->str : r->errmsg);
-        freeReplyObject(f);
-        return BF_EXIT_CONNECT;
-    }
-    if (f->integer > 0)
-        log_warn("job %s: the targets hold fencing tokens up to %lld, more than redis has issued: "
-                 "redis lost writes (a failover, or a crash with appendfsync everysec); tokens "
-                 "continue past them",
-                 job->name, (long long)max_token);
-    freeReplyObject(f);
-    return BF_EXIT_OK;
+    self->floored = self->ctx.redis->connects;
+    return resumed ? s_raise_floor(self) : BF_EXIT_OK;
+}
+
+/* Redis's connection was made again since the counters were raised: Redis may
+ * have restarted without its last writes. Raise them again (at most once a second
+ * while that fails). */
+static void s_floor_check(bf_coord_t *self)
+{
+    long long now = bf_now_ms();
+    if (self->ctx.redis->connects == self->floored || now < self->next_floor)
+        return;
+    self->next_floor = now + 1000;
+    log_debug("connected to redis again: raising its counters past the targets' fence rows");
+    if (s_raise_floor(self) != BF_EXIT_OK)
+        log_warn("job %s: cannot compare redis's counters with the targets' fence rows after "
+                 "reconnecting to redis; trying again",
+                 self->ctx.job->name);
 }
 
 static int s_throttle_value(bf_coord_t *self, double *value, char *err, size_t errlen);
@@ -1213,6 +1255,7 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         if (tick)
             tick(tick_arg);
         s_throttle_check(self);
+        s_floor_check(self);
         s_dispatch(self);
         if (progress_ms && now >= self->next_progress) {
             s_progress(self, false);

@@ -285,10 +285,15 @@ static void s_count(bf_leaser_t *self, uint64_t gen)
         c.cancel =
             mt->element[1]->type == REDIS_REPLY_STRING && strcmp(mt->element[1]->str, "1") == 0;
     }
+    bool planless = st && mt && !c.ok;
     freeReplyObject(st);
     freeReplyObject(mt);
     pthread_mutex_lock(&self->mu);
-    if (!c.ok)
+    if (planless) { /* the replies came, without the plan's range count */
+        snprintf(self->err, sizeof self->err,
+                 "the job's plan is gone from redis (were its keys deleted, or redis flushed?)");
+        self->err_new = true;
+    } else if (!c.ok)
         s_error(self);
     self->counts = c;
     if (self->want_gen && gen >= self->want_gen)

@@ -1218,6 +1218,33 @@ static void s_adapt(bf_copier_t *self, const bf_job_t *job, int t, int64_t n, in
     self->batch_size[t] = next;
 }
 
+/* One more than the largest range id in the job's fence rows on the table's
+ * targets (*floor), for a split's new part: Redis may have lost a split whose part
+ * holds an id there, and must not give it to another range. 0, or -1 (w->error). */
+static int s_id_floor(bf_copier_t *self, bf_lease_work_t *w, const bf_tableplan_t *tp,
+                      int64_t *floor)
+{
+    *floor = 0;
+    const char *params[] = {self->job->name};
+    for (int i = 0; i < tp->nroutes; i++) {
+        int ti = tp->routes[i].target;
+        if (!s_first_of_target(tp, i))
+            continue;
+        PGresult *res = self->tgt[ti] ? bf_pg_query(self->tgt[ti], BF_FENCE_MAX, 1, params) : NULL;
+        if (!res) {
+            snprintf(w->error, sizeof w->error, "target %s: reading the fence rows' ids: %s",
+                     self->job->targets[ti].alias,
+                     self->tgt[ti] ? self->tgt[ti]->errmsg : "not connected");
+            return -1;
+        }
+        int64_t next = atoll(PQgetvalue(res, 0, 0));
+        PQclear(res);
+        if (next > *floor)
+            *floor = next;
+    }
+    return 0;
+}
+
 /* A target's fence rows say the range ends at self->resplit, Redis that it goes
  * on: Redis lost the split (a failover, a crash with appendfsync everysec). Make
  * it again; the part after the key gets the id it had when its fence rows show
@@ -1246,8 +1273,12 @@ static bf_batch_result_t s_resplit(bf_copier_t *self, bf_lease_work_t *w, const 
         PQclear(res);
     }
     free(lo);
-    int64_t nid = -1;
-    int s = bf_rstate_split(self->redis, r->id, r->token, key, 0, 0, want, &nid);
+    int64_t nid = -1, floor = 0;
+    if (want < 0 && s_id_floor(self, w, tp, &floor) != 0) {
+        free(key);
+        return BF_BATCH_RETRY;
+    }
+    int s = bf_rstate_split(self->redis, r->id, r->token, key, 0, 0, want, floor, &nid);
     if (s != 0) {
         if (s == 1)
             snprintf(w->error, sizeof w->error, "range %lld was leased to another worker",
@@ -1906,12 +1937,15 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
             return rec == 1 ? 2 : 1;
         }
     }
+    int64_t floor = 0;
+    if (rc == 0 && s_id_floor(self, w, tp, &floor) != 0)
+        rc = -1; /* the fence rows end the range at keys[0]: its next lease splits it */
     /* From the far end: each split gives away [key, hi) and makes key the new hi. */
     for (int j = nk - 1; j >= 0 && rc == 0; j--) {
         int64_t new_id = -1;
         int64_t est_new = j == nk - 1 && left > step * nk ? left - step * nk : step;
         int s = bf_rstate_split(self->redis, r->id, r->token, keys[j], est_new, step * (j + 1), -1,
-                                &new_id);
+                                floor, &new_id);
         if (s == 0) {
             log_info("range %lld split at key %s for idle workers: range %lld takes the part "
                      "after it (about %lld rows)",
