@@ -358,6 +358,9 @@ end
 --   next split must not get its id (bf_split takes it back by want_id).
 local function bf_floor(keys, args)
   local p = prefix(keys[1])
+  if redis.call('HGET', keys[1], 'planned') ~= '1' then
+    return {0, 0} -- no plan (Redis emptied): nothing to raise, and nothing to create
+  end
   local cur = tonumber(redis.call('GET', p .. 'fence') or '0')
   local max = tonumber(args[1])
   local inc = 0

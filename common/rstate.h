@@ -4,18 +4,20 @@
 #define BF_RSTATE_H
 
 #include <hiredis.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 typedef struct {
-    redisContext *ctx;  /* open connection, NULL while disconnected */
-    char *url;          /* redis URL with password (never logged) */
-    char redacted[512]; /* URL for messages */
-    char prefix[200];   /* "bf:{job}:" */
-    char key[320];      /* scratch for bf_rstate_key() */
-    char errmsg[512];   /* last error, one line */
-    int timeout_ms;     /* connect and command timeout, 0 = the defaults (5 s, 30 s) */
-    unsigned connects;  /* connections made so far (a new one: Redis may have restarted) */
+    redisContext *ctx;    /* open connection, NULL while disconnected */
+    char *url;            /* redis URL with password (never logged) */
+    char redacted[512];   /* URL for messages */
+    char prefix[200];     /* "bf:{job}:" */
+    char key[320];        /* scratch for bf_rstate_key() */
+    char errmsg[512];     /* last error, one line */
+    int timeout_ms;       /* connect and command timeout, 0 = the defaults (5 s, 30 s) */
+    atomic_uint connects; /* connections made so far (a new one: Redis may have restarted);
+                           * atomic: another thread may read it */
 } bf_rstate_t;
 
 /* A range as stored: [lo, hi) on the key, open where NULL. */

@@ -252,14 +252,20 @@ int bf_cmd_verify(int argc, char **argv)
         bf_jobctx_close(&ctx);
         return rc;
     }
-    if (planned > 0)
-        bf_rstate_id_end(ctx.redis, &nranges);
+    int64_t counted = 0; /* ranges in Redis (ids of lost splits are not counted) */
+    if (planned > 0 && (bf_rstate_id_end(ctx.redis, &nranges) != 0 ||
+                        bf_rstate_hget_int(ctx.redis, "meta", "nranges", &counted) != 0)) {
+        log_error("%s", ctx.redis->errmsg);
+        bf_jobctx_close(&ctx);
+        return BF_EXIT_CONNECT;
+    }
 
     /* Gather the ranges: from Redis when planned, else a fresh plan. */
     int n = ctx.job->ntables;
     bf_plan_range_t **ranges = bf_xcalloc((size_t)n, sizeof *ranges);
     size_t *counts = bf_xcalloc((size_t)n, sizeof *counts);
     if (planned > 0) {
+        int64_t found = 0;
         for (int64_t id = 0; id < nranges && rc == BF_EXIT_OK; id++) {
             bf_range_t r;
             int got = bf_rstate_get_range(ctx.redis, id, &r);
@@ -271,6 +277,7 @@ int bf_cmd_verify(int argc, char **argv)
                 rc = BF_EXIT_CONNECT;
                 break;
             }
+            found++;
             ranges[r.table] = bf_xrealloc(ranges[r.table], (counts[r.table] + 1) * sizeof **ranges);
             bf_plan_range_t *pr = &ranges[r.table][counts[r.table]++];
             pr->lo = r.lo;
@@ -278,6 +285,12 @@ int bf_cmd_verify(int argc, char **argv)
             pr->est = r.est;
             r.lo = r.hi = NULL;
             bf_range_clear(&r);
+        }
+        if (rc == BF_EXIT_OK && found != counted) {
+            log_error("redis counts %lld ranges of job %s but holds %lld (were keys of the job "
+                      "deleted?): verify cannot tell which rows to compare",
+                      (long long)counted, ctx.job->name, (long long)found);
+            rc = BF_EXIT_DATA;
         }
     } else {
         for (int t = 0; t < n && rc == BF_EXIT_OK; t++)

@@ -60,20 +60,21 @@ struct bf_coord {
     uint64_t epoch;           /* this coordinator's epoch (from Redis) */
     worker_t *workers;        /* connected workers */
     int nworkers, capworkers;
-    zhashx_t *by_identity; /* hex of a worker's ROUTER identity -> its index + 1 */
-    int rr;                /* where the next lease hand-out round starts (fairness) */
-    bool recount;          /* the done count may have changed much: read it from Redis */
-    int64_t done_seen;     /* done count at the last read */
-    int64_t dones_since;   /* DONE messages since then */
-    bool drained;          /* the pool was empty with nothing pending at the last dispatch */
-    int64_t nranges;       /* ranges in the plan (grows when ranges are split) */
-    unsigned floored;      /* ctx.redis->connects when Redis's counters were last raised
-                            * past the targets' fence rows */
-    long long next_floor;  /* after a reconnect: no new try to raise them before this (ms) */
-    bool *in_order;        /* per job table: its ranges are copied one after another */
-    long long next_split;  /* no SHRINK round before this (ms) */
-    bool splitting;        /* workers idle, nothing pending: SHRINK rounds due */
-    bool cancelled;        /* `backfill cancel`: drain the workers and stop, resumable */
+    zhashx_t *by_identity;     /* hex of a worker's ROUTER identity -> its index + 1 */
+    int rr;                    /* where the next lease hand-out round starts (fairness) */
+    bool recount;              /* the done count may have changed much: read it from Redis */
+    int64_t done_seen;         /* done count at the last read */
+    int64_t dones_since;       /* DONE messages since then */
+    bool drained;              /* the pool was empty with nothing pending at the last dispatch */
+    int64_t nranges;           /* ranges in the plan (grows when ranges are split) */
+    unsigned floored;          /* s_redis_connects() when Redis's counters were last raised
+                                * past the targets' fence rows */
+    long long next_floor;      /* after a reconnect: no new try to raise them before this (ms) */
+    long long next_floor_warn; /* no warning that raising them failed before this (ms) */
+    bool *in_order;            /* per job table: its ranges are copied one after another */
+    long long next_split;      /* no SHRINK round before this (ms) */
+    bool splitting;            /* workers idle, nothing pending: SHRINK rounds due */
+    bool cancelled;            /* `backfill cancel`: drain the workers and stop, resumable */
     long long next_throttle_check; /* throttle_query: when it runs next (ms) */
     int backoff;                   /* throttle_query above throttle_max: 1, below: 0, -1 unknown */
     long long next_throttle_warn;
@@ -213,6 +214,8 @@ static bool s_has_fence_rows(bf_coord_t *self)
     return false;
 }
 
+static unsigned s_redis_connects(bf_coord_t *self);
+
 /* Redis's fencing counter raised past every token the targets hold, and its next
  * range id past every id of their fence rows: Redis may have lost writes (a
  * failover, a crash with appendfsync everysec), and must not issue either again.
@@ -222,9 +225,16 @@ static int s_raise_floor(bf_coord_t *self)
 {
     const bf_job_t *job = self->ctx.job;
     bf_rstate_t *r = self->ctx.redis;
-    unsigned connects = r->connects;
+    unsigned connects = s_redis_connects(self);
     int64_t max_token = 0, next_id = 0;
     for (int i = 0; i < job->ntargets; i++) {
+        /* Mid-job the connection may have died idle: open it again. */
+        if (!bf_pg_is_alive(self->ctx.tgt[i])) {
+            bf_pg_destroy(&self->ctx.tgt[i]);
+            self->ctx.tgt[i] = bf_pg_connect(job->targets[i].dsn, job->targets[i].alias);
+            if (!self->ctx.tgt[i])
+                return BF_EXIT_CONNECT;
+        }
         const char *params[] = {job->name};
         PGresult *res = bf_pg_query(self->ctx.tgt[i], BF_FENCE_MAX, 1, params);
         if (!res)
@@ -262,6 +272,13 @@ static int s_raise_floor(bf_coord_t *self)
     return BF_EXIT_OK;
 }
 
+/* Connections made to Redis so far, the loop's and the leaser's (a new one: Redis
+ * may have restarted without its last writes). */
+static unsigned s_redis_connects(bf_coord_t *self)
+{
+    return self->ctx.redis->connects + (self->leaser ? bf_leaser_connects(self->leaser) : 0);
+}
+
 /* Every target's fence table as this version writes it; on a resumed job, Redis's
  * counters raised past the targets' (s_raise_floor). Returns BF_EXIT_OK or
  * BF_EXIT_CONNECT (logged). */
@@ -274,24 +291,26 @@ static int s_fence_prepare(bf_coord_t *self, bool resumed)
             bf_pg_exec(t, BF_REJECTS_DDL) != 0 || bf_pg_exec(t, BF_REJECTS_MIGRATE) != 0)
             return BF_EXIT_CONNECT;
     }
-    self->floored = self->ctx.redis->connects;
+    self->floored = s_redis_connects(self);
     return resumed ? s_raise_floor(self) : BF_EXIT_OK;
 }
 
-/* Redis's connection was made again since the counters were raised: Redis may
- * have restarted without its last writes. Raise them again (at most once a second
- * while that fails). */
+/* A connection to Redis was made again since the counters were raised: Redis may
+ * have restarted without its last writes. Raise them again (every 5 s while that
+ * fails, saying so once a minute). */
 static void s_floor_check(bf_coord_t *self)
 {
     long long now = bf_now_ms();
-    if (self->ctx.redis->connects == self->floored || now < self->next_floor)
+    if (s_redis_connects(self) == self->floored || now < self->next_floor)
         return;
-    self->next_floor = now + 1000;
+    self->next_floor = now + 5000;
     log_debug("connected to redis again: raising its counters past the targets' fence rows");
-    if (s_raise_floor(self) != BF_EXIT_OK)
+    if (s_raise_floor(self) != BF_EXIT_OK && now >= self->next_floor_warn) {
+        self->next_floor_warn = now + 60000;
         log_warn("job %s: cannot compare redis's counters with the targets' fence rows after "
-                 "reconnecting to redis; trying again",
+                 "reconnecting to redis; trying again every 5 s",
                  self->ctx.job->name);
+    }
 }
 
 static int s_throttle_value(bf_coord_t *self, double *value, char *err, size_t errlen);
@@ -1210,6 +1229,9 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         bf_rstate_destroy(&lr);
         return BF_EXIT_CONNECT;
     }
+    /* (its connection is not a reconnect: s_floor_check) */
+    if (self->floored == self->ctx.redis->connects)
+        self->floored = s_redis_connects(self);
     s_progress(self, true);
     self->started_ms = bf_now_ms();
     self->rows_at_start = self->rows_now;

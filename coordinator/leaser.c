@@ -566,6 +566,11 @@ int bf_leaser_reaped(bf_leaser_t *self)
     return n;
 }
 
+unsigned bf_leaser_connects(bf_leaser_t *self)
+{
+    return atomic_load(&self->redis->connects);
+}
+
 bool bf_leaser_error(bf_leaser_t *self, char *buf, size_t len)
 {
     pthread_mutex_lock(&self->mu);

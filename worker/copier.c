@@ -1925,6 +1925,15 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
         }
     }
     log_debug("range %lld: %d split keys from %s", (long long)r->id, nk, how);
+    /* The new parts' ids past the targets' fence rows (before anything is
+     * recorded: a failed read only declines the split). */
+    int64_t floor = 0;
+    if (nk > 0 && s_id_floor(self, w, tp, &floor) != 0) {
+        log_warn("range %lld: not split: %s", (long long)r->id, w->error);
+        for (int j = 0; j < nk; j++)
+            free(keys[j]);
+        return 1;
+    }
     /* The range's new end on the targets first (durably), then Redis. */
     int rc = nk > 0 ? 0 : 1;
     if (nk > 0) {
@@ -1937,9 +1946,6 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
             return rec == 1 ? 2 : 1;
         }
     }
-    int64_t floor = 0;
-    if (rc == 0 && s_id_floor(self, w, tp, &floor) != 0)
-        rc = -1; /* the fence rows end the range at keys[0]: its next lease splits it */
     /* From the far end: each split gives away [key, hi) and makes key the new hi. */
     for (int j = nk - 1; j >= 0 && rc == 0; j--) {
         int64_t new_id = -1;
