@@ -358,7 +358,8 @@ end
 --   next split must not get its id (bf_split takes it back by want_id).
 local function bf_floor(keys, args)
   local p = prefix(keys[1])
-  if redis.call('HGET', keys[1], 'planned') ~= '1' then
+  local m = redis.call('HMGET', keys[1], 'planned', 'next_id', 'nranges')
+  if m[1] ~= '1' then
     return {0, 0} -- no plan (Redis emptied): nothing to raise, and nothing to create
   end
   local cur = tonumber(redis.call('GET', p .. 'fence') or '0')
@@ -370,8 +371,7 @@ local function bf_floor(keys, args)
   end
   local raised = 0
   local want = tonumber(args[2] or '0')
-  local m = redis.call('HMGET', keys[1], 'next_id', 'nranges')
-  if want > tonumber(m[1] or m[2] or '0') then
+  if want > tonumber(m[2] or m[3] or '0') then
     redis.call('HSET', keys[1], 'next_id', want)
     raised = 1
   end

@@ -64,7 +64,9 @@ static int s_connect(bf_rstate_t *self, bool log)
     }
     memset(u.password, 0, sizeof u.password);
     self->ctx = c;
-    self->connects++;
+    if (self->connected)
+        self->reconnects++;
+    self->connected = true;
     return 0;
 fail:
     if (r)

@@ -9,15 +9,16 @@
 #include <stdint.h>
 
 typedef struct {
-    redisContext *ctx;    /* open connection, NULL while disconnected */
-    char *url;            /* redis URL with password (never logged) */
-    char redacted[512];   /* URL for messages */
-    char prefix[200];     /* "bf:{job}:" */
-    char key[320];        /* scratch for bf_rstate_key() */
-    char errmsg[512];     /* last error, one line */
-    int timeout_ms;       /* connect and command timeout, 0 = the defaults (5 s, 30 s) */
-    atomic_uint connects; /* connections made so far (a new one: Redis may have restarted);
-                           * atomic: another thread may read it */
+    redisContext *ctx;      /* open connection, NULL while disconnected */
+    char *url;              /* redis URL with password (never logged) */
+    char redacted[512];     /* URL for messages */
+    char prefix[200];       /* "bf:{job}:" */
+    char key[320];          /* scratch for bf_rstate_key() */
+    char errmsg[512];       /* last error, one line */
+    int timeout_ms;         /* connect and command timeout, 0 = the defaults (5 s, 30 s) */
+    bool connected;         /* a connection was made once */
+    atomic_uint reconnects; /* connections made after the first (Redis may have restarted
+                             * meanwhile); atomic: another thread may read it */
 } bf_rstate_t;
 
 /* A range as stored: [lo, hi) on the key, open where NULL. */
@@ -104,9 +105,10 @@ char *bf_rstate_bound(const char *key);
  * owner's. want_id >= 0: the id the new part is to have (a split Redis lost, made
  * again: the part's fence rows carry that id). Else it gets the job's next id, or
  * floor if larger (one more than the largest range id in the fence rows of the
- * owner's targets: an id Redis lost with a split is not given again). Returns 0, 1 when the lease
- * is no longer held, 2 when want_id is another range's, -1 on error (the split may or may not have
- * happened: the caller must not copy past key before it knows). */
+ * owner's targets: an id Redis lost with a split is not given again). Returns 0,
+ * 1 when the lease is no longer held, 2 when want_id is another range's, -1 on
+ * error (the split may or may not have happened: the caller must not copy past
+ * key before it knows). */
 int bf_rstate_split(bf_rstate_t *self, int64_t id, int64_t token, const char *key, int64_t est_new,
                     int64_t est_kept, int64_t want_id, int64_t floor, int64_t *new_id);
 

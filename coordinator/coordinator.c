@@ -67,7 +67,7 @@ struct bf_coord {
     int64_t dones_since;       /* DONE messages since then */
     bool drained;              /* the pool was empty with nothing pending at the last dispatch */
     int64_t nranges;           /* ranges in the plan (grows when ranges are split) */
-    unsigned floored;          /* s_redis_connects() when Redis's counters were last raised
+    unsigned floored;          /* s_redis_reconnects() when Redis's counters were last raised
                                 * past the targets' fence rows */
     long long next_floor;      /* after a reconnect: no new try to raise them before this (ms) */
     long long next_floor_warn; /* no warning that raising them failed before this (ms) */
@@ -214,7 +214,7 @@ static bool s_has_fence_rows(bf_coord_t *self)
     return false;
 }
 
-static unsigned s_redis_connects(bf_coord_t *self);
+static unsigned s_redis_reconnects(bf_coord_t *self);
 
 /* Redis's fencing counter raised past every token the targets hold, and its next
  * range id past every id of their fence rows: Redis may have lost writes (a
@@ -225,7 +225,7 @@ static int s_raise_floor(bf_coord_t *self)
 {
     const bf_job_t *job = self->ctx.job;
     bf_rstate_t *r = self->ctx.redis;
-    unsigned connects = s_redis_connects(self);
+    unsigned reconnects = s_redis_reconnects(self);
     int64_t max_token = 0, next_id = 0;
     for (int i = 0; i < job->ntargets; i++) {
         /* Mid-job the connection may have died idle: open it again. */
@@ -268,15 +268,15 @@ static int s_raise_floor(bf_coord_t *self)
     freeReplyObject(f);
     /* (the counters were raised on this connection: a reconnect since then, even
      * in the middle of this, means doing it again) */
-    self->floored = connects;
+    self->floored = reconnects;
     return BF_EXIT_OK;
 }
 
-/* Connections made to Redis so far, the loop's and the leaser's (a new one: Redis
+/* Times a connection to Redis was made again, the loop's and the leaser's (Redis
  * may have restarted without its last writes). */
-static unsigned s_redis_connects(bf_coord_t *self)
+static unsigned s_redis_reconnects(bf_coord_t *self)
 {
-    return self->ctx.redis->connects + (self->leaser ? bf_leaser_connects(self->leaser) : 0);
+    return self->ctx.redis->reconnects + (self->leaser ? bf_leaser_reconnects(self->leaser) : 0);
 }
 
 /* Every target's fence table as this version writes it; on a resumed job, Redis's
@@ -291,7 +291,7 @@ static int s_fence_prepare(bf_coord_t *self, bool resumed)
             bf_pg_exec(t, BF_REJECTS_DDL) != 0 || bf_pg_exec(t, BF_REJECTS_MIGRATE) != 0)
             return BF_EXIT_CONNECT;
     }
-    self->floored = s_redis_connects(self);
+    self->floored = s_redis_reconnects(self);
     return resumed ? s_raise_floor(self) : BF_EXIT_OK;
 }
 
@@ -301,7 +301,7 @@ static int s_fence_prepare(bf_coord_t *self, bool resumed)
 static void s_floor_check(bf_coord_t *self)
 {
     long long now = bf_now_ms();
-    if (s_redis_connects(self) == self->floored || now < self->next_floor)
+    if (s_redis_reconnects(self) == self->floored || now < self->next_floor)
         return;
     self->next_floor = now + 5000;
     log_debug("connected to redis again: raising its counters past the targets' fence rows");
@@ -1229,9 +1229,6 @@ int bf_coord_serve(bf_coord_t *self, volatile sig_atomic_t *stop, void (*tick)(v
         bf_rstate_destroy(&lr);
         return BF_EXIT_CONNECT;
     }
-    /* (its connection is not a reconnect: s_floor_check) */
-    if (self->floored == self->ctx.redis->connects)
-        self->floored = s_redis_connects(self);
     s_progress(self, true);
     self->started_ms = bf_now_ms();
     self->rows_at_start = self->rows_now;

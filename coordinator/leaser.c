@@ -566,9 +566,9 @@ int bf_leaser_reaped(bf_leaser_t *self)
     return n;
 }
 
-unsigned bf_leaser_connects(bf_leaser_t *self)
+unsigned bf_leaser_reconnects(bf_leaser_t *self)
 {
-    return atomic_load(&self->redis->connects);
+    return atomic_load(&self->redis->reconnects);
 }
 
 bool bf_leaser_error(bf_leaser_t *self, char *buf, size_t len)

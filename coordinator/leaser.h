@@ -70,7 +70,7 @@ int bf_leaser_reaped(bf_leaser_t *self);
  * true. */
 bool bf_leaser_error(bf_leaser_t *self, char *buf, size_t len);
 
-/* Connections the leaser has made to Redis so far (bf_rstate_t.connects). */
-unsigned bf_leaser_connects(bf_leaser_t *self);
+/* Times the leaser's Redis connection was made again (bf_rstate_t.reconnects). */
+unsigned bf_leaser_reconnects(bf_leaser_t *self);
 
 #endif
