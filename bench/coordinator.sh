@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Coordinator at scale: a real `backfill coordinator` serving simulated workers
-# (build/bf_simworkers: ZeroMQ + Redis, no databases on the workers' side).
+# (build/bf_simworkers: each simulated worker a TCP connection speaking ZMTP, plus
+# Redis; no databases on the workers' side).
 #
 #   bench/coordinator.sh [--workers 1000] [--ranges 100000] [--plan-ranges 1000000]
 #                        [--rate 20000] [--out F.md]
