@@ -1,5 +1,11 @@
-#!lua name=backfill
+#!lua name=backfill_v2
 --[[
+The library's name carries its version (2 here; releases before versions named it
+"backfill", which counts as 1). Raise it when a function changes what it does:
+a process loads these functions only over an older version (deleting it) or the
+same one, and refuses to start when Redis holds a newer one, so an older binary
+cannot bring back older functions while newer processes run on them.
+
 Job state transitions, loaded with FUNCTION LOAD so they survive a Redis restart
 (unlike the EVALSHA script cache). Every function takes KEYS[1] = "bf:{job}:meta";
 the other keys of the job share its "bf:{job}:" prefix (one hash slot).

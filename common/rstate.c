@@ -139,6 +139,8 @@ static redisReply *s_check(bf_rstate_t *self, redisReply *r)
     return r;
 }
 
+static int s_load(bf_rstate_t *self);
+
 /* A Redis that came back without its data (no AOF, or a new instance) has no
  * functions: load them again and retry. Frees r and returns true in that case. */
 static bool s_functions_lost(bf_rstate_t *self, redisReply *r)
@@ -147,9 +149,8 @@ static bool s_functions_lost(bf_rstate_t *self, redisReply *r)
         return false;
     freeReplyObject(r);
     log_warn("redis at %s lost the backfill functions; loading them again", self->redacted);
-    redisReply *l = redisCommand(self->ctx, "FUNCTION LOAD REPLACE %s", bf_functions_lua);
-    if (l)
-        freeReplyObject(l);
+    if (s_load(self) != 0)
+        log_error("%s", self->errmsg);
     return true;
 }
 
@@ -186,16 +187,126 @@ redisReply *bf_rstate_argv(bf_rstate_t *self, int argc, const char **argv)
     return NULL;
 }
 
+/* The version in a library's name: "backfill_vN" is N, "backfill" (releases before
+ * versions) 1; 0 for a library that is not backfill's. */
+static int s_lib_version(const char *name)
+{
+    if (strcmp(name, "backfill") == 0)
+        return 1;
+    if (strncmp(name, "backfill_v", 10) != 0)
+        return 0;
+    char *end;
+    long v = strtol(name + 10, &end, 10);
+    return *end == '\0' && v > 0 && v < 1000000 ? (int)v : 0;
+}
+
+int bf_rstate_functions_version(void)
+{
+    const char *n = strstr(bf_functions_lua, "name=");
+    char name[64] = "";
+    if (n)
+        sscanf(n + 5, "%63[^ \n]", name);
+    return s_lib_version(name);
+}
+
+/* The name of one library in a FUNCTION LIST reply (a flat key/value array), or
+ * NULL. */
+static const char *s_lib_name(const redisReply *lib)
+{
+    if (lib->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    for (size_t k = 0; k + 1 < lib->elements; k += 2) {
+        const redisReply *key = lib->element[k], *val = lib->element[k + 1];
+        if (key->type == REDIS_REPLY_STRING && strcmp(key->str, "library_name") == 0 &&
+            val->type == REDIS_REPLY_STRING)
+            return val->str;
+    }
+    return NULL;
+}
+
+/* Loads this binary's functions: over older versions of them (deleted in the same
+ * MULTI, so no caller finds none meanwhile) or the same version; refuses (-2) when
+ * Redis holds a newer version. -1 on other errors; errmsg says why either way. */
+static int s_load(bf_rstate_t *self)
+{
+    int mine = bf_rstate_functions_version();
+    redisReply *l = bf_rstate_cmd(self, "FUNCTION LIST LIBRARYNAME backfill*");
+    if (!l)
+        return -1;
+    char *old[8];
+    int nold = 0, newer = 0;
+    char newer_name[64] = "";
+    for (size_t i = 0; l->type == REDIS_REPLY_ARRAY && i < l->elements; i++) {
+        const char *name = s_lib_name(l->element[i]);
+        int v = name ? s_lib_version(name) : 0;
+        if (v > mine && v > newer) {
+            newer = v;
+            snprintf(newer_name, sizeof newer_name, "%s", name);
+        } else if (v > 0 && v < mine && nold < 8) {
+            old[nold++] = bf_xstrdup(name);
+        }
+    }
+    freeReplyObject(l);
+    int rc = 0;
+    if (newer) {
+        snprintf(self->errmsg, sizeof self->errmsg,
+                 "redis at %s holds backfill's functions of a newer release (library %s, "
+                 "version %d; this binary has version %d): run this job with the newer "
+                 "backfill on every machine (an older one would bring back older functions "
+                 "under the processes of the newer one)",
+                 self->redacted, newer_name, newer, mine);
+        rc = -2;
+    } else if (nold == 0) {
+        redisReply *r = bf_rstate_cmd(self, "FUNCTION LOAD REPLACE %s", bf_functions_lua);
+        rc = r ? 0 : -1;
+        freeReplyObject(r);
+    } else {
+        /* One transaction: an older binary's process reloading its version in
+         * between would make ours fail on its function names. */
+        redisAppendCommand(self->ctx, "MULTI");
+        for (int i = 0; i < nold; i++)
+            redisAppendCommand(self->ctx, "FUNCTION DELETE %s", old[i]);
+        redisAppendCommand(self->ctx, "FUNCTION LOAD REPLACE %s", bf_functions_lua);
+        redisAppendCommand(self->ctx, "EXEC");
+        for (int i = 0; i < nold + 3; i++) {
+            redisReply *r = NULL;
+            if (redisGetReply(self->ctx, (void **)&r) != REDIS_OK) {
+                s_check(self, NULL); /* the connection broke: errmsg, dropped */
+                rc = -1;
+                break;
+            }
+            /* EXEC's reply holds each command's; an error in it fails the load */
+            for (size_t k = 0; r && r->type == REDIS_REPLY_ARRAY && k < r->elements; k++)
+                if (r->element[k]->type == REDIS_REPLY_ERROR && rc == 0) {
+                    snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
+                             r->element[k]->str);
+                    rc = -1;
+                }
+            if (r && r->type == REDIS_REPLY_ERROR && rc == 0) {
+                snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
+                         r->str);
+                rc = -1;
+            }
+            freeReplyObject(r);
+        }
+        if (rc == 0)
+            log_info("redis at %s: backfill's functions upgraded to version %d", self->redacted,
+                     mine);
+    }
+    for (int i = 0; i < nold; i++)
+        free(old[i]);
+    return rc;
+}
+
 int bf_rstate_load_functions(bf_rstate_t *self)
 {
-    redisReply *r = bf_rstate_cmd(self, "FUNCTION LOAD REPLACE %s", bf_functions_lua);
-    if (!r) {
+    int rc = s_load(self);
+    if (rc == -1)
         log_error("cannot load backfill functions into %s (Redis 7 or later is needed): %s",
                   self->redacted, self->errmsg);
-        return -1;
-    }
-    freeReplyObject(r);
-    return 0;
+    else if (rc == -2)
+        log_error("%s", self->errmsg);
+    return rc;
 }
 
 int bf_rstate_hget_int(bf_rstate_t *self, const char *suffix, const char *field, int64_t *out)

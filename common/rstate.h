@@ -55,8 +55,13 @@ const char *bf_rstate_key(bf_rstate_t *self, const char *suffix);
 redisReply *bf_rstate_cmd(bf_rstate_t *self, const char *fmt, ...);
 redisReply *bf_rstate_argv(bf_rstate_t *self, int argc, const char **argv);
 
-/* Loads functions.lua (FUNCTION LOAD REPLACE). 0 or -1 (logged). */
+/* Loads functions.lua (FUNCTION LOAD REPLACE) over an older version of it (see
+ * its first lines). 0, -1 (an error) or -2 (Redis holds a newer version: an older
+ * binary must not replace it); logged. */
 int bf_rstate_load_functions(bf_rstate_t *self);
+
+/* The version of the functions this binary loads (from functions.lua's name). */
+int bf_rstate_functions_version(void);
 
 /* 1 when the job has a plan stored, 0 when not, -1 on error. */
 int bf_rstate_is_planned(bf_rstate_t *self);

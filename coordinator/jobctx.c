@@ -30,8 +30,9 @@ int bf_jobctx_open(bf_jobctx_t *ctx, const char *path, unsigned need)
         ctx->redis = bf_rstate_connect(ctx->job->redis, ctx->job->name);
         if (!ctx->redis)
             return BF_EXIT_CONNECT;
-        if (bf_rstate_load_functions(ctx->redis) != 0)
-            return BF_EXIT_CONNECT;
+        int lf = bf_rstate_load_functions(ctx->redis);
+        if (lf != 0)
+            return lf == -2 ? BF_EXIT_USAGE : BF_EXIT_CONNECT;
     }
     if (need & BF_NEED_SOURCE) {
         ctx->src = bf_pg_connect(ctx->job->source, "source");
