@@ -235,8 +235,14 @@ static int s_raise_floor(bf_coord_t *self)
             if (!self->ctx.tgt[i])
                 return BF_EXIT_CONNECT;
         }
+        /* Bounded: mid-job this runs in the loop that answers the workers, and a
+         * lock held on the fence table (a migration) must not stall it; the
+         * caller tries again later. */
         const char *params[] = {job->name};
-        PGresult *res = bf_pg_query(self->ctx.tgt[i], BF_FENCE_MAX, 1, params);
+        PGresult *res = NULL;
+        if (bf_pg_exec(self->ctx.tgt[i], "SET statement_timeout = 2000") == 0)
+            res = bf_pg_query(self->ctx.tgt[i], BF_FENCE_MAX, 1, params);
+        bf_pg_exec_quiet(self->ctx.tgt[i], "RESET statement_timeout");
         if (!res)
             return BF_EXIT_CONNECT;
         int64_t id = atoll(PQgetvalue(res, 0, 0)), tok = atoll(PQgetvalue(res, 0, 1));
@@ -303,9 +309,10 @@ static void s_floor_check(bf_coord_t *self)
     long long now = bf_now_ms();
     if (s_redis_reconnects(self) == self->floored || now < self->next_floor)
         return;
-    self->next_floor = now + 5000;
     log_debug("connected to redis again: raising its counters past the targets' fence rows");
-    if (s_raise_floor(self) != BF_EXIT_OK && now >= self->next_floor_warn) {
+    int rc = s_raise_floor(self);
+    self->next_floor = bf_now_ms() + 5000; /* from its end: a timed-out try took a while */
+    if (rc != BF_EXIT_OK && now >= self->next_floor_warn) {
         self->next_floor_warn = now + 60000;
         log_warn("job %s: cannot compare redis's counters with the targets' fence rows after "
                  "reconnecting to redis; trying again every 5 s",
