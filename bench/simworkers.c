@@ -319,10 +319,14 @@ static void s_send(sim_t *all, int i, bf_msg_t *m)
     m->ep = w->ep;
     char *buf = NULL;
     size_t len = 0;
-    if (bf_msg_encode(m, &buf, &len) != 0 || s_zmtp_send(&w->z, buf, len) != 0) {
-        fprintf(stderr, "bf_simworkers: worker %d cannot send: %s\n", i, strerror(errno));
+    if (bf_msg_encode(m, &buf, &len) != 0) {
+        fprintf(stderr, "bf_simworkers: cannot encode a message\n");
         exit(1);
     }
+    if (s_zmtp_send(&w->z, buf, len) != 0 && errno != EPIPE && errno != ECONNRESET) {
+        fprintf(stderr, "bf_simworkers: worker %d cannot send: %s\n", i, strerror(errno));
+        exit(1);
+    } /* (a coordinator gone: its connection's close is read next, and judged there) */
     free(buf);
     if (w->z.nout > 0 && !w->z.want_out) {
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)i};
@@ -544,7 +548,10 @@ int main(int argc, char **argv)
                     strerror(errno));
             return 2;
         }
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        /* (a greeting the socket did not take whole goes out on EPOLLOUT) */
+        w[i].z.want_out = w[i].z.nout > 0;
+        struct epoll_event ev = {.events = EPOLLIN | (w[i].z.want_out ? EPOLLOUT : 0),
+                                 .data.u32 = (uint32_t)i};
         if (epoll_ctl(s_ep, EPOLL_CTL_ADD, w[i].z.fd, &ev) != 0) {
             perror("bf_simworkers: epoll_ctl");
             return 2;
@@ -570,8 +577,10 @@ int main(int argc, char **argv)
             } else
                 s_credit(w, i, w[i].due); /* the first request */
         }
-        if (s_nheap > 0 && w[s_heap[0]].due - now0 < timeout_us)
+        if (s_nheap > 0 && !drained && w[s_heap[0]].due - now0 < timeout_us)
             timeout_us = w[s_heap[0]].due - now0;
+        if (timeout_us < 0)
+            timeout_us = 0;
         int nev = epoll_wait(s_ep, evs, nworkers + 1, (int)((timeout_us + 999) / 1000));
         if (nev < 0 && errno != EINTR) {
             perror("bf_simworkers: epoll_wait");

@@ -233,16 +233,17 @@ static int s_load(bf_rstate_t *self)
     redisReply *l = bf_rstate_cmd(self, "FUNCTION LIST LIBRARYNAME backfill*");
     if (!l)
         return -1;
-    char *old[8];
+    size_t nlibs = l->type == REDIS_REPLY_ARRAY ? l->elements : 0;
+    char **old = bf_xcalloc(nlibs + 1, sizeof *old);
     int nold = 0, newer = 0;
     char newer_name[64] = "";
-    for (size_t i = 0; l->type == REDIS_REPLY_ARRAY && i < l->elements; i++) {
+    for (size_t i = 0; i < nlibs; i++) {
         const char *name = s_lib_name(l->element[i]);
         int v = name ? s_lib_version(name) : 0;
         if (v > mine && v > newer) {
             newer = v;
             snprintf(newer_name, sizeof newer_name, "%s", name);
-        } else if (v > 0 && v < mine && nold < 8) {
+        } else if (v > 0 && v < mine) {
             old[nold++] = bf_xstrdup(name);
         }
     }
@@ -261,40 +262,47 @@ static int s_load(bf_rstate_t *self)
         rc = r ? 0 : -1;
         freeReplyObject(r);
     } else {
-        /* One transaction: an older binary's process reloading its version in
-         * between would make ours fail on its function names. */
+        /* One transaction, so that no process finds no functions in between, nor an
+         * older binary's process reloads its version there (ours would then fail on
+         * its function names). Redis does not roll a transaction back: a DELETE that
+         * fails (another process upgrading at the same time deleted that library
+         * first) leaves the LOAD to run, and the LOAD's own reply decides. */
         redisAppendCommand(self->ctx, "MULTI");
         for (int i = 0; i < nold; i++)
             redisAppendCommand(self->ctx, "FUNCTION DELETE %s", old[i]);
         redisAppendCommand(self->ctx, "FUNCTION LOAD REPLACE %s", bf_functions_lua);
         redisAppendCommand(self->ctx, "EXEC");
-        for (int i = 0; i < nold + 3; i++) {
+        redisReply *exec = NULL;
+        for (int i = 0; i < nold + 3; i++) { /* MULTI, each QUEUED, then EXEC's */
             redisReply *r = NULL;
             if (redisGetReply(self->ctx, (void **)&r) != REDIS_OK) {
                 s_check(self, NULL); /* the connection broke: errmsg, dropped */
                 rc = -1;
                 break;
             }
-            /* EXEC's reply holds each command's; an error in it fails the load */
-            for (size_t k = 0; r && r->type == REDIS_REPLY_ARRAY && k < r->elements; k++)
-                if (r->element[k]->type == REDIS_REPLY_ERROR && rc == 0) {
-                    snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
-                             r->element[k]->str);
-                    rc = -1;
-                }
-            if (r && r->type == REDIS_REPLY_ERROR && rc == 0) {
-                snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
-                         r->str);
-                rc = -1;
-            }
-            freeReplyObject(r);
+            if (i == nold + 2)
+                exec = r;
+            else
+                freeReplyObject(r);
         }
+        const redisReply *load =
+            exec && exec->type == REDIS_REPLY_ARRAY && exec->elements == (size_t)nold + 1
+                ? exec->element[nold]
+                : exec;
+        if (rc == 0 && (!load || load->type == REDIS_REPLY_ERROR || load == exec)) {
+            snprintf(self->errmsg, sizeof self->errmsg, "redis at %s: %s", self->redacted,
+                     load && load->type == REDIS_REPLY_ERROR ? load->str
+                                                             : "unexpected reply to EXEC");
+            rc = -1;
+        }
+        freeReplyObject(exec);
         if (rc == 0)
             log_info("redis at %s: backfill's functions upgraded to version %d", self->redacted,
                      mine);
     }
     for (int i = 0; i < nold; i++)
         free(old[i]);
+    free(old);
     return rc;
 }
 

@@ -220,29 +220,45 @@ static unsigned s_redis_reconnects(bf_coord_t *self);
  * range id past every id of their fence rows: Redis may have lost writes (a
  * failover, a crash with appendfsync everysec), and must not issue either again.
  * At start on a resumed job, and after Redis's connection was made again (Redis
- * may have restarted). Returns BF_EXIT_OK or BF_EXIT_CONNECT (logged). */
-static int s_raise_floor(bf_coord_t *self)
+ * may have restarted). Returns BF_EXIT_OK or BF_EXIT_CONNECT (logged). With err
+ * (mid-job: this runs in the loop that answers the workers) the targets' reads
+ * take 2 s at most in all, a lock held on a fence table (a migration) must not
+ * stall the loop, and a failure is not logged but said in err: the caller tries
+ * again later. */
+static int s_raise_floor(bf_coord_t *self, char *err, size_t errlen)
 {
     const bf_job_t *job = self->ctx.job;
     bf_rstate_t *r = self->ctx.redis;
     unsigned reconnects = s_redis_reconnects(self);
     int64_t max_token = 0, next_id = 0;
+    long long deadline = bf_now_ms() + 2000;
     for (int i = 0; i < job->ntargets; i++) {
+        const char *alias = job->targets[i].alias;
         /* Mid-job the connection may have died idle: open it again. */
         if (!bf_pg_is_alive(self->ctx.tgt[i])) {
             bf_pg_destroy(&self->ctx.tgt[i]);
-            self->ctx.tgt[i] = bf_pg_connect(job->targets[i].dsn, job->targets[i].alias);
-            if (!self->ctx.tgt[i])
+            self->ctx.tgt[i] = bf_pg_connect(job->targets[i].dsn, alias);
+            if (!self->ctx.tgt[i]) {
+                if (err)
+                    snprintf(err, errlen, "target %s: cannot connect", alias);
                 return BF_EXIT_CONNECT;
+            }
         }
-        /* Bounded: mid-job this runs in the loop that answers the workers, and a
-         * lock held on the fence table (a migration) must not stall it; the
-         * caller tries again later. */
+        bf_pg_t *t = self->ctx.tgt[i];
         const char *params[] = {job->name};
         PGresult *res = NULL;
-        if (bf_pg_exec(self->ctx.tgt[i], "SET statement_timeout = 2000") == 0)
-            res = bf_pg_query(self->ctx.tgt[i], BF_FENCE_MAX, 1, params);
-        bf_pg_exec_quiet(self->ctx.tgt[i], "RESET statement_timeout");
+        if (!err) {
+            res = bf_pg_query(t, BF_FENCE_MAX, 1, params);
+        } else {
+            char set[64];
+            long long left = deadline - bf_now_ms();
+            snprintf(set, sizeof set, "SET statement_timeout = %lld", left > 1 ? left : 1);
+            if (bf_pg_exec_quiet(t, set) == 0)
+                res = bf_pg_query_quiet(t, BF_FENCE_MAX, 1, params);
+            if (!res)
+                snprintf(err, errlen, "target %s: %s", alias, t->errmsg);
+            bf_pg_exec_quiet(t, "RESET statement_timeout");
+        }
         if (!res)
             return BF_EXIT_CONNECT;
         int64_t id = atoll(PQgetvalue(res, 0, 0)), tok = atoll(PQgetvalue(res, 0, 1));
@@ -256,7 +272,10 @@ static int s_raise_floor(bf_coord_t *self)
                                   (long long)max_token, (long long)next_id);
     if (!f || f->type != REDIS_REPLY_ARRAY || f->elements != 2 ||
         f->element[0]->type != REDIS_REPLY_INTEGER || f->element[1]->type != REDIS_REPLY_INTEGER) {
-        log_error("%s", f ? "bf_floor: unexpected reply" : r->errmsg);
+        if (err)
+            snprintf(err, errlen, "%s", f ? "bf_floor: unexpected reply" : r->errmsg);
+        else
+            log_error("%s", f ? "bf_floor: unexpected reply" : r->errmsg);
         freeReplyObject(f);
         return BF_EXIT_CONNECT;
     }
@@ -298,7 +317,7 @@ static int s_fence_prepare(bf_coord_t *self, bool resumed)
             return BF_EXIT_CONNECT;
     }
     self->floored = s_redis_reconnects(self);
-    return resumed ? s_raise_floor(self) : BF_EXIT_OK;
+    return resumed ? s_raise_floor(self, NULL, 0) : BF_EXIT_OK;
 }
 
 /* A connection to Redis was made again since the counters were raised: Redis may
@@ -310,13 +329,16 @@ static void s_floor_check(bf_coord_t *self)
     if (s_redis_reconnects(self) == self->floored || now < self->next_floor)
         return;
     log_debug("connected to redis again: raising its counters past the targets' fence rows");
-    int rc = s_raise_floor(self);
+    char err[1200] = "";
+    int rc = s_raise_floor(self, err, sizeof err);
     self->next_floor = bf_now_ms() + 5000; /* from its end: a timed-out try took a while */
     if (rc != BF_EXIT_OK && now >= self->next_floor_warn) {
         self->next_floor_warn = now + 60000;
         log_warn("job %s: cannot compare redis's counters with the targets' fence rows after "
-                 "reconnecting to redis; trying again every 5 s",
-                 self->ctx.job->name);
+                 "reconnecting to redis (%s); trying again every 5 s",
+                 self->ctx.job->name, err);
+    } else if (rc != BF_EXIT_OK) {
+        log_debug("raising redis's counters: %s", err);
     }
 }
 

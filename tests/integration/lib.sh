@@ -34,6 +34,8 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+# (a test stopped by a signal, e.g. CTest's timeout, must not report PASS)
+trap 'exit 143' TERM
 
 fail() {
     echo "FAIL: $*" >&2

@@ -4,7 +4,10 @@
 # of releases before versions, "backfill", deleted in the same transaction),
 # refuses to start (exit 2, naming both versions) when Redis holds a newer
 # version, and an older release's FUNCTION LOAD REPLACE of "backfill" then fails
-# on the function names instead of bringing back its older functions.
+# on the function names instead of bringing back its older functions (that last
+# is Redis's rule for function names, checked here because the versioning relies
+# on it). Functions gone from Redis mid-job are loaded again by the first process
+# that misses them.
 . "$(dirname "$0")/lib.sh"
 LUA="$BF_SOURCE_DIR/common/functions.lua"
 V=$(sed -n '1s/^#!lua name=backfill_v\([0-9]*\)$/\1/p' "$LUA")
@@ -52,3 +55,21 @@ done
 expect_eq "$(libs)" "backfill_v$V backfill_v999" "libraries after the refusals"
 redis_cmd FUNCTION DELETE backfill_v999 >/dev/null
 "$BF" status "$WORK/job.yaml" >/dev/null || fail "status once the newer functions are gone"
+
+# Functions gone from Redis while a job runs (FUNCTION FLUSH, a Redis replaced):
+# the next process to call one loads this binary's version again, and the job
+# finishes.
+fresh_db fv_tgt
+make_service fv_tgt
+forget_job fv
+start_coordinator coord auto "$WORK/job.yaml"
+"$BF" throttle "$WORK/job.yaml" --rows-per-second 3000 >/dev/null
+start_worker w1
+W1=$WPID
+some() { [ "$(q fv_tgt "SELECT count(*) FROM orders")" -gt 0 ]; }
+wait_for 30 some || fail "no rows copied"
+redis_cmd FUNCTION DELETE "backfill_v$V" >/dev/null
+expect_job_done fv_src fv_tgt w1="$W1"
+grep -q 'lost the backfill functions; loading them again' "$WORK/coord.err" "$WORK/w1.err" ||
+    fail "nobody said it loaded the functions again"
+expect_eq "$(libs)" "backfill_v$V" "libraries after the job"
