@@ -953,6 +953,7 @@ static bf_batch_result_t s_batch_target(bf_copier_t *self, bf_lease_work_t *w,
     char *fhi = PQgetisnull(res, 0, 5) ? NULL : bf_xstrdup(PQgetvalue(res, 0, 5));
     PQclear(res);
     if (ftoken > r->token) {
+        w->fence_token = ftoken;
         snprintf(w->error, sizeof w->error,
                  "range %lld is fenced: target %s holds token %lld, this lease has %lld",
                  (long long)r->id, job->targets[ti].alias, (long long)ftoken, (long long)r->token);
@@ -1977,6 +1978,36 @@ static bf_rstate_t *s_redis(bf_copier_t *self)
     if (!self->redis)
         self->redis = bf_rstate_connect(self->job->redis, self->job->name);
     return self->redis;
+}
+
+int bf_copier_fenced(bf_copier_t *self, bf_lease_work_t *w)
+{
+    if (w->fence_token <= w->range.token || !s_redis(self))
+        return 0;
+    bf_rstate_t *r = self->redis;
+    int64_t id = w->range.id, token = w->range.token;
+    bf_range_t cur = {0};
+    int got = bf_rstate_get_range(r, id, &cur);
+    bool ours = got == 0 && cur.token == token && strcmp(cur.state, "leased") == 0;
+    bf_range_clear(&cur);
+    if (got < 0)
+        return -1;
+    if (!ours)
+        return 0; /* superseded in Redis too: the usual fencing */
+    redisReply *f = bf_rstate_cmd(r, "FCALL bf_floor 1 %s %lld 0", bf_rstate_key(r, "meta"),
+                                  (long long)w->fence_token);
+    bool ok = f && f->type == REDIS_REPLY_ARRAY;
+    freeReplyObject(f);
+    if (!ok)
+        return -1;
+    log_warn("range %lld: a target holds token %lld, newer than this lease's %lld, which redis "
+             "still holds: redis lost writes (a failover, or a crash with appendfsync "
+             "everysec); its token counter is raised past it and the range leased again",
+             (long long)id, (long long)w->fence_token, (long long)token);
+    return bf_rstate_release(r, id, token, "fenced by a newer token on a target", false,
+                             MAX_ATTEMPTS) == 0
+               ? 1
+               : 0;
 }
 
 int bf_copier_job_complete(bf_copier_t *self)

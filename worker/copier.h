@@ -41,14 +41,15 @@ typedef struct {
                        * alone next (else this batch is the row itself) */
     bool predicted;   /* located by s_skip_parked, not by a refusal */
     int64_t resume_limit;
-    int64_t rejects;    /* rows set aside in backfill_rejects under this lease */
-    int64_t parked;     /* rows parked there under this lease (written again at the end) */
-    bool parked_loaded; /* the keys of the table's rows parked on the target were read */
-    bool short_batches; /* workers are idle (SHRINK seen): quarter batches, finer splits */
-    int64_t batches;    /* batches committed under this lease (the first one also brings the
-                         * cursor up to the targets' fences) */
-    bf_admit_t control; /* the job's live control state at the last batch */
-    char error[1024];   /* for BF_BATCH_FATAL / RETRY: what went wrong */
+    int64_t rejects;     /* rows set aside in backfill_rejects under this lease */
+    int64_t parked;      /* rows parked there under this lease (written again at the end) */
+    bool parked_loaded;  /* the keys of the table's rows parked on the target were read */
+    bool short_batches;  /* workers are idle (SHRINK seen): quarter batches, finer splits */
+    int64_t batches;     /* batches committed under this lease (the first one also brings the
+                          * cursor up to the targets' fences) */
+    bf_admit_t control;  /* the job's live control state at the last batch */
+    char error[1024];    /* for BF_BATCH_FATAL / RETRY: what went wrong */
+    int64_t fence_token; /* BF_BATCH_FENCED by a target's fence row: the token it holds */
 } bf_lease_work_t;
 
 bf_copier_t *bf_copier_new(const bf_job_t *job, int64_t lease_ttl_ms);
@@ -92,6 +93,16 @@ int bf_copier_split(bf_copier_t *self, bf_lease_work_t *w, int parts, int *made)
 /* Hands a lease back to pending in Redis (clean stop or failure). Returns the
  * bf_rstate_release() result. */
 int bf_copier_release(bf_copier_t *self, bf_lease_work_t *w, const char *reason, bool failure);
+
+/* After BF_BATCH_FENCED by a target's fence row (w->fence_token above the lease's):
+ * when Redis still holds this lease, Redis lost writes (the lease of that newer
+ * token, and maybe the counter's steps past it). Raises Redis's fencing counter
+ * past the target's token and puts the range back to pending, so that its next
+ * lease, at once and with a newer token, goes on from the fence row (else every
+ * lease of it would wait out its expiry and carry a token still too old). A lease
+ * Redis gave to another since is left alone. Returns 1 when the range went back,
+ * 0 when not, -1 on a Redis error. */
+int bf_copier_fenced(bf_copier_t *self, bf_lease_work_t *w);
 
 /* Asks Redis whether every range of the job is done: 1 yes, 0 no, -1 error. For a
  * worker whose coordinator is gone (a coordinator started on a finished job exits

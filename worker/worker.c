@@ -404,6 +404,7 @@ static void s_work(worker_t *w)
         return;
     case BF_BATCH_FENCED:
         log_warn("fenced: %s; dropping the range", l->error);
+        bf_copier_fenced(w->copier, l);
         s_send_fenced(w, &m);
         return;
     case BF_BATCH_DEFERRED:
