@@ -89,24 +89,31 @@ static bool s_grow(unsigned char **buf, size_t *cap, size_t need)
     return true;
 }
 
-/* Writes what it can of data, keeping the rest (after what is kept already);
- * MSG_NOSIGNAL: a coordinator gone is an error to report, not a SIGPIPE.
+/* Sends data from *off on until the socket takes no more; MSG_NOSIGNAL: a
+ * coordinator gone is an error to report, not a SIGPIPE. 0, or -1 when the
+ * connection failed. */
+static int s_send_some(int fd, const unsigned char *data, size_t len, size_t *off)
+{
+    while (*off < len) {
+        ssize_t n = send(fd, data + *off, len - *off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        if (n <= 0)
+            return -1;
+        *off += (size_t)n;
+    }
+    return 0;
+}
+
+/* Writes what it can of data, keeping the rest (after what is kept already).
  * Returns 0, or -1 when the connection failed. */
 static int s_zmtp_write(zmtp_t *z, const void *data, size_t len)
 {
     size_t off = 0;
-    if (z->nout == 0) {
-        while (off < len) {
-            ssize_t n = send(z->fd, (const char *)data + off, len - off, MSG_NOSIGNAL);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                break;
-            if (n <= 0)
-                return -1;
-            off += (size_t)n;
-        }
-    }
+    if (z->nout == 0 && s_send_some(z->fd, data, len, &off) != 0)
+        return -1;
     if (off == len)
         return 0;
     if (!s_grow(&z->out, &z->capout, z->nout + len - off))
@@ -120,19 +127,10 @@ static int s_zmtp_write(zmtp_t *z, const void *data, size_t len)
 static int s_zmtp_flush(zmtp_t *z)
 {
     size_t off = 0;
-    while (off < z->nout) {
-        ssize_t n = send(z->fd, z->out + off, z->nout - off, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
-        if (n <= 0)
-            return -1;
-        off += (size_t)n;
-    }
+    int rc = s_send_some(z->fd, z->out, z->nout, &off);
     memmove(z->out, z->out + off, z->nout - off);
     z->nout -= off;
-    return 0;
+    return rc;
 }
 
 /* Sends one single-frame message. */

@@ -367,13 +367,18 @@ int bf_rstate_is_planned(bf_rstate_t *self)
     return planned == 1;
 }
 
-int bf_rstate_id_end(bf_rstate_t *self, int64_t *end)
+int bf_rstate_id_end(bf_rstate_t *self, int64_t *end, int64_t *count)
 {
-    int64_t nranges = 0, next_id = 0;
-    if (bf_rstate_hget_int(self, "meta", "nranges", &nranges) != 0 ||
-        bf_rstate_hget_int(self, "meta", "next_id", &next_id) != 0)
+    redisReply *r = bf_rstate_cmd(self, "HMGET %s nranges next_id", bf_rstate_key(self, "meta"));
+    if (!r)
         return -1;
-    *end = next_id > nranges ? next_id : nranges;
+    int64_t v[2] = {0, 0};
+    for (size_t i = 0; i < 2 && r->type == REDIS_REPLY_ARRAY && i < r->elements; i++)
+        if (r->element[i]->type == REDIS_REPLY_STRING)
+            v[i] = strtoll(r->element[i]->str, NULL, 10);
+    freeReplyObject(r);
+    *count = v[0];
+    *end = v[1] > v[0] ? v[1] : v[0];
     return 0;
 }
 

@@ -71,8 +71,9 @@ int bf_rstate_is_complete(bf_rstate_t *self);
 
 /* One more than the largest range id of the job (ids below it may be missing:
  * Redis lost a split whose id the targets' fence rows hold; it is made again with
- * that id when its range is next leased). 0 or -1. */
-int bf_rstate_id_end(bf_rstate_t *self, int64_t *end);
+ * that id when its range is next leased), and how many ranges Redis counts. 0 or
+ * -1. */
+int bf_rstate_id_end(bf_rstate_t *self, int64_t *end, int64_t *count);
 
 /* Leases the next pending ranges in one round trip, out[i] to owners[i], until
  * none is pending. Returns how many were leased (out[0..] filled; fewer than n

@@ -253,8 +253,7 @@ int bf_cmd_verify(int argc, char **argv)
         return rc;
     }
     int64_t counted = 0; /* ranges in Redis (ids of lost splits are not counted) */
-    if (planned > 0 && (bf_rstate_id_end(ctx.redis, &nranges) != 0 ||
-                        bf_rstate_hget_int(ctx.redis, "meta", "nranges", &counted) != 0)) {
+    if (planned > 0 && bf_rstate_id_end(ctx.redis, &nranges, &counted) != 0) {
         log_error("%s", ctx.redis->errmsg);
         bf_jobctx_close(&ctx);
         return BF_EXIT_CONNECT;

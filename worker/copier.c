@@ -1986,28 +1986,24 @@ int bf_copier_fenced(bf_copier_t *self, bf_lease_work_t *w)
         return 0;
     bf_rstate_t *r = self->redis;
     int64_t id = w->range.id, token = w->range.token;
-    bf_range_t cur = {0};
-    int got = bf_rstate_get_range(r, id, &cur);
-    bool ours = got == 0 && cur.token == token && strcmp(cur.state, "leased") == 0;
-    bf_range_clear(&cur);
-    if (got < 0)
-        return -1;
-    if (!ours)
-        return 0; /* superseded in Redis too: the usual fencing */
+    /* The counter first (the range must not be leased again below the target's
+     * token): a no-op when Redis issued that token, as it did unless it lost
+     * writes; the release then says which it was (refused: another holds it). */
     redisReply *f = bf_rstate_cmd(r, "FCALL bf_floor 1 %s %lld 0", bf_rstate_key(r, "meta"),
                                   (long long)w->fence_token);
     bool ok = f && f->type == REDIS_REPLY_ARRAY;
     freeReplyObject(f);
     if (!ok)
         return -1;
+    int rel =
+        bf_rstate_release(r, id, token, "fenced by a newer token on a target", false, MAX_ATTEMPTS);
+    if (rel != 0)
+        return rel < 0 ? -1 : 0; /* superseded in Redis too: the usual fencing */
     log_warn("range %lld: a target holds token %lld, newer than this lease's %lld, which redis "
-             "still holds: redis lost writes (a failover, or a crash with appendfsync "
+             "still held: redis lost writes (a failover, or a crash with appendfsync "
              "everysec); its token counter is raised past it and the range leased again",
              (long long)id, (long long)w->fence_token, (long long)token);
-    return bf_rstate_release(r, id, token, "fenced by a newer token on a target", false,
-                             MAX_ATTEMPTS) == 0
-               ? 1
-               : 0;
+    return 1;
 }
 
 int bf_copier_job_complete(bf_copier_t *self)
