@@ -31,6 +31,7 @@
  * one core).
  * Exits 0 when every range of the job was leased and finished, 1 otherwise. */
 #include "proto.h"
+#include "rstate.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -613,6 +614,7 @@ int main(int argc, char **argv)
                                       .worker_id = id,
                                       .host = (char *)"sim",
                                       .version = (char *)"sim",
+                                      .fv = bf_rstate_functions_version(),
                                       .pid = getpid()};
                     s_send(w, i, &hello);
                     continue;

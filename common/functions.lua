@@ -4,7 +4,9 @@ The library's name carries its version (2 here; releases before versions named i
 "backfill", which counts as 1). Raise it when a function changes what it does:
 a process loads these functions only over an older version (deleting it) or the
 same one, and refuses to start when Redis holds a newer one, so an older binary
-cannot bring back older functions while newer processes run on them.
+cannot bring back older functions while newer processes run on them. Workers and
+their coordinator also compare it at HELLO/WELCOME (fv): raise it, too, when a
+worker and a coordinator of the two releases could not work together otherwise.
 
 Job state transitions, loaded with FUNCTION LOAD so they survive a Redis restart
 (unlike the EVALSHA script cache). Every function takes KEYS[1] = "bf:{job}:meta";

@@ -42,6 +42,7 @@ enum {
     F_HOST,
     F_PID,
     F_VERSION,
+    F_FV,
     F_CREDIT,
     F_HEARTBEAT_MS,
     F_LIVENESS,
@@ -72,6 +73,7 @@ static const s_field_t s_fields[F__COUNT] = {
     [F_HOST] = S_F(host, S_STR),
     [F_PID] = S_F(pid, S_INT),
     [F_VERSION] = S_F(version, S_STR),
+    [F_FV] = S_F(fv, S_INT),
     [F_CREDIT] = S_F(credit, S_INT),
     [F_HEARTBEAT_MS] = S_F(heartbeat_ms, S_INT),
     [F_LIVENESS] = S_F(liveness, S_INT),
@@ -107,13 +109,11 @@ typedef struct {
     size_t nuses;
 } s_type_t;
 
-static const s_use_t s_hello[] = {
-    {F_WORKER_ID, true}, {F_HOST, false}, {F_PID, false}, {F_VERSION, false}, {F_CREDIT, false}};
-static const s_use_t s_welcome[] = {{F_HEARTBEAT_MS, true},
-                                    {F_LIVENESS, true},
-                                    {F_LEASE_TTL_MS, true},
-                                    {F_JOB, true},
-                                    {F_ENV, false}};
+static const s_use_t s_hello[] = {{F_WORKER_ID, true}, {F_HOST, false}, {F_PID, false},
+                                  {F_VERSION, false},  {F_FV, false},   {F_CREDIT, false}};
+static const s_use_t s_welcome[] = {
+    {F_HEARTBEAT_MS, true}, {F_LIVENESS, true}, {F_LEASE_TTL_MS, true}, {F_JOB, true},
+    {F_ENV, false},         {F_VERSION, false}, {F_FV, false}};
 static const s_use_t s_credit[] = {{F_CREDIT, true}};
 static const s_use_t s_lease[] = {{F_RANGE_ID, true}, {F_TOKEN, true}, {F_TABLE, true},
                                   {F_SEQ, true},      {F_LO, true},    {F_HI, true},

@@ -15,8 +15,8 @@
 
 typedef enum {
     BF_MSG_NONE = 0,
-    BF_MSG_HELLO,     /* worker: worker_id, host, pid, version, credit */
-    BF_MSG_WELCOME,   /* coord: heartbeat_ms, liveness, lease_ttl_ms, job (text), env */
+    BF_MSG_HELLO,     /* worker: worker_id, host, pid, version, fv, credit */
+    BF_MSG_WELCOME,   /* coord: heartbeat_ms, liveness, lease_ttl_ms, job, env, version, fv */
     BF_MSG_CREDIT,    /* worker: credit = how many more leases it will take */
     BF_MSG_LEASE,     /* coord: range_id, token, table, lo, hi, cursor, seq */
     BF_MSG_NOWORK,    /* coord: retry_after_ms */
@@ -27,7 +27,7 @@ typedef enum {
     BF_MSG_REVOKE,    /* coord: range_id, token */
     BF_MSG_SHRINK,    /* coord: range_id, token, credit (idle workers): split your range */
     BF_MSG_DRAIN,     /* coord: deadline_ms, done (job finished: exit) */
-    BF_MSG_ERR,       /* coord: code (UNKNOWN_SESSION, STALE_EPOCH, BAD_PROTO), message */
+    BF_MSG_ERR,       /* coord: code (UNKNOWN_SESSION, STALE_EPOCH, VERSION), message */
     BF_MSG__COUNT
 } bf_msg_type_t;
 
@@ -39,8 +39,10 @@ typedef struct {
     uint64_t sid; /* session id given by WELCOME, 0 before */
     uint64_t ep;  /* coordinator epoch, 0 before WELCOME */
 
-    char *worker_id, *host, *version; /* HELLO */
-    int64_t pid, credit;              /* HELLO, CREDIT, DONE (the next lease asked along), SHRINK */
+    char *worker_id, *host, *version; /* HELLO; version also WELCOME: the sender's release */
+    int64_t fv; /* HELLO, WELCOME: the Redis functions version of the sender's release, which a
+                 * worker and its coordinator must share (0: a release from before it was sent) */
+    int64_t pid, credit; /* HELLO, CREDIT, DONE (the next lease asked along), SHRINK */
 
     int64_t heartbeat_ms, liveness, lease_ttl_ms; /* WELCOME */
     char *job;                                    /* WELCOME: job file text */

@@ -209,6 +209,29 @@ int bf_rstate_functions_version(void)
     return s_lib_version(name);
 }
 
+bool bf_rstate_same_release(const char *peer, const char *me, const char *version, int64_t fv,
+                            char *buf, size_t n)
+{
+    int mine = bf_rstate_functions_version();
+    if (fv == mine)
+        return true;
+    char theirs[160];
+    if (fv > 0)
+        snprintf(theirs, sizeof theirs, "backfill %s (Redis functions version %lld)",
+                 version ? version : "?", (long long)fv);
+    else
+        snprintf(theirs, sizeof theirs,
+                 "an older release of backfill (%s%sfrom before releases said their Redis "
+                 "functions version)",
+                 version ? version : "", version ? ", " : "");
+    snprintf(buf, n,
+             "%s runs %s, %s backfill %s (Redis functions version %d): the workers "
+             "and the coordinator of a job must run the same release; install one release on "
+             "every machine, then start the process that was refused again",
+             peer, theirs, me, BF_VERSION, mine);
+    return false;
+}
+
 /* The name of one library in a FUNCTION LIST reply (a flat key/value array), or
  * NULL. */
 static const char *s_lib_name(const redisReply *lib)

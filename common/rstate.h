@@ -63,6 +63,15 @@ int bf_rstate_load_functions(bf_rstate_t *self);
 /* The version of the functions this binary loads (from functions.lua's name). */
 int bf_rstate_functions_version(void);
 
+/* A worker and its coordinator must share the version of these functions (HELLO
+ * and WELCOME carry it as fv). Whether a peer's release (version: its release
+ * name; fv: its functions version, 0 for a release from before it was sent) can
+ * work with this one; if not, what to do, naming both releases, in buf. peer
+ * names the other side ("worker w1 on host a", "the coordinator at tcp://..."), me this one
+ * ("this coordinator"). */
+bool bf_rstate_same_release(const char *peer, const char *me, const char *version, int64_t fv,
+                            char *buf, size_t n);
+
 /* 1 when the job has a plan stored, 0 when not, -1 on error. */
 int bf_rstate_is_planned(bf_rstate_t *self);
 

@@ -71,6 +71,7 @@ struct bf_coord {
                                 * past the targets' fence rows */
     long long next_floor;      /* after a reconnect: no new try to raise them before this (ms) */
     long long next_floor_warn; /* no warning that raising them failed before this (ms) */
+    long long next_rel_warn;   /* no warning of a worker of another release before this */
     bool *in_order;            /* per job table: its ranges are copied one after another */
     long long next_split;      /* no SHRINK round before this (ms) */
     bool splitting;            /* workers idle, nothing pending: SHRINK rounds due */
@@ -1043,12 +1044,35 @@ static void s_leaser_news(bf_coord_t *self)
     }
 }
 
+/* Refuses the HELLO of a worker of another release (it would run other Redis
+ * functions against this job's state): an ERR VERSION it reports and exits on (a
+ * release from before the check says HELLO again every second; the warning here
+ * names it at most every 10 s). */
+static bool s_same_release(bf_coord_t *self, zframe_t *identity, const bf_msg_t *m)
+{
+    char peer[400], why[1024];
+    snprintf(peer, sizeof peer, "worker %s on %s", m->worker_id, m->host ? m->host : "?");
+    if (bf_rstate_same_release(peer, "this coordinator", m->version, m->fv, why, sizeof why))
+        return true;
+    bf_msg_t err = {.type = BF_MSG_ERR, .code = (char *)"VERSION", .message = why};
+    err.ep = self->epoch;
+    bf_net_send(self->router, identity, &err);
+    long long now = bf_now_ms();
+    if (now >= self->next_rel_warn) {
+        log_warn("refused %s", why);
+        self->next_rel_warn = now + 10000;
+    }
+    return false;
+}
+
 static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
 {
     worker_t *w = s_find(self, identity);
     if (m->type == BF_MSG_HELLO) {
         if (w)
             s_remove_worker(self, w, "worker said HELLO again");
+        if (!s_same_release(self, identity, m))
+            return;
         if (self->nworkers == self->capworkers) {
             self->capworkers = self->capworkers ? 2 * self->capworkers : 16;
             self->workers = bf_xrealloc(self->workers, (size_t)self->capworkers * sizeof *w);
@@ -1069,7 +1093,9 @@ static void s_on_message(bf_coord_t *self, zframe_t *identity, bf_msg_t *m)
                             .job = self->ctx.job->text,
                             .env_names = self->ctx.job->env_names,
                             .env_values = self->ctx.job->env_values,
-                            .nenv = self->ctx.job->nenv};
+                            .nenv = self->ctx.job->nenv,
+                            .version = (char *)BF_VERSION,
+                            .fv = bf_rstate_functions_version()};
         s_send(self, w, &welcome);
         log_info("worker %s joined (%d connected)", w->id, self->nworkers);
         bf_metrics_set_workers(self->metrics, self->nworkers);

@@ -12,6 +12,7 @@
 #include "job.h"
 #include "log.h"
 #include "net.h"
+#include "rstate.h"
 #include "strbuf.h"
 
 #include <czmq.h>
@@ -122,6 +123,7 @@ static long long s_hello(worker_t *w)
                   .worker_id = w->worker_id,
                   .host = w->host,
                   .version = (char *)BF_VERSION,
+                  .fv = bf_rstate_functions_version(),
                   .pid = getpid(),
                   .credit = 0};
     m.sid = m.ep = 0;
@@ -160,6 +162,14 @@ static bool s_same_job(const bf_job_t *job, const bf_msg_t *m)
 
 static void s_on_welcome(worker_t *w, bf_msg_t *m)
 {
+    char peer[300], why[1024];
+    snprintf(peer, sizeof peer, "the coordinator at %s", w->endpoint);
+    if (!bf_rstate_same_release(peer, "this worker", m->version, m->fv, why, sizeof why)) {
+        log_error("%s", why);
+        w->exit_code = BF_EXIT_USAGE;
+        w->finished = true;
+        return;
+    }
     if (w->job && !s_same_job(w->job, m)) {
         /* A coordinator restarted with a changed job file (or --replan of other
          * tables): this worker's tables, mapping and secrets are those of the old
@@ -224,6 +234,13 @@ static bool s_on_message(worker_t *w, bf_msg_t *m)
 {
     if (m->type == BF_MSG_WELCOME) {
         s_on_welcome(w, m);
+        return true;
+    }
+    if (m->type == BF_MSG_ERR && m->code && strcmp(m->code, "VERSION") == 0) {
+        log_error("the coordinator at %s refuses this worker: %s", w->endpoint,
+                  m->message ? m->message : "another release");
+        w->exit_code = BF_EXIT_USAGE;
+        w->finished = true;
         return true;
     }
     if (m->type == BF_MSG_ERR && (w->sid == 0 || m->sid == w->sid)) {

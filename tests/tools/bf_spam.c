@@ -8,6 +8,7 @@
  * sends with ZMQ_DONTWAIT and waits a bounded time for room when a queue is full,
  * and lingers 2 s at exit so that queued frames reach the coordinator. */
 #include "proto.h"
+#include "rstate.h"
 
 #include <errno.h>
 #include <msgpack.h>
@@ -91,6 +92,7 @@ static void s_frame_valid(frame_t *f, bf_msg_type_t type)
         m.worker_id = (char *)"bf-spam";
         m.host = (char *)"spam.invalid";
         m.version = (char *)"0.0.0-spam";
+        m.fv = bf_rstate_functions_version(); /* a release the coordinator accepts */
         m.pid = (int64_t)getpid();
         m.credit = 1;
         m.sid = 0;

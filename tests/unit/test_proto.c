@@ -48,6 +48,7 @@ static void s_msg_eq(const bf_msg_t *a, const bf_msg_t *b)
     s_str_eq(a->worker_id, b->worker_id);
     s_str_eq(a->host, b->host);
     s_str_eq(a->version, b->version);
+    assert_true(a->fv == b->fv);
     assert_true(a->pid == b->pid);
     assert_true(a->credit == b->credit);
     assert_true(a->heartbeat_ms == b->heartbeat_ms);
@@ -170,10 +171,12 @@ static void test_roundtrip_hello(void **state)
     m.host = S("h\xc3\xb4st.example");
     m.pid = 12345;
     m.version = S("0.1.0");
+    m.fv = 2;
     m.credit = 4;
     s_roundtrip(&m);
     m.host = NULL; /* optional strings may be absent */
     m.version = NULL;
+    m.fv = 0;
     s_roundtrip(&m);
 }
 
@@ -190,7 +193,11 @@ static void test_roundtrip_welcome(void **state)
     m.env_names = names;
     m.env_values = values;
     m.nenv = 2;
+    m.version = S("0.2.0");
+    m.fv = 3;
     s_roundtrip(&m);
+    m.version = NULL;
+    m.fv = 0;
     m.nenv = 0;
     m.env_names = m.env_values = NULL;
     m.job = S("");
@@ -285,6 +292,26 @@ static void test_foreign_fields_dropped(void **state)
     assert_false(out.has_lo);
     bf_msg_clear(&out);
     free(buf);
+}
+
+/* A HELLO of a release from before HELLO carried fv (the functions version) is
+ * read with fv 0, which the coordinator refuses as another release. */
+static void test_hello_without_fv(void **state)
+{
+    (void)state;
+    msgpack_sbuffer sb;
+    msgpack_packer pk;
+    s_begin(&sb, &pk, 5, BF_PROTO_VERSION, "HELLO");
+    s_kv_str(&pk, "worker_id", "w1");
+    s_kv_str(&pk, "version", "0.1.0");
+    s_kv_int(&pk, "credit", 1);
+    bf_msg_t m;
+    char err[128];
+    assert_int_equal(bf_msg_decode(sb.data, sb.size, &m, err, sizeof err), 0);
+    assert_string_equal(m.version, "0.1.0");
+    assert_true(m.fv == 0);
+    bf_msg_clear(&m);
+    msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_unknown_keys_ignored(void **state)
@@ -886,6 +913,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_lease),
         cmocka_unit_test(test_roundtrip_others),
         cmocka_unit_test(test_foreign_fields_dropped),
+        cmocka_unit_test(test_hello_without_fv),
         cmocka_unit_test(test_unknown_keys_ignored),
         cmocka_unit_test(test_signed_encoded_positive),
         cmocka_unit_test(test_type_names),
