@@ -231,6 +231,7 @@ static int s_raise_floor(bf_coord_t *self, char *err, size_t errlen)
     const bf_job_t *job = self->ctx.job;
     bf_rstate_t *r = self->ctx.redis;
     unsigned reconnects = s_redis_reconnects(self);
+    unsigned leaser_conn = self->leaser ? bf_leaser_reconnects(self->leaser) : 0;
     int64_t max_token = 0, next_id = 0;
     long long deadline = bf_now_ms() + 2000;
     for (int i = 0; i < job->ntargets; i++) {
@@ -295,6 +296,8 @@ static int s_raise_floor(bf_coord_t *self, char *err, size_t errlen)
     /* (the counters were raised on this connection: a reconnect since then, even
      * in the middle of this, means doing it again) */
     self->floored = reconnects;
+    if (self->leaser)
+        bf_leaser_floored(self->leaser, leaser_conn);
     return BF_EXIT_OK;
 }
 
@@ -336,8 +339,10 @@ static void s_floor_check(bf_coord_t *self)
     if (rc != BF_EXIT_OK && now >= self->next_floor_warn) {
         self->next_floor_warn = now + 60000;
         log_warn("job %s: cannot compare redis's counters with the targets' fence rows after "
-                 "reconnecting to redis (%s); trying again every 5 s",
-                 self->ctx.job->name, err);
+                 "reconnecting to redis (%s); trying again every 5 s%s",
+                 self->ctx.job->name, err,
+                 self->leaser && bf_leaser_waits(self->leaser) ? " (no range is leased until then)"
+                                                               : "");
     } else if (rc != BF_EXIT_OK) {
         log_debug("raising redis's counters: %s", err);
     }

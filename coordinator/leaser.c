@@ -51,6 +51,8 @@ struct bf_leaser {
     pthread_cond_t cv; /* wakes the thread */
     int pipefd[2];     /* thread -> loop: something to pick up */
     bf_rstate_t *redis;
+    atomic_uint floored; /* redis->reconnects when the coordinator last raised Redis's
+                          * counters past the targets' (bf_leaser_floored) */
     char owner[128];
     int64_t ttl_ms, reap_ms;
     bool stop;
@@ -131,12 +133,33 @@ static void s_fill(bf_leaser_t *self, int want, long long now)
         want = RING - self->npool;
     if (want <= 0)
         return;
+    /* Connected again since the last raise: Redis may have lost writes, and a lease
+     * now may carry a token the targets hold already (a range leased before would be
+     * fenced out). None until the coordinator has raised the counters. */
+    unsigned conn = atomic_load(&self->redis->reconnects);
+    if (conn != atomic_load(&self->floored)) {
+        self->next_try = now + EMPTY_RETRY_MS;
+        return;
+    }
     const char **owners = bf_xcalloc((size_t)want, sizeof *owners);
     bf_range_t *got = bf_xcalloc((size_t)want, sizeof *got);
     for (int i = 0; i < want; i++)
         owners[i] = self->owner;
     pthread_mutex_unlock(&self->mu);
     int n = bf_rstate_lease(self->redis, self->ttl_ms, want, owners, got);
+    if (n > 0 && atomic_load(&self->redis->reconnects) != conn) {
+        /* The call itself connected again (and retried): back they go, unused. */
+        for (int i = 0; i < n; i++) {
+            bf_rstate_release(self->redis, got[i].id, got[i].token, "", false, 0);
+            bf_range_clear(&got[i]);
+        }
+        n = 0;
+        pthread_mutex_lock(&self->mu);
+        free(owners);
+        free(got);
+        self->next_try = now + EMPTY_RETRY_MS;
+        return;
+    }
     pthread_mutex_lock(&self->mu);
     free(owners);
     if (n < 0) {
@@ -383,6 +406,7 @@ bf_leaser_t *bf_leaser_start(bf_rstate_t *redis, const char *owner, int64_t ttl_
 {
     bf_leaser_t *self = bf_xcalloc(1, sizeof *self);
     self->redis = redis;
+    atomic_init(&self->floored, atomic_load(&redis->reconnects));
     snprintf(self->owner, sizeof self->owner, "%s", owner);
     self->ttl_ms = ttl_ms;
     self->reap_ms = reap_ms;
@@ -569,6 +593,16 @@ int bf_leaser_reaped(bf_leaser_t *self)
 unsigned bf_leaser_reconnects(bf_leaser_t *self)
 {
     return atomic_load(&self->redis->reconnects);
+}
+
+void bf_leaser_floored(bf_leaser_t *self, unsigned reconnects)
+{
+    atomic_store(&self->floored, reconnects);
+}
+
+bool bf_leaser_waits(bf_leaser_t *self)
+{
+    return atomic_load(&self->redis->reconnects) != atomic_load(&self->floored);
 }
 
 bool bf_leaser_error(bf_leaser_t *self, char *buf, size_t len)

@@ -72,5 +72,12 @@ bool bf_leaser_error(bf_leaser_t *self, char *buf, size_t len);
 
 /* Times the leaser's Redis connection was made again (bf_rstate_t.reconnects). */
 unsigned bf_leaser_reconnects(bf_leaser_t *self);
+/* Redis's counters were raised past the targets' (the coordinator's floor) at a
+ * moment when the leaser's connection had been made again `reconnects` times.
+ * The leaser takes no lease while its connection was made again since: Redis may
+ * have lost writes, and the lease could carry a token the targets hold already. */
+void bf_leaser_floored(bf_leaser_t *self, unsigned reconnects);
+/* Whether the leaser waits for that raise. */
+bool bf_leaser_waits(bf_leaser_t *self);
 
 #endif

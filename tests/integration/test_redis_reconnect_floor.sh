@@ -10,17 +10,19 @@
 #   worker: the coordinator notices nothing. The worker fenced by a target whose
 #     token is newer than a lease Redis still holds raises the counter itself and
 #     puts the range back at once, and its next lease goes on from the fence row.
+#     Meanwhile a second worker goes on asking for ranges, and the first raise
+#     fails (the targets' fence table is locked for a while): the coordinator's
+#     lease thread, its connection made again too, hands out none until the
+#     counter is raised (a lease taken before would carry a token from the counter
+#     set back).
 # Either way the range is finished within seconds and the job ends exactly.
-# (Leases the coordinator's leaser takes ahead before a raise may still carry low
-# tokens: a range never leased before takes any token; one that was is fenced
-# once and put back.)
 . "$(dirname "$0")/lib.sh"
 fresh_db rf_src
 make_monolith rf_src 20000
 
 # scenario JOB MODE
 scenario() {
-    local job=$1 mode=$2 w1 w2 t0 tok
+    local job=$1 mode=$2 w1 w2 wa t0 tok
     fresh_db rf_tgt
     make_service rf_tgt
     forget_job "$job"
@@ -29,14 +31,20 @@ scenario() {
     "$BF" throttle "$WORK/$job.yaml" --rows-per-second 4000 >/dev/null
     start_worker "w1-$job"
     w1=$WPID
+    if [ "$mode" = reconnect ]; then
+        start_worker "wa-$job"
+        wa=$WPID
+    fi
     fence_max() { q rf_tgt "SELECT coalesce(max(token), 0) FROM public.backfill_fence WHERE job = '$job'"; }
     committed() { [ "$(q rf_tgt "SELECT count(*) FROM public.backfill_fence WHERE job = '$job' AND seq > 0")" -ge 3 ]; }
     wait_for 30 committed || fail "$job: no three ranges committed batches"
-    # The range w1 holds, once it has committed a batch (its fence row has a token).
+    # The range w1 holds (its id is host:pid:...), once it has committed a batch
+    # (its fence row has a token).
     held() {
         local k
         for k in $(redis_cmd --scan --pattern "bf:{$job}:range:*"); do
-            if [ "$(redis_cmd HGET "$k" state)" = leased ] && [ "$(redis_cmd HGET "$k" seq)" -gt 0 ]; then
+            if [ "$(redis_cmd HGET "$k" state)" = leased ] && [ "$(redis_cmd HGET "$k" seq)" -gt 0 ] &&
+                [[ "$(redis_cmd HGET "$k" owner)" == *":$w1:"* ]]; then
                 HELD=${k##*:}
                 return 0
             fi
@@ -48,6 +56,13 @@ scenario() {
     kill -9 "$w1"
     redis_cmd SET "bf:{$job}:fence" 5 >/dev/null
     if [ "$mode" = reconnect ]; then
+        # The targets' fence table locked for 3 s (a migration): the coordinator's
+        # first raise times out after 2 s and the next comes 5 s later, while the
+        # other worker, its batches let go on, asks for ranges.
+        q rf_tgt "BEGIN; LOCK TABLE public.backfill_fence IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT" >/dev/null &
+        BG_PIDS+=("$!")
+        locked() { [ "$(q rf_tgt "SELECT count(*) FROM pg_locks WHERE relation = 'public.backfill_fence'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ]; }
+        wait_for 10 locked || fail "$job: the fence table was not locked"
         redis_cmd CLIENT KILL TYPE normal >/dev/null
         above() { [ "$(redis_cmd GET "bf:{$job}:fence")" -gt "$(fence_max)" ]; }
         wait_for 15 above || fail "$job: redis's fencing counter ($(redis_cmd GET "bf:{$job}:fence")) not raised past the targets' tokens ($(fence_max))"
@@ -63,6 +78,15 @@ scenario() {
     wait_for 30 range_done ||
         fail "$job: range $HELD, held by the killed worker, was not finished again within 30 s: $(grep 'fenced:' "$WORK/w2-$job.err" | tail -1)"
     expect_job_done_as "$job" "$w2"
+    if [ "$mode" = reconnect ]; then
+        wait "$wa" || fail "$job: the worker that went on exit code $?"
+        # Tokens from before the counter was set back are past a million (each
+        # coordinator start adds one); those after it, before the raise, are below.
+        low=$(sed -n 's/.*leased range \([0-9]*\) to .* (token \([0-9]*\))$/\1 \2/p' "$WORK/coord-$job.err" |
+            awk '$2 < 1000000' | head -3)
+        [ -z "$low" ] || fail "$job: leases handed out under tokens of the counter set back (range token): $low"
+        grep -q 'leased range .* (token' "$WORK/coord-$job.err" || fail "$job: no lease in the debug log"
+    fi
     tok=$(q rf_tgt "SELECT token FROM public.backfill_fence WHERE job = '$job' AND range_id = $HELD")
     [ "$tok" -gt "$t0" ] ||
         fail "$job: range $HELD, held by the killed worker, was finished under token $tok, not above $t0"
