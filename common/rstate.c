@@ -226,8 +226,9 @@ bool bf_rstate_same_release(const char *peer, const char *me, const char *versio
                  version ? version : "", version ? ", " : "");
     snprintf(buf, n,
              "%s runs %s, %s backfill %s (Redis functions version %d): the workers "
-             "and the coordinator of a job must run the same release; install one release on "
-             "every machine, then start the process that was refused again",
+             "and the coordinator of a job must run the same release of backfill (these two "
+             "run different Redis functions); install one release on every machine, then "
+             "start the process that was refused again",
              peer, theirs, me, BF_VERSION, mine);
     return false;
 }

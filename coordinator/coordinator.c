@@ -335,7 +335,10 @@ static void s_floor_check(bf_coord_t *self)
     log_debug("connected to redis again: raising its counters past the targets' fence rows");
     char err[1200] = "";
     int rc = s_raise_floor(self, err, sizeof err);
-    self->next_floor = bf_now_ms() + 5000; /* from its end: a timed-out try took a while */
+    /* (after a failure only, from its end: a timed-out try took a while; after a
+     * success at once, as the lease thread waits for it once its own connection
+     * was made again, which comes a little after the loop's) */
+    self->next_floor = rc != BF_EXIT_OK ? bf_now_ms() + 5000 : 0;
     if (rc != BF_EXIT_OK && now >= self->next_floor_warn) {
         self->next_floor_warn = now + 60000;
         log_warn("job %s: cannot compare redis's counters with the targets' fence rows after "
@@ -1049,10 +1052,10 @@ static void s_leaser_news(bf_coord_t *self)
     }
 }
 
-/* Refuses the HELLO of a worker of another release (it would run other Redis
- * functions against this job's state): an ERR VERSION it reports and exits on (a
- * release from before the check says HELLO again every second; the warning here
- * names it at most every 10 s). */
+/* Refuses the HELLO of a worker of another release (one with other Redis functions
+ * would run them against this job's state): an ERR VERSION it reports and exits on
+ * (a release from before the check says HELLO again every second; the warning
+ * here is said at most every 10 s, the others at debug). */
 static bool s_same_release(bf_coord_t *self, zframe_t *identity, const bf_msg_t *m)
 {
     char peer[400], why[1024];
@@ -1066,6 +1069,8 @@ static bool s_same_release(bf_coord_t *self, zframe_t *identity, const bf_msg_t 
     if (now >= self->next_rel_warn) {
         log_warn("refused %s", why);
         self->next_rel_warn = now + 10000;
+    } else {
+        log_debug("refused %s", why);
     }
     return false;
 }

@@ -148,13 +148,17 @@ static void s_fill(bf_leaser_t *self, int want, long long now)
     pthread_mutex_unlock(&self->mu);
     int n = bf_rstate_lease(self->redis, self->ttl_ms, want, owners, got);
     if (n > 0 && atomic_load(&self->redis->reconnects) != conn) {
-        /* The call itself connected again (and retried): back they go, unused. */
+        /* The call itself connected again (and retried): back they go, unused. (A
+         * call that timed out may have leased too: those leases expire and are
+         * reaped.) */
+        bool lost = false; /* (those not given back are reaped when their lease expires) */
         for (int i = 0; i < n; i++) {
-            bf_rstate_release(self->redis, got[i].id, got[i].token, "", false, 0);
+            lost |= bf_rstate_release(self->redis, got[i].id, got[i].token, "", false, 0) < 0;
             bf_range_clear(&got[i]);
         }
-        n = 0;
         pthread_mutex_lock(&self->mu);
+        if (lost)
+            s_error(self);
         free(owners);
         free(got);
         self->next_try = now + EMPTY_RETRY_MS;

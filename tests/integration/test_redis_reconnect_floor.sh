@@ -11,7 +11,8 @@
 #     token is newer than a lease Redis still holds raises the counter itself and
 #     puts the range back at once, and its next lease goes on from the fence row.
 #     Meanwhile a second worker goes on asking for ranges, and the first raise
-#     fails (the targets' fence table is locked for a while): the coordinator's
+#     fails (the targets' fence table is locked for a while, and that worker's
+#     commits wait for it too): the coordinator's
 #     lease thread, its connection made again too, hands out none until the
 #     counter is raised (a lease taken before would carry a token from the counter
 #     set back).
@@ -51,25 +52,39 @@ scenario() {
         done
         return 1
     }
-    wait_for 20 held || fail "$job: no leased range with a committed batch"
+    # (looked for with w1 stopped, so that the range is still its own when it dies)
+    stopped_held() {
+        kill -STOP "$w1"
+        held && return 0
+        kill -CONT "$w1"
+        return 1
+    }
+    wait_for 20 stopped_held || fail "$job: no leased range with a committed batch"
     t0=$(fence_max)
     kill -9 "$w1"
-    redis_cmd SET "bf:{$job}:fence" 5 >/dev/null
     if [ "$mode" = reconnect ]; then
-        # The targets' fence table locked for 3 s (a migration): the coordinator's
-        # first raise times out after 2 s and the next comes 5 s later, while the
-        # other worker, its batches let go on, asks for ranges.
-        q rf_tgt "BEGIN; LOCK TABLE public.backfill_fence IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT" >/dev/null &
+        # The targets' fence table locked for 4 s (a migration): the coordinator's
+        # first raise times out after 2 s and the next comes 5 s after that. The
+        # other worker's batches wait for the lock too; then it asks for ranges
+        # again, before that second raise.
+        q rf_tgt "BEGIN; LOCK TABLE public.backfill_fence IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT" >/dev/null &
         BG_PIDS+=("$!")
         locked() { [ "$(q rf_tgt "SELECT count(*) FROM pg_locks WHERE relation = 'public.backfill_fence'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ]; }
         wait_for 10 locked || fail "$job: the fence table was not locked"
-        redis_cmd CLIENT KILL TYPE normal >/dev/null
+        # The counter set back and every connection killed at once, as Redis
+        # coming back without its last writes would leave them.
+        printf 'MULTI\nSET bf:{%s}:fence 5\nCLIENT KILL TYPE normal\nEXEC\n' "$job" | redis_cmd >/dev/null
         above() { [ "$(redis_cmd GET "bf:{$job}:fence")" -gt "$(fence_max)" ]; }
         wait_for 15 above || fail "$job: redis's fencing counter ($(redis_cmd GET "bf:{$job}:fence")) not raised past the targets' tokens ($(fence_max))"
         grep -q 'connected to redis again: raising its counters' "$WORK/coord-$job.err" ||
             fail "$job: the coordinator did not say it raised the counters after reconnecting"
         grep -q 'the targets hold fencing tokens up to' "$WORK/coord-$job.err" ||
             fail "$job: the coordinator did not warn that redis lost tokens"
+        # (the lock made the first raise fail: leases waited for the second)
+        grep -q "cannot compare redis's counters with the targets' fence rows" "$WORK/coord-$job.err" ||
+            fail "$job: the first raise did not fail on the locked fence table"
+    else
+        redis_cmd SET "bf:{$job}:fence" 5 >/dev/null
     fi
     "$BF" throttle "$WORK/$job.yaml" --rows-per-second 0 >/dev/null
     start_worker "w2-$job"

@@ -15,6 +15,25 @@ LUA="$BF_SOURCE_DIR/common/functions.lua"
 V=$(sed -n '1s/^#!lua name=backfill_v\([0-9]*\)$/\1/p' "$LUA")
 [ -n "$V" ] || fail "functions.lua's first line names no version"
 OTHER=$((V + 1))
+# start_peer MODE ARGS...: `bf_peer MODE ENDPOINT ARGS...` on a free port (another
+# is tried when the port is taken). Sets PEER (its pid) and PEER_EP.
+start_peer() {
+    local mode=$1
+    shift
+    for _ in 1 2 3 4 5; do
+        PEER_EP="tcp://127.0.0.1:$((20000 + RANDOM % 30000))"
+        "$BF_PEER" "$mode" "$PEER_EP" "$@" >"$WORK/peer.out" 2>&1 &
+        PEER=$!
+        BG_PIDS+=("$PEER")
+        for _ in $(seq 1 100); do
+            grep -q listening "$WORK/peer.out" && return 0
+            kill -0 "$PEER" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$PEER" 2>/dev/null || true
+    done
+    fail "bf_peer $mode did not start: $(cat "$WORK/peer.out")"
+}
 fresh_db rm_src rm_tgt
 make_monolith rm_src 20000
 make_service rm_tgt
@@ -55,18 +74,15 @@ forget_job rm
 q rm_tgt "TRUNCATE orders, users, notes, backfill_fence" >/dev/null
 keys_before=$(redis_cmd --scan --pattern 'bf:{rm}:*' | wc -l)
 for fv in "$OTHER" 0; do
-    port=$((20000 + RANDOM % 30000))
-    "$BF_PEER" coordinator "tcp://127.0.0.1:$port" "$fv" "$WORK/job.yaml" >"$WORK/peer.out" 2>&1 &
-    peer=$!
-    BG_PIDS+=("$peer")
+    start_peer coordinator "$fv" "$WORK/job.yaml"
     rc=0
-    timeout 30 "$BF" worker --connect "tcp://127.0.0.1:$port" >/dev/null 2>"$WORK/wv$fv.err" || rc=$?
+    timeout 30 "$BF" worker --connect "$PEER_EP" >/dev/null 2>"$WORK/wv$fv.err" || rc=$?
     expect_eq "$rc" 2 "exit code of a worker WELCOMEd by a coordinator with fv $fv"
-    wait "$peer" || fail "bf_peer coordinator: $(cat "$WORK/peer.out")"
+    wait "$PEER" || fail "bf_peer coordinator: $(cat "$WORK/peer.out")"
     if [ "$fv" = 0 ]; then
-        want="the coordinator at tcp://127.0.0.1:$port runs an older release of backfill (from before releases said"
+        want="the coordinator at $PEER_EP runs an older release of backfill (from before releases said"
     else
-        want="the coordinator at tcp://127.0.0.1:$port runs backfill 9.9.9-peer (Redis functions version $OTHER), this worker"
+        want="the coordinator at $PEER_EP runs backfill 9.9.9-peer (Redis functions version $OTHER), this worker"
     fi
     grep -qF "$want" "$WORK/wv$fv.err" || fail "worker of fv $fv: $(cat "$WORK/wv$fv.err")"
     grep -q 'joined coordinator' "$WORK/wv$fv.err" && fail "the worker joined a coordinator of fv $fv"
@@ -77,13 +93,10 @@ expect_eq "$(q rm_tgt "SELECT count(*) FROM orders")" 0 "rows the refused worker
 # A worker refused by its coordinator (ERR VERSION, as the coordinator above
 # answered bf_peer) exits 2 at once with the coordinator's words, instead of
 # saying HELLO again.
-port=$((20000 + RANDOM % 30000))
-"$BF_PEER" refuse "tcp://127.0.0.1:$port" >"$WORK/peer.out" 2>&1 &
-peer=$!
-BG_PIDS+=("$peer")
+start_peer refuse
 rc=0
-timeout 30 "$BF" worker --connect "tcp://127.0.0.1:$port" >/dev/null 2>"$WORK/wref.err" || rc=$?
+timeout 30 "$BF" worker --connect "$PEER_EP" >/dev/null 2>"$WORK/wref.err" || rc=$?
 expect_eq "$rc" 2 "exit code of a worker refused by its coordinator"
-wait "$peer" || fail "bf_peer refuse: $(cat "$WORK/peer.out")"
-grep -qF "the coordinator at tcp://127.0.0.1:$port refuses this worker: bf_peer refuses worker" "$WORK/wref.err" ||
+wait "$PEER" || fail "bf_peer refuse: $(cat "$WORK/peer.out")"
+grep -qF "the coordinator at $PEER_EP refuses this worker: bf_peer refuses worker" "$WORK/wref.err" ||
     fail "refused worker: $(cat "$WORK/wref.err")"

@@ -15,7 +15,8 @@
  *       coordinator refuses a worker of another release, then prints "refused ID"
  *       and exits 0.
  *
- * Either exits 1 when nothing came within 20 s. */
+ * Bound, the last two print "listening" first (exit 1 when ENDPOINT cannot be
+ * bound). Each exits 1 when nothing came within 20 s. */
 #include "net.h"
 
 #include <msgpack.h>
@@ -87,7 +88,7 @@ static int s_hello(const char *endpoint, long fv)
         bf_msg_t m;
         if (bf_net_recv(sock, NULL, &m) == 0) {
             if (m.type == BF_MSG_ERR)
-                printf("ERR %s %s\n", m.code, m.message ? m.message : "");
+                printf("ERR %s %s\n", m.code ? m.code : "", m.message ? m.message : "");
             else
                 printf("%s\n", bf_msg_type_name(m.type));
             rc = 0;
@@ -107,6 +108,8 @@ static int s_coordinator(const char *endpoint, long fv, const char *job)
         fprintf(stderr, "bf_peer: cannot bind %s\n", endpoint);
         return 1;
     }
+    printf("listening\n");
+    fflush(stdout);
     int rc = 1;
     long long until = zclock_mono() + WAIT_MS;
     while (rc != 0 && zclock_mono() < until) {
@@ -114,7 +117,8 @@ static int s_coordinator(const char *endpoint, long fv, const char *job)
             continue;
         zframe_t *id = NULL;
         bf_msg_t m;
-        if (bf_net_recv(sock, &id, &m) == 0 && m.type == BF_MSG_HELLO && !job) {
+        bool hello = bf_net_recv(sock, &id, &m) == 0 && m.type == BF_MSG_HELLO;
+        if (hello && !job) {
             char why[256];
             snprintf(why, sizeof why, "bf_peer refuses worker %s", m.worker_id);
             bf_msg_t e = {.type = BF_MSG_ERR, .code = (char *)"VERSION", .message = why};
@@ -123,7 +127,7 @@ static int s_coordinator(const char *endpoint, long fv, const char *job)
                 printf("refused %s\n", m.worker_id);
                 rc = 0;
             }
-        } else if (m.type == BF_MSG_HELLO) {
+        } else if (hello) {
             bf_msg_t w = {.type = BF_MSG_WELCOME,
                           .heartbeat_ms = 1000,
                           .liveness = 3,
