@@ -880,6 +880,13 @@ static void s_ask_splits(bf_coord_t *self, int idle)
     long long now = bf_now_ms();
     if (now < self->next_split)
         return;
+    if (s_redis_reconnects(self) != self->floored) {
+        /* Redis may have lost writes (a split among them) since a connection to it
+         * was made again: a split now could give its part the id of a lost split's
+         * part that has fence rows, before the counters are raised past them. */
+        self->next_split = now + 100;
+        return;
+    }
     worker_t *ask_w[SPLIT_MAX_ASKS];
     int ask_k[SPLIT_MAX_ASKS], nask = 0;
     long long soonest = 0; /* when the next lease may be asked, if none can now */

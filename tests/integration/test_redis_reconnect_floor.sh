@@ -16,7 +16,8 @@
 #     lease thread, its connection made again too, hands out none until the
 #     counter is raised (a lease taken before would carry a token from the counter
 #     set back).
-# Either way the range is finished within seconds and the job ends exactly.
+# Either way the range is finished within seconds and the job ends exactly. A
+# third scenario, tail, is described at its function.
 . "$(dirname "$0")/lib.sh"
 fresh_db rf_src
 make_monolith rf_src 20000
@@ -125,5 +126,55 @@ expect_job_done_as() {
     expect_same rf_src rf_tgt
 }
 
+# tail: the job's ranges are being split for an idle worker (nothing else is
+# pending) when the connections to Redis are made again and the first raise fails
+# (the fence table locked again). No split is asked for until the counters are
+# raised: a split's new part takes its id from Redis's counter, which could be
+# behind the targets' fence rows of a split Redis lost.
+tail_scenario() {
+    local job=rct w1 w2 w3 n0
+    fresh_db rf_tgt
+    make_service rf_tgt
+    forget_job "$job"
+    write_job "$WORK/$job.yaml" "$job" rf_src rf_tgt 500 100000
+    start_coordinator "coord-$job" auto "$WORK/$job.yaml" --log-level debug
+    "$BF" throttle "$WORK/$job.yaml" --rows-per-second 1500 >/dev/null
+    start_worker "w1-$job"
+    w1=$WPID
+    start_worker "w2-$job"
+    w2=$WPID
+    # (three: the one that copies the small table is idle early, with most rows left)
+    start_worker "w3-$job"
+    w3=$WPID
+    splitting() { grep -q 'asked .* to split range' "$WORK/coord-$job.err"; }
+    wait_for 30 splitting || fail "$job: no split asked for"
+    q rf_tgt "BEGIN; LOCK TABLE public.backfill_fence IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT" >/dev/null &
+    BG_PIDS+=("$!")
+    locked() { [ "$(q rf_tgt "SELECT count(*) FROM pg_locks WHERE relation = 'public.backfill_fence'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ]; }
+    wait_for 10 locked || fail "$job: the fence table was not locked"
+    n0=$(wc -l <"$WORK/coord-$job.err")
+    redis_cmd CLIENT KILL TYPE normal >/dev/null
+    # The second try to raise the counters (the first times out on the lock).
+    raised() { [ "$(tail -n +"$n0" "$WORK/coord-$job.err" | grep -c 'connected to redis again: raising')" -ge 2 ]; }
+    wait_for 20 raised || fail "$job: the counters were not raised twice: $(tail -n +"$n0" "$WORK/coord-$job.err" | grep -i raising)"
+    # What the coordinator logged from the first try (it knows of the reconnect
+    # from then on) to the second.
+    tail -n +"$((n0 + 1))" "$WORK/coord-$job.err" |
+        sed -n '/connected to redis again: raising/,/connected to redis again: raising/p' >"$WORK/window"
+    grep -q "cannot compare redis's counters" "$WORK/window" ||
+        fail "$job: the first raise did not fail on the locked fence table"
+    if grep -q 'asked .* to split range' "$WORK/window"; then
+        fail "$job: a split was asked for before the counters were raised: $(grep 'asked .* to split range' "$WORK/window" | head -2)"
+    fi
+    "$BF" throttle "$WORK/$job.yaml" --rows-per-second 0 >/dev/null
+    wait "$CPID" || fail "$job: coordinator exit code $?"
+    wait "$w1" || fail "$job: worker 1 exit code $?"
+    wait "$w2" || fail "$job: worker 2 exit code $?"
+    wait "$w3" || fail "$job: worker 3 exit code $?"
+    "$BF" verify "$WORK/$job.yaml" >/dev/null || fail "$job: verify"
+    expect_same rf_src rf_tgt
+}
+
 scenario rcf reconnect
 scenario rcg worker
+tail_scenario
