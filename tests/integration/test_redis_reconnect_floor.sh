@@ -22,15 +22,30 @@
 fresh_db rf_src
 make_monolith rf_src 20000
 
+# start_job JOB RANGE_ROWS ROWS_PER_SECOND: empty targets, the job's coordinator
+# (debug log), throttled.
+start_job() {
+    fresh_db rf_tgt
+    make_service rf_tgt
+    forget_job "$1"
+    write_job "$WORK/$1.yaml" "$1" rf_src rf_tgt 500 "$2"
+    start_coordinator "coord-$1" auto "$WORK/$1.yaml" --log-level debug
+    "$BF" throttle "$WORK/$1.yaml" --rows-per-second "$3" >/dev/null
+}
+
+# lock_fence SECONDS: the targets' fence table locked for that long (a migration),
+# from when this returns.
+lock_fence() {
+    q rf_tgt "BEGIN; LOCK TABLE public.backfill_fence IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep($1); COMMIT" >/dev/null &
+    BG_PIDS+=("$!")
+    locked() { [ "$(q rf_tgt "SELECT count(*) FROM pg_locks WHERE relation = 'public.backfill_fence'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ]; }
+    wait_for 10 locked || fail "the fence table was not locked"
+}
+
 # scenario JOB MODE
 scenario() {
     local job=$1 mode=$2 w1 w2 wa t0 tok
-    fresh_db rf_tgt
-    make_service rf_tgt
-    forget_job "$job"
-    write_job "$WORK/$job.yaml" "$job" rf_src rf_tgt 500 2000
-    start_coordinator "coord-$job" auto "$WORK/$job.yaml" --log-level debug
-    "$BF" throttle "$WORK/$job.yaml" --rows-per-second 4000 >/dev/null
+    start_job "$job" 2000 4000
     start_worker "w1-$job"
     w1=$WPID
     if [ "$mode" = reconnect ]; then
@@ -68,10 +83,7 @@ scenario() {
         # first raise times out after 2 s and the next comes 5 s after that. The
         # other worker's batches wait for the lock too; then it asks for ranges
         # again, before that second raise.
-        q rf_tgt "BEGIN; LOCK TABLE public.backfill_fence IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT" >/dev/null &
-        BG_PIDS+=("$!")
-        locked() { [ "$(q rf_tgt "SELECT count(*) FROM pg_locks WHERE relation = 'public.backfill_fence'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ]; }
-        wait_for 10 locked || fail "$job: the fence table was not locked"
+        lock_fence 4
         # The counter set back and every connection killed at once, as Redis
         # coming back without its last writes would leave them.
         printf 'MULTI\nSET bf:{%s}:fence 5\nCLIENT KILL TYPE normal\nEXEC\n' "$job" | redis_cmd >/dev/null
@@ -133,12 +145,7 @@ expect_job_done_as() {
 # behind the targets' fence rows of a split Redis lost.
 tail_scenario() {
     local job=rct w1 w2 w3 n0
-    fresh_db rf_tgt
-    make_service rf_tgt
-    forget_job "$job"
-    write_job "$WORK/$job.yaml" "$job" rf_src rf_tgt 500 100000
-    start_coordinator "coord-$job" auto "$WORK/$job.yaml" --log-level debug
-    "$BF" throttle "$WORK/$job.yaml" --rows-per-second 1500 >/dev/null
+    start_job "$job" 100000 1500
     start_worker "w1-$job"
     w1=$WPID
     start_worker "w2-$job"
@@ -148,10 +155,7 @@ tail_scenario() {
     w3=$WPID
     splitting() { grep -q 'asked .* to split range' "$WORK/coord-$job.err"; }
     wait_for 30 splitting || fail "$job: no split asked for"
-    q rf_tgt "BEGIN; LOCK TABLE public.backfill_fence IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT" >/dev/null &
-    BG_PIDS+=("$!")
-    locked() { [ "$(q rf_tgt "SELECT count(*) FROM pg_locks WHERE relation = 'public.backfill_fence'::regclass AND mode = 'AccessExclusiveLock' AND granted")" = 1 ]; }
-    wait_for 10 locked || fail "$job: the fence table was not locked"
+    lock_fence 4
     n0=$(wc -l <"$WORK/coord-$job.err")
     redis_cmd CLIENT KILL TYPE normal >/dev/null
     # The second try to raise the counters (the first times out on the lock).
